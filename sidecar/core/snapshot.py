@@ -1,0 +1,176 @@
+"""Samples of one scrape → a Snapshot: per model, per engine series, the values the analysis needs.
+
+Series are kept per engine (every label but the model, ``le`` and ``position``) rather than summed here,
+because a data-parallel engine can restart on its own: resets must be found per series before summing,
+as PromQL's ``sum(increase(...))`` does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sidecar.core.catalog import DIALECTS, Dialect, Role
+from sidecar.core.exposition import Labels, Sample
+
+SeriesId = Labels
+_NOT_SERIES = frozenset({"le", "position", "quantile"})
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    value: float
+    created: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative buckets as exposed: (upper bound, count), sorted by bound."""
+
+    buckets: tuple[tuple[float, float], ...]
+    count: float
+    created: float | None = None
+
+
+CounterKey = tuple[Role, SeriesId, str]  # role, engine series, position ("" when not positional)
+HistogramKey = tuple[str, SeriesId]  # latency metric (ttft, tpot, itl, e2e), engine series
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    model_name: str
+    counters: Mapping[CounterKey, Counter] = field(default_factory=dict)
+    gauges: Mapping[Role, tuple[float, ...]] = field(default_factory=dict)
+    histograms: Mapping[HistogramKey, Histogram] = field(default_factory=dict)
+
+    @property
+    def speculation(self) -> bool:
+        """Spec-decode series exist only while speculation is configured (absent, not zero, when off)."""
+        spec_roles = {Role.DRAFT_TOKENS, Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE}
+        return any(key[0] in spec_roles for key in self.counters) or any(r in spec_roles for r in self.gauges)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    dialect: Dialect | None
+    models: Mapping[str, ModelSnapshot]
+    taken_at: float | None = None
+    duplicate_samples: int = 0
+
+    @property
+    def engine(self) -> str | None:
+        return self.dialect.engine if self.dialect else None
+
+
+def detect_dialect(names: set[str], dialects: tuple[Dialect, ...] = DIALECTS) -> Dialect | None:
+    for dialect in dialects:
+        if any(marker in names for marker in dialect.markers):
+            return dialect
+    return None
+
+
+def build_snapshot(samples: Iterable[Sample], taken_at: float | None = None) -> Snapshot:
+    by_name: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_name[s.name].append(s)
+    dialect = detect_dialect(set(by_name))
+    if dialect is None:
+        return Snapshot(None, {}, taken_at)
+    builder = _Builder(dialect, by_name)
+    return Snapshot(dialect, builder.models(), taken_at, builder.duplicates)
+
+
+class _Builder:
+    def __init__(self, dialect: Dialect, by_name: Mapping[str, list[Sample]]) -> None:
+        self.dialect = dialect
+        self.by_name = by_name
+        self.duplicates = 0
+        self.counters: dict[str, dict[CounterKey, Counter]] = defaultdict(dict)
+        self.gauges: dict[str, dict[Role, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.histograms: dict[str, dict[HistogramKey, Histogram]] = defaultdict(dict)
+
+    def models(self) -> dict[str, ModelSnapshot]:
+        for role, family in self.dialect.counters.items():
+            self._counter(role, family)
+        for role, names in self.dialect.gauges.items():
+            self._gauge(role, names)
+        for metric, families in self.dialect.histograms.items():
+            self._histogram(metric, families)
+        models = set(self.counters) | set(self.gauges) | set(self.histograms)
+        return {
+            m: ModelSnapshot(
+                m,
+                self.counters.get(m, {}),
+                {r: tuple(v) for r, v in self.gauges.get(m, {}).items()},
+                self.histograms.get(m, {}),
+            )
+            for m in sorted(models)
+        }
+
+    def _model_and_series(self, labels: Labels) -> tuple[str, SeriesId]:
+        model = ""
+        series: list[tuple[str, str]] = []
+        for key, value in labels:
+            if key == self.dialect.model_label:
+                model = value
+            elif key not in _NOT_SERIES:
+                series.append((key, value))
+        return model, tuple(series)
+
+    def _created(self, family: str) -> dict[Labels, float]:
+        return {s.labels: s.value for s in self.by_name.get(family + "_created", ())}
+
+    def _counter(self, role: Role, family: str) -> None:
+        created = self._created(family)
+        for s in self.by_name.get(family + "_total", ()):
+            model, series = self._model_and_series(s.labels)
+            position = s.label(self.dialect.position_label) if role is Role.ACCEPTED_PER_POS else ""
+            key = (role, series, position)
+            if key in self.counters[model]:
+                self.duplicates += 1
+            self.counters[model][key] = Counter(s.value, created.get(s.labels))
+
+    def _gauge(self, role: Role, names: tuple[str, ...]) -> None:
+        # The first spelling present wins (renamed metrics: newest name first).
+        for name in names:
+            found = self.by_name.get(name)
+            if found:
+                for s in found:
+                    model, _ = self._model_and_series(s.labels)
+                    self.gauges[model][role].append(s.value)
+                return
+
+    def _histogram(self, metric: str, families: tuple[str, ...]) -> None:
+        for family in families:
+            buckets = self.by_name.get(family + "_bucket")
+            if buckets:
+                self._collect_histogram(metric, family, buckets)
+                return
+
+    def _collect_histogram(self, metric: str, family: str, buckets: list[Sample]) -> None:
+        grouped: dict[tuple[str, SeriesId], dict[float, float]] = defaultdict(dict)
+        created_by_series: dict[tuple[str, SeriesId], float] = {}
+        for s in buckets:
+            bound = _parse_bound(s.label("le"))
+            if bound is None:
+                continue
+            group = self._model_and_series(s.labels)
+            if bound in grouped[group]:
+                self.duplicates += 1
+            grouped[group][bound] = s.value
+        for s in self.by_name.get(family + "_created", ()):
+            created_by_series[self._model_and_series(s.labels)] = s.value
+        for (model, series), bounds in grouped.items():
+            ordered = tuple(sorted(bounds.items()))
+            count = ordered[-1][1] if ordered and ordered[-1][0] == float("inf") else 0.0
+            self.histograms[model][(metric, series)] = Histogram(
+                ordered, count, created_by_series.get((model, series))
+            )
+
+
+def _parse_bound(raw: str) -> float | None:
+    try:
+        return float(raw)
+    except ValueError:
+        return None

@@ -1,0 +1,201 @@
+"""Snapshots of a window → the numbers people decide with, per model.
+
+The window runs from the first snapshot to the last (one snapshot: since engine start). Counters and buckets
+are increases over the window, per engine series, then summed per model. Gauges an engine averages itself
+(SGLang, V0) are averaged over every snapshot of the window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import fmean
+
+from sidecar.core import acceptance
+from sidecar.core.catalog import LATENCY_METRICS, Role
+from sidecar.core.quantile import histogram_quantile
+from sidecar.core.snapshot import Histogram, ModelSnapshot, Snapshot
+from sidecar.core.verdict import Thresholds, Verdict, verdict
+from sidecar.core.window import counter_increases, histogram_increases, sum_histograms
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    # c in L > 1 + k·c: ~0 for ngram/suffix, small for EAGLE/MTP heads, ~draft/target size for a draft model.
+    draft_cost_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    p50: float | None
+    p90: float | None
+    p95: float | None
+    p99: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"p50": self.p50, "p90": self.p90, "p95": self.p95, "p99": self.p99}
+
+    @property
+    def p99_p50_ratio(self) -> float | None:
+        return acceptance.ratio(self.p99, self.p50)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    model_name: str
+    speculation: bool
+    drafts: float | None
+    draft_tokens: float | None
+    accepted_tokens: float | None
+    acceptance_ratio: float | None
+    mean_acceptance_length: float | None
+    alpha_estimate: float | None
+    num_speculative_tokens: int | None
+    position_acceptance: tuple[float, ...]
+    breakeven_acceptance_length: float | None
+    expected_speedup: float | None
+    latency: Mapping[str, Quantiles]
+    latency_observations: Mapping[str, float]
+    kv_cache_usage: float | None
+    generation_tokens: float | None
+    generation_tokens_per_second: float | None
+    verdict: Verdict
+    comparable: bool = True
+
+    @property
+    def p99_p50_ratio(self) -> dict[str, float | None]:
+        return {metric: q.p99_p50_ratio for metric, q in self.latency.items()}
+
+
+@dataclass(frozen=True)
+class Stats:
+    engine: str | None
+    models: tuple[ModelStats, ...]
+    window_seconds: float | None
+
+    def model(self, name: str) -> ModelStats | None:
+        return next((m for m in self.models if m.model_name == name), None)
+
+
+def compute_stats(snapshots: Sequence[Snapshot], config: AnalysisConfig) -> Stats:
+    if not snapshots:
+        return Stats(None, (), None)
+    last = snapshots[-1]
+    first = snapshots[0] if len(snapshots) > 1 else None
+    seconds = _elapsed(first, last)
+    models = []
+    for name, after in last.models.items():
+        before = first.models.get(name) if first else None
+        history = [s.models[name] for s in snapshots if name in s.models]
+        comparable = last.dialect.comparable if last.dialect else True
+        models.append(
+            _model_stats(after, before, history, seconds=seconds, config=config, comparable=comparable)
+        )
+    return Stats(last.engine, tuple(models), seconds)
+
+
+def _elapsed(first: Snapshot | None, last: Snapshot) -> float | None:
+    if first is None or first.taken_at is None or last.taken_at is None:
+        return None
+    elapsed = last.taken_at - first.taken_at
+    return elapsed if elapsed > 0 else None
+
+
+def _model_stats(
+    after: ModelSnapshot,
+    before: ModelSnapshot | None,
+    history: Sequence[ModelSnapshot],
+    *,
+    seconds: float | None,
+    config: AnalysisConfig,
+    comparable: bool,
+) -> ModelStats:
+    increases = counter_increases(before.counters if before else {}, after.counters)
+    totals: dict[Role, float] = defaultdict(float)
+    per_position: dict[int, float] = defaultdict(float)
+    for (role, _series, position), value in increases.items():
+        if role is Role.ACCEPTED_PER_POS:
+            per_position[_position_index(position)] += value
+        else:
+            totals[role] += value
+    drafts = totals.get(Role.DRAFTS)
+    draft_tokens = totals.get(Role.DRAFT_TOKENS)
+    accepted = totals.get(Role.ACCEPTED_TOKENS)
+    positions = [per_position[i] for i in sorted(per_position) if i >= 0]
+    k = len(positions) or None
+
+    ratio = acceptance.ratio(accepted, draft_tokens)
+    length = acceptance.mean_acceptance_length(accepted, drafts)
+    gauge_ratio = _gauge_mean(history, Role.ACCEPT_RATE_GAUGE)
+    gauge_length = _gauge_mean(history, Role.ACCEPT_LENGTH_GAUGE)
+    ratio = ratio if ratio is not None else gauge_ratio
+    length = length if length is not None else gauge_length
+    position_rates = acceptance.position_acceptance(positions, drafts)
+    generation = totals.get(Role.GENERATION_TOKENS)
+    speculation = after.speculation
+    evidence = draft_tokens if draft_tokens is not None else _gauge_evidence(gauge_ratio, generation)
+
+    latency, observations = _latency(after, before)
+    kv = after.gauges.get(Role.KV_CACHE_USAGE)
+    return ModelStats(
+        model_name=after.model_name,
+        speculation=speculation,
+        drafts=drafts,
+        draft_tokens=draft_tokens,
+        accepted_tokens=accepted,
+        acceptance_ratio=ratio if speculation else None,
+        mean_acceptance_length=length if speculation else None,
+        alpha_estimate=position_rates[0] if position_rates else None,
+        num_speculative_tokens=k,
+        position_acceptance=position_rates,
+        breakeven_acceptance_length=acceptance.breakeven_acceptance_length(k, config.draft_cost_ratio),
+        expected_speedup=acceptance.expected_speedup(length, k, config.draft_cost_ratio),
+        latency=latency,
+        latency_observations=observations,
+        kv_cache_usage=max(kv) if kv else None,
+        generation_tokens=generation,
+        generation_tokens_per_second=acceptance.ratio(generation, seconds),
+        verdict=verdict(ratio, evidence, speculation, config.thresholds),
+        comparable=comparable,
+    )
+
+
+def _position_index(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return -1
+
+
+def _gauge_mean(history: Sequence[ModelSnapshot], role: Role) -> float | None:
+    values = [v for snap in history for v in snap.gauges.get(role, ()) if not math.isnan(v)]
+    return fmean(values) if values else None
+
+
+def _gauge_evidence(gauge_ratio: float | None, generation: float | None) -> float | None:
+    # Gauge-only engines expose no draft-token counter; generated tokens are the closest evidence of volume.
+    return generation if gauge_ratio is not None else None
+
+
+def _latency(
+    after: ModelSnapshot, before: ModelSnapshot | None
+) -> tuple[dict[str, Quantiles], dict[str, float]]:
+    increases = histogram_increases(before.histograms if before else {}, after.histograms)
+    grouped: dict[str, list[Histogram]] = defaultdict(list)
+    for (metric, _series), hist in increases.items():
+        grouped[metric].append(hist)
+    latency: dict[str, Quantiles] = {}
+    observations: dict[str, float] = {}
+    for metric in LATENCY_METRICS:
+        summed = sum_histograms(grouped.get(metric, []))
+        if summed is None:
+            continue
+        observations[metric] = summed.count
+        values = [histogram_quantile(q, summed.buckets) for q in QUANTILES]
+        latency[metric] = Quantiles(*values)
+    return latency, observations
