@@ -1,7 +1,154 @@
-"""Command line: spec-sidecar run | report | probe | enable | disable | status."""
+"""Command line: spec-sidecar run | report (more subcommands register themselves through COMMANDS).
+
+Flags are generated from the Settings fields, so every setting is a flag (``--scrape-interval``) and an
+environment variable (``SPEC_SIDECAR_SCRAPE_INTERVAL``) with one description.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
-def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("not yet")
+from pydantic import ValidationError
+from rich.console import Console
+
+from sidecar import __version__
+from sidecar.settings import Settings, host_port
+
+REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit code 2."""
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
+    wanted = set(only) if only is not None else None
+    for name, field in Settings.model_fields.items():
+        if wanted is not None and name not in wanted:
+            continue
+        flag = "--" + name.replace("_", "-")
+        env = "SPEC_SIDECAR_" + name.upper()
+        help_text = f"{field.description} [env {env}; default {field.default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{_flag(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise UsageError(problems) from exc
+
+
+def _flag(loc: tuple[int | str, ...]) -> str:
+    return "-".join(str(p) for p in loc).replace("_", "-")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sidecar.app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    host, port = host_port(settings.listen)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sidecar.core.stats import compute_stats
+    from sidecar.report import render, report_json
+
+    settings = settings_from_args(args)
+    snapshots = [_load_source(source, settings) for source in args.sources]
+    stats = compute_stats(snapshots, settings.analysis_config())
+    if args.json:
+        print(json.dumps(report_json(stats), indent=2))
+    else:
+        title = "since engine start" if len(snapshots) == 1 else "window between the two sources"
+        render(stats, Console(), title)
+    return 0
+
+
+def _load_source(source: str, settings: Settings) -> Any:
+    from sidecar.adapters.scrape import parse_payload, scrape_sync
+
+    if source.startswith(("http://", "https://")):
+        result = scrape_sync(source, settings.scrape_timeout, settings.scrape_max_bytes)
+        if result.snapshot is None:
+            raise UsageError(f"{source}: {result.result} ({result.detail})")
+        return result.snapshot
+    path = Path(source)
+    try:
+        text = sys.stdin.read() if source == "-" else path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"{source}: {exc.strerror or exc}") from exc
+    # A file carries no trustworthy time (mtimes change on copy), so per-second rates stay unknown.
+    snapshot, _bad, _examples = parse_payload(text, None)
+    if snapshot.dialect is None:
+        raise UsageError(f"{source}: no known engine metrics (vLLM, SGLang, ...) in it")
+    return snapshot
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spec-sidecar", description="Keeps vLLM speculative decoding honest.")
+    parser.add_argument("--version", action="version", version=f"spec-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="Run the sidecar: scrape, export, tap, decide.")
+    add_settings_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    report = sub.add_parser(
+        "report",
+        help="Acceptance, latency and verdict from /metrics text (a URL or a file; two sources = the window).",
+    )
+    report.add_argument("sources", nargs="+", metavar="SOURCE", help="URL or file of /metrics text ('-' = stdin)")
+    report.add_argument("--json", action="store_true", help="Print one JSON object instead of tables.")
+    add_settings_flags(report, REPORT_FIELDS)
+    report.set_defaults(handler=cmd_report)
+
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules (probe, actuator commands) add their subcommands here: register(subparsers) -> None.
+COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "report" and len(args.sources) > 2:
+        parser.error("report takes one or two sources (earlier first)")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"spec-sidecar {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `spec-sidecar report --json x | head` is not an error
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

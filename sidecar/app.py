@@ -1,0 +1,74 @@
+"""The sidecar's one listener: /metrics, /healthz, /readyz, and (added by other modules) /status and the tap.
+
+The app owns the background scrape loop through its lifespan, so starting the server starts measuring and
+stopping it (SIGTERM from the kubelet) stops the loop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sidecar.exporter import ScrapeCollector
+from sidecar.runtime import Monitor
+from sidecar.settings import Settings
+
+
+@dataclass
+class Sidecar:
+    """Everything one running sidecar holds; handed to route modules so they need no globals."""
+
+    settings: Settings
+    monitor: Monitor
+    registry: CollectorRegistry
+
+
+def build_sidecar(settings: Settings) -> Sidecar:
+    monitor = Monitor(settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScrapeCollector(lambda: monitor.view))
+    return Sidecar(settings, monitor, registry)
+
+
+def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
+    sc = sidecar or build_sidecar(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        async with httpx.AsyncClient() as client:
+            task = asyncio.create_task(sc.monitor.run(client, stop), name="scrape-loop")
+            try:
+                yield
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, timeout=settings.scrape_timeout + 5)
+
+    app = FastAPI(title="spec-sidecar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.sidecar = sc
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(sc.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        # Liveness never depends on the engine: a slow-starting GPU engine must not get the sidecar killed.
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        view = sc.monitor.view
+        if view.ready:
+            return JSONResponse({"status": "ready", "target_up": view.target_up})
+        detail = view.last_scrape.detail if view.last_scrape else "no scrape yet"
+        return JSONResponse({"status": "waiting for the first good scrape", "detail": detail}, status_code=503)
+
+    return app

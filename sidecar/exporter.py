@@ -1,0 +1,148 @@
+"""A prometheus-client Collector over the latest immutable View.
+
+Metrics are built at collection time from the View, so a gauge that has no data this window is simply not
+emitted (absent, not 0, and never stale). docs/metrics.md lists every family; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.core.baseline import divergence
+from sidecar.core.stats import ModelStats
+from sidecar.runtime import View
+
+SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "bad_payload")
+QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
+
+
+class ScrapeCollector(Collector):
+    def __init__(self, view: Callable[[], View]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view()
+        yield from _health(view)
+        if view.stats is not None:
+            yield from _model_families(view)
+
+
+def _health(view: View) -> Iterator[Metric]:
+    up = GaugeMetricFamily("specdecode_target_up", "1 if the last scrape of the engine's /metrics succeeded.")
+    up.add_metric([], 1.0 if view.target_up else 0.0)
+    yield up
+    if view.last_scrape is not None:
+        duration = GaugeMetricFamily("specdecode_scrape_duration_seconds", "Duration of the last engine scrape.")
+        duration.add_metric([], view.last_scrape.duration_seconds)
+        yield duration
+    scrapes = CounterMetricFamily("specdecode_scrapes", "Engine scrapes by result.", labels=["result"])
+    for result in SCRAPE_RESULTS:
+        scrapes.add_metric([result], float(view.scrapes.get(result, 0)))
+    yield scrapes
+    bad = CounterMetricFamily(
+        "specdecode_scrape_bad_lines", "Lines of wanted metric families that could not be parsed."
+    )
+    bad.add_metric([], float(view.bad_lines_total))
+    yield bad
+    if view.last_success_at is not None:
+        last = GaugeMetricFamily(
+            "specdecode_last_scrape_success_timestamp_seconds", "Unix time of the last successful scrape."
+        )
+        last.add_metric([], view.last_success_at)
+        yield last
+
+
+class _Gauges:
+    """Families keyed by name, created on first use so that families with no samples are never emitted."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, GaugeMetricFamily] = {}
+
+    def add(self, name: str, doc: str, labels: dict[str, str], value: float | None) -> None:
+        if value is None or math.isnan(value):  # unknown: absent, never 0
+            return
+        family = self.families.get(name)
+        if family is None:
+            family = GaugeMetricFamily(name, doc, labels=list(labels))
+            self.families[name] = family
+        family.add_metric(list(labels.values()), value)
+
+
+def _model_families(view: View) -> Iterator[Metric]:
+    assert view.stats is not None
+    gauges = _Gauges()
+    if view.stats.window_seconds is not None:
+        seconds = view.stats.window_seconds
+        gauges.add("specdecode_window_seconds", "Length of the window the numbers cover.", {}, seconds)
+    for model in view.stats.models:
+        _model_gauges(gauges, model, view)
+    yield from gauges.families.values()
+
+
+def _model_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
+    labels = {"model_name": m.model_name}
+    g.add("specdecode_speculation_enabled", "1 if the engine runs with speculation.", labels, float(m.speculation))
+    g.add("specdecode_acceptance_ratio", "Accepted / draft tokens over the window.", labels, m.acceptance_ratio)
+    g.add(
+        "specdecode_mean_acceptance_length",
+        "1 + accepted / drafts: tokens per verify step, bonus token included.",
+        labels,
+        m.mean_acceptance_length,
+    )
+    g.add("specdecode_alpha_estimate", "Acceptance at draft position 0 (estimate of α).", labels, m.alpha_estimate)
+    for position, rate in enumerate(m.position_acceptance):
+        g.add(
+            "specdecode_position_acceptance_ratio",
+            "Accepted at a draft position / drafts.",
+            {**labels, "position": str(position)},
+            rate,
+        )
+    k = float(m.num_speculative_tokens) if m.num_speculative_tokens is not None else None
+    g.add("specdecode_num_speculative_tokens", "k: draft tokens proposed per step.", labels, k)
+    g.add("specdecode_window_draft_tokens", "Draft tokens proposed in the window.", labels, m.draft_tokens)
+    g.add("specdecode_expected_speedup", "L / (1 + k*c): expected walltime speedup.", labels, m.expected_speedup)
+    g.add(
+        "specdecode_breakeven_acceptance_length",
+        "1 + k*c: the mean acceptance length at which speculation stops paying.",
+        labels,
+        m.breakeven_acceptance_length,
+    )
+    g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
+    g.add(
+        "specdecode_generation_tokens_per_second",
+        "Generated tokens per second over the window.",
+        labels,
+        m.generation_tokens_per_second,
+    )
+    _latency_gauges(g, m, view)
+
+
+def _latency_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
+    for metric, quantiles in m.latency.items():
+        labels = {"model_name": m.model_name, "metric": metric}
+        for key, value in quantiles.as_dict().items():
+            g.add(
+                "specdecode_latency_seconds",
+                "Latency quantile over the window (histogram_quantile of bucket increases).",
+                {**labels, "quantile": QUANTILE_LABELS[key]},
+                value,
+            )
+        ratio = quantiles.p99_p50_ratio
+        baseline = view.baseline.ratio(m.model_name, metric)
+        g.add("specdecode_latency_p99_p50_ratio", "P99 / P50 over the window.", labels, ratio)
+        g.add(
+            "specdecode_latency_p99_p50_ratio_baseline",
+            "P99 / P50 without speculation (configured or learned).",
+            labels,
+            baseline,
+        )
+        g.add(
+            "specdecode_latency_divergence",
+            "Current P99/P50 over the baseline's: above 1, the tail spreads more than without speculation.",
+            labels,
+            divergence(ratio, baseline),
+        )

@@ -1,0 +1,117 @@
+"""Stats → the `report` command's JSON object and its human table.
+
+The JSON shape is a contract (DESIGN.md, "CLI"): one object per model_name, every key always present, and a
+value that cannot be computed is null, never 0 (and never NaN, which is not JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.stats import ModelStats, Stats
+
+VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
+
+
+def report_json(stats: Stats) -> dict[str, Any]:
+    return {
+        "engine": stats.engine,
+        "window_seconds": _finite(stats.window_seconds),
+        "models": [_model_json(m) for m in stats.models],
+    }
+
+
+def _model_json(m: ModelStats) -> dict[str, Any]:
+    ratios = m.p99_p50_ratio
+    return {
+        "model_name": m.model_name,
+        "speculation": "on" if m.speculation else "off",
+        "window": {
+            "drafts": _finite(m.drafts),
+            "draft_tokens": _finite(m.draft_tokens),
+            "accepted_tokens": _finite(m.accepted_tokens),
+        },
+        "acceptance_ratio": _finite(m.acceptance_ratio),
+        "mean_acceptance_length": _finite(m.mean_acceptance_length),
+        "alpha_estimate": _finite(m.alpha_estimate),
+        "num_speculative_tokens": m.num_speculative_tokens,
+        "position_acceptance": [_finite(v) for v in m.position_acceptance],
+        "breakeven_acceptance_length": _finite(m.breakeven_acceptance_length),
+        "expected_speedup": _finite(m.expected_speedup),
+        "latency_seconds": {
+            metric: {k: _finite(v) for k, v in q.as_dict().items()}
+            if (q := m.latency.get(metric))
+            else {"p50": None, "p90": None, "p95": None, "p99": None}
+            for metric in LATENCY_METRICS
+        },
+        "p99_p50_ratio": {metric: _finite(ratios.get(metric)) for metric in LATENCY_METRICS},
+        "kv_cache_usage": _finite(m.kv_cache_usage),
+        "generation_tokens_per_second": _finite(m.generation_tokens_per_second),
+        "comparable_with_v1": m.comparable,
+        "verdict": m.verdict.value,
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return value
+
+
+def render(stats: Stats, console: Console, title: str) -> None:
+    if not stats.models:
+        console.print(Panel("No engine metrics found in the source.", title=title, style="red"))
+        return
+    for m in stats.models:
+        console.print(Panel(Group(_summary_table(m), _latency_table(m)), title=f"{title}: {m.model_name or '?'}"))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _summary_table(m: ModelStats) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    verdict = m.verdict.value
+    table.add_row("verdict", f"[{VERDICT_STYLE[verdict]}]{verdict}[/]")
+    table.add_row("speculation", "on" if m.speculation else "off")
+    table.add_row("acceptance ratio", _fmt(m.acceptance_ratio))
+    table.add_row("mean acceptance length", _fmt(m.mean_acceptance_length))
+    table.add_row("α̂ (position 0)", _fmt(m.alpha_estimate))
+    table.add_row("k", "—" if m.num_speculative_tokens is None else str(m.num_speculative_tokens))
+    table.add_row("per position", " ".join(_fmt(v, 2) for v in m.position_acceptance) or "—")
+    breakeven, speedup = _fmt(m.breakeven_acceptance_length), _fmt(m.expected_speedup)
+    table.add_row("break-even L / expected speedup", f"{breakeven} / {speedup}")
+    table.add_row(
+        "window drafts / draft / accepted",
+        f"{_count(m.drafts)} / {_count(m.draft_tokens)} / {_count(m.accepted_tokens)}",
+    )
+    table.add_row("KV cache usage", _fmt(m.kv_cache_usage, 2))
+    if not m.comparable:
+        table.add_row("note", "legacy V0 engine: its acceptance counts are not comparable with V1's")
+    return table
+
+
+def _latency_table(m: ModelStats) -> Table:
+    table = Table(title="latency (seconds)", title_justify="left")
+    for column in ("metric", "P50", "P90", "P95", "P99", "P99/P50"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for metric in LATENCY_METRICS:
+        q = m.latency.get(metric)
+        if q is None:
+            table.add_row(metric, "—", "—", "—", "—", "—")
+            continue
+        table.add_row(metric, _fmt(q.p50, 4), _fmt(q.p90, 4), _fmt(q.p95, 4), _fmt(q.p99, 4), _fmt(q.p99_p50_ratio, 2))
+    return table

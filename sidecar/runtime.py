@@ -1,0 +1,107 @@
+"""The scrape loop: scrape, keep a window of snapshots, compute Stats, publish an immutable View.
+
+Readers (the exporter, /status, the decision loop) only ever see a complete View swapped in one assignment, so
+nothing needs a lock. A failed scrape publishes a View without Stats: derived gauges go absent, not stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from sidecar.adapters.scrape import ScrapeResult, scrape
+from sidecar.core.baseline import Baseline, learn
+from sidecar.core.snapshot import Snapshot
+from sidecar.core.stats import Stats, compute_stats
+from sidecar.settings import Settings
+
+log = logging.getLogger("spec_sidecar.runtime")
+
+# A latency window needs this many requests before its P99/P50 may become a baseline.
+MIN_BASELINE_OBSERVATIONS = 50.0
+
+
+@dataclass(frozen=True)
+class View:
+    stats: Stats | None = None
+    target_up: bool = False
+    ready: bool = False
+    last_scrape: ScrapeResult | None = None
+    last_success_at: float | None = None
+    baseline: Baseline = field(default_factory=Baseline)
+    scrapes: Mapping[str, int] = field(default_factory=dict)
+    bad_lines_total: int = 0
+
+
+StatsListener = Callable[[Stats], Awaitable[None]]
+
+
+class Monitor:
+    """Owns the window of snapshots; ``observe`` is the whole state transition, easy to drive in tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = settings.analysis_config()
+        self.view = View(baseline=Baseline(configured=dict(settings.baseline_p99_p50)))
+        self._history: deque[Snapshot] = deque()
+        self._scrapes: Counter[str] = Counter()
+        self._listeners: list[StatsListener] = []
+
+    def add_listener(self, listener: StatsListener) -> None:
+        self._listeners.append(listener)
+
+    def observe(self, result: ScrapeResult, now: float) -> View:
+        self._scrapes[result.result] += 1
+        previous = self.view
+        bad_total = previous.bad_lines_total + result.bad_lines
+        if result.snapshot is None:
+            self._log_failure(result, previous)
+            self.view = View(
+                None, False, previous.ready, result, previous.last_success_at, previous.baseline,
+                dict(self._scrapes), bad_total,
+            )  # fmt: skip
+            return self.view
+        if not previous.target_up:
+            log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, result.snapshot.engine)
+        self._remember(result.snapshot, now)
+        stats = compute_stats(list(self._history), self.config)
+        baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
+        self.view = View(stats, True, True, result, now, baseline, dict(self._scrapes), bad_total)
+        return self.view
+
+    def _remember(self, snapshot: Snapshot, now: float) -> None:
+        self._history.append(snapshot)
+        # Keep the newest snapshot at or before the window start, so the window spans the full length.
+        start = now - self.settings.window
+        while len(self._history) >= 2 and (self._history[1].taken_at or 0.0) <= start:
+            self._history.popleft()
+
+    def _log_failure(self, result: ScrapeResult, previous: View) -> None:
+        # Log transitions, not every failed scrape: an engine down for an hour should not flood the log.
+        if previous.target_up or previous.last_scrape is None or previous.last_scrape.result != result.result:
+            log.warning("scrape of %s failed: %s (%s)", self.settings.vllm_url, result.result, result.detail)
+
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        interval = self.settings.scrape_interval
+        while not stop.is_set():
+            started = time.monotonic()
+            result = await scrape(
+                client, self.settings.vllm_url, self.settings.scrape_timeout, self.settings.scrape_max_bytes
+            )
+            view = self.observe(result, time.time())
+            if view.stats is not None:
+                for listener in self._listeners:
+                    try:
+                        await listener(view.stats)
+                    except Exception:  # a broken listener must not stop measuring
+                        log.exception("stats listener failed")
+            delay = max(0.0, interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -1,0 +1,136 @@
+"""Every knob of the sidecar, one flat field per CLI flag.
+
+A field ``scrape_interval`` is the flag ``--scrape-interval`` and the environment variable
+``SPEC_SIDECAR_SCRAPE_INTERVAL``; a flag beats the environment, which beats the default. The CLI builds its
+flags from these fields, and docs/configuration.md is generated from them, so the three never drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sidecar.core.stats import AnalysisConfig
+from sidecar.core.verdict import Thresholds
+
+LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPEC_SIDECAR_", extra="ignore", validate_default=True)
+
+    # --- where things are -----------------------------------------------------------------------------------
+    vllm_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of the engine beside us; /metrics is scraped and /v1/* is forwarded there.",
+    )
+    listen: str = Field(
+        "0.0.0.0:8081",
+        description="HOST:PORT of the sidecar's one listener: /metrics, /healthz, /readyz, /status and the tap.",
+    )
+
+    # --- scraping ------------------------------------------------------------------------------------------
+    scrape_interval: float = Field(5.0, gt=0, description="Seconds between scrapes of the engine's /metrics.")
+    scrape_timeout: float = Field(
+        3.0, gt=0, description="Seconds a scrape may take (connect + read) before it counts as failed."
+    )
+    scrape_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest /metrics body accepted, in bytes; a larger one is dropped and counted as too_large.",
+    )
+
+    # --- the numbers ---------------------------------------------------------------------------------------
+    window: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds of history each decision looks at: counters and buckets are increases over it.",
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Acceptance ratio below which speculation is net-negative (verdict disable)."
+    )
+    keep_threshold: float = Field(
+        0.65, ge=0, le=1, description="Acceptance ratio from which speculation is a likely win (verdict keep)."
+    )
+    min_draft_tokens: int = Field(
+        200,
+        ge=0,
+        description="Draft tokens a window must carry before any verdict; fewer is no-data, never a decision.",
+    )
+    draft_cost_ratio: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "c = draft cost / target cost per step, for break-even L = 1 + k*c and expected speedup "
+            "(~0 for ngram/suffix, small for EAGLE/MTP, ~draft/target size for a draft model)."
+        ),
+    )
+    baseline_p99_p50: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Known P99/P50 ratios without speculation, e.g. 'ttft=2.5,tpot=1.4'. Metrics not given are learned "
+            "from windows observed with speculation off."
+        ),
+    )
+
+    # --- the decision and the actuator -----------------------------------------------------------------------
+    trip_windows: int = Field(
+        3, ge=1, description="Consecutive low windows (each with enough draft tokens) before turning speculation off."
+    )
+    cooldown: float = Field(
+        600.0, ge=0, description="Seconds after any toggle during which no other automatic toggle happens."
+    )
+    dry_run: bool = Field(False, description="Decide and report everything, write nothing.")
+    deployment: str | None = Field(None, description="Kubernetes Deployment to act on (with --namespace).")
+    namespace: str | None = Field(None, description="Namespace of --deployment; defaults to the pod's own.")
+    container: str = Field("vllm", description="Name of the vLLM container inside --deployment.")
+    deployment_file: str | None = Field(
+        None, description="A local YAML manifest to act on instead of a cluster (same contract)."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus to read fleet-wide rates from; the leader then judges all replicas as one."
+    )
+
+    # --- the tap -------------------------------------------------------------------------------------------
+    temperature_buckets: str = Field(
+        "0,0.3,0.7,1.0",
+        description="Upper edges of temperature buckets; 0 alone is its own bucket, above the last edge is 'high'.",
+    )
+    tap_max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Largest request body the tap accepts; larger ones get a 413."
+    )
+
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @field_validator("baseline_p99_p50", mode="before")
+    @classmethod
+    def _parse_baseline(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, float] = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, raw = item.partition("=")
+            if not sep or key.strip() not in LATENCY_KEYS:
+                raise ValueError(f"expected metric=ratio with metric in {LATENCY_KEYS}, got {item!r}")
+            pairs[key.strip()] = float(raw)
+        return pairs
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    def analysis_config(self) -> AnalysisConfig:
+        return AnalysisConfig(
+            Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
+        )
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
