@@ -13,8 +13,8 @@ from sidecar.core import specargs
 VALUES = st.sampled_from(
     ['{"method": "ngram", "num_speculative_tokens": 3}', "ngram", "/models/draft", "4", "0.3", "-1", "a b"]
 )
-VALUED = sorted((specargs.CURRENT_FLAGS | specargs.LEGACY_FLAGS | specargs.DEPENDENT_FLAGS) - {"-sc"}) + [
-    "-sc",
+VALUED = [
+    *sorted(specargs.CURRENT_FLAGS | specargs.LEGACY_FLAGS | specargs.DEPENDENT_FLAGS),
     "--speculative_config",
     "--num_speculative_tokens",
 ]
@@ -40,7 +40,7 @@ def is_plain(token: str) -> bool:
 
 
 PLAIN_TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\\\x00\r"), max_size=12
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\\\x00\r"), max_size=12
 ).filter(is_plain)
 PLAIN = st.one_of(
     st.sampled_from(["--model", "/models/m", "--port", "8000", "--max-model-len", "1024", "--dtype", "float32"]),
