@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per scrape is noise
     host, port = host_port(settings.listen)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, access_log=False)
     return 0

@@ -71,7 +71,9 @@ class Monitor:
         if not previous.target_up:
             log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, result.snapshot.engine)
         self._remember(result.snapshot, now)
-        stats = compute_stats(list(self._history), self.config)
+        # Always a window: one snapshot alone is compared with itself (no increase yet), never with engine start.
+        history = list(self._history)
+        stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
         self.view = View(stats, True, True, result, now, baseline, dict(self._scrapes), bad_total)
         return self.view
