@@ -1,0 +1,62 @@
+"""docs/metrics.md and the exporter must agree on every family: name, type and label names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.adapters.scrape import ScrapeResult, parse_payload
+from sidecar.app import build_sidecar
+from sidecar.settings import Settings
+from tests.support.payloads import vllm_payload
+
+DOC = Path(__file__).parents[2] / "docs" / "metrics.md"
+ROW = re.compile(r"^\| `(specdecode_[a-z0-9_]+)` \| (gauge|counter|histogram) \|([^|]*)\|")
+
+
+def documented() -> dict[str, tuple[str, frozenset[str]]]:
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            labels = frozenset(re.findall(r"`([a-z_]+)`", m.group(3)))
+            rows[m.group(1)] = (m.group(2), labels)
+    return rows
+
+
+def exported_by_a_busy_sidecar() -> dict[str, tuple[str, frozenset[str]]]:
+    """A sidecar fed two scrapes of an engine with traffic in between, so every scrape-derived family has data."""
+    sidecar = build_sidecar(Settings(baseline_p99_p50={"ttft": 2.0}))
+    full = (("0.1", 0.0), ("1.0", 0.0), ("+Inf", 0.0))
+    grown = (("0.1", 50.0), ("1.0", 90.0), ("+Inf", 100.0))
+    before = vllm_payload(drafts=0, draft_tokens=0, accepted=0, per_position=(0, 0), ttft_buckets=full)
+    after = vllm_payload(drafts=100, draft_tokens=200, accepted=120, per_position=(70, 50), ttft_buckets=grown)
+    after += 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25\n'
+    after += 'vllm:generation_tokens_total{engine="0",model_name="tiny"} 500\n'
+    for taken_at, text in ((1000.0, before), (1010.0, after)):
+        snapshot, _, _ = parse_payload(text, taken_at)
+        sidecar.monitor.observe(ScrapeResult("success", snapshot, 0.01), taken_at)
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(sidecar.registry).decode()):
+        if not family.name.startswith("specdecode_"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = frozenset(k for s in family.samples for k in s.labels if k not in {"le"})
+        out[name] = (family.type, labels)
+    return out
+
+
+def test_every_exported_family_is_documented_with_its_type_and_labels() -> None:
+    docs = documented()
+    for name, (kind, labels) in exported_by_a_busy_sidecar().items():
+        assert name in docs, f"{name} is exported but not in docs/metrics.md"
+        assert docs[name] == (kind, labels), f"{name}: doc says {docs[name]}, exporter gives {(kind, labels)}"
+
+
+def test_every_documented_family_is_exported_when_there_is_data() -> None:
+    exported = exported_by_a_busy_sidecar()
+    missing = [name for name in documented() if name not in exported]
+    assert not missing, f"documented but never exported: {missing}"
