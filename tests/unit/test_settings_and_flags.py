@@ -1,0 +1,54 @@
+"""Every setting is a flag and an environment variable; flags beat the environment, which beats defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from sidecar.cli import build_parser, main, settings_from_args
+from sidecar.settings import Settings, host_port
+
+
+def test_every_setting_is_a_flag_of_run() -> None:
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    flags = {opt for action in run._actions for opt in action.option_strings}
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in flags
+
+
+def test_a_flag_beats_the_environment_which_beats_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEC_SIDECAR_SCRAPE_INTERVAL", "7")
+    monkeypatch.setenv("SPEC_SIDECAR_WINDOW", "120")
+    args = build_parser().parse_args(["run", "--scrape-interval", "2"])
+    settings = settings_from_args(args)
+    assert settings.scrape_interval == 2.0
+    assert settings.window == 120.0
+    assert settings.threshold == Settings.model_fields["threshold"].default
+
+
+def test_dry_run_is_a_boolean_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_from_args(build_parser().parse_args(["run", "--dry-run"])).dry_run is True
+    monkeypatch.setenv("SPEC_SIDECAR_DRY_RUN", "true")
+    assert settings_from_args(build_parser().parse_args(["run"])).dry_run is True
+    assert settings_from_args(build_parser().parse_args(["run", "--no-dry-run"])).dry_run is False
+
+
+def test_the_baseline_is_written_as_metric_equals_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPEC_SIDECAR_BASELINE_P99_P50", "ttft=2.5, tpot=1.4")
+    assert Settings().baseline_p99_p50 == {"ttft": 2.5, "tpot": 1.4}
+    with pytest.raises(ValueError, match="metric=ratio"):
+        Settings(baseline_p99_p50="latency=3")
+
+
+def test_a_bad_value_is_one_clear_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--threshold", "1.5", "nonexistent.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold" in err
+    assert "less than or equal to 1" in err
+
+
+def test_listen_takes_host_and_port_including_ipv6() -> None:
+    assert host_port("0.0.0.0:8081") == ("0.0.0.0", 8081)
+    assert host_port("[::1]:9000") == ("::1", 9000)
+    for bad in ("8081", "host:", "host:99999", "host:http"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            host_port(bad)
