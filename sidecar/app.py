@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sidecar.exporter import ScrapeCollector
+from sidecar.report import report_json
 from sidecar.runtime import Monitor
 from sidecar.settings import Settings
 
@@ -70,5 +71,14 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
             return JSONResponse({"status": "ready", "target_up": view.target_up})
         detail = view.last_scrape.detail if view.last_scrape else "no scrape yet"
         return JSONResponse({"status": "waiting for the first good scrape", "detail": detail}, status_code=503)
+
+    @app.get("/api/report")
+    def api_report() -> JSONResponse:
+        """The current window in the `report --json` shape, plus health: for scripts, the demo and /status."""
+        view = sc.monitor.view
+        body = report_json(view.stats) if view.stats is not None else {"engine": None, "models": []}
+        body["target_up"] = view.target_up
+        body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
+        return JSONResponse(body)
 
     return app

@@ -39,6 +39,10 @@ def test_exported_acceptance_is_the_window_increase_of_the_engine_counters(
         replay.serve(vllm_payload(drafts=300, draft_tokens=1200, accepted=800, per_position=(250, 200, 150, 100)))
         _hits_advance(replay)
         metrics = sidecar.metrics()
+        report = httpx.get(sidecar.url + "/api/report").json()
+    assert report["target_up"] is True
+    assert report["models"][0]["acceptance_ratio"] == pytest.approx(600 / 800)
+    assert report["models"][0]["verdict"] == "keep"
     model = (("model_name", "tiny"),)
     # Window = first scrape .. last scrape: increases 800 draft tokens, 600 accepted, 200 drafts.
     assert metrics[("specdecode_acceptance_ratio", model)] == pytest.approx(600 / 800)
