@@ -1,0 +1,365 @@
+"""When to turn speculation off, and back on: ``decide(observation, state, config, now) -> Decision``.
+
+Pure and clock-free: time comes in as ``now`` (epoch seconds), the persisted part of the state comes from the
+Deployment's annotations (:mod:`sidecar.core.annotations`), the rest (trip counter) lives in memory and is lost
+on restart, which only makes the sidecar more patient.
+
+Order of precedence, first match wins:
+  1. a user pin (``spec-sidecar.io/pin``) always wins, and is enforced;
+  2. nothing while a rollout is in progress;
+  3. nothing once latched by the flap budget, until a human clears the latch;
+  4. speculation off: hold, or start a timed trial when one is due;
+  5. speculation on: judge the window (enough evidence? each enabled rule), count consecutive failing
+     windows, and disable after ``trip_windows``, unless inside the cooldown, the grace after a manual enable,
+     or the flap budget says latch instead.
+Every decision carries a :class:`Reason` (a Prometheus label value) and a sentence for people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from sidecar.core.annotations import By, ControlRecord
+from sidecar.core.baseline import divergence
+from sidecar.core.stats import ModelStats
+
+
+class Action(StrEnum):
+    NONE = "none"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    LATCH = "latch"  # write the latch annotation only; args untouched
+
+
+class Reason(StrEnum):
+    # why a window fails (and so why speculation goes off)
+    LOW_ACCEPTANCE = "low_acceptance"
+    BELOW_BREAKEVEN = "below_breakeven"
+    LATENCY_DIVERGENCE = "latency_divergence"
+    # no action: not enough to judge
+    ENGINE_DOWN = "engine_down"
+    NO_DATA = "no_data"
+    SMALL_WINDOW = "small_window"
+    WINDOW_FILLING = "window_filling"
+    AWAITING_WINDOW = "awaiting_window"  # this window overlaps the last one counted
+    # no action: judged
+    HEALTHY = "healthy"
+    TRIPPING = "tripping"
+    # no action: held back
+    COOLDOWN = "cooldown"
+    MANUAL_GRACE = "manual_grace"
+    ROLLOUT_IN_PROGRESS = "rollout_in_progress"
+    LATCHED = "latched"
+    SPECULATION_OFF = "speculation_off"
+    TRIALS_EXHAUSTED = "trials_exhausted"
+    # toggles and their outcomes
+    PINNED_ON = "pinned_on"
+    PINNED_OFF = "pinned_off"
+    FLAP_BUDGET = "flap_budget_exhausted"
+    TRIAL_START = "trial_start"
+    TRIAL_RUNNING = "trial_running"
+    TRIAL_PASSED = "trial_passed"
+    TRIAL_FAILED = "trial_failed"
+
+
+FAILING = (Reason.LOW_ACCEPTANCE, Reason.BELOW_BREAKEVEN, Reason.LATENCY_DIVERGENCE)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Re-enable a while after the sidecar turned speculation off; keep it only if the next windows pass."""
+
+    after: float = 1800.0  # seconds off before the first trial
+    backoff: float = 2.0  # each failed trial multiplies the wait
+    max_wait: float = 24 * 3600.0
+    max_tries: int = 3  # consecutive failed trials before giving up (a human can always enable)
+    windows: int = 3  # windows that must pass (>= threshold + hysteresis) to keep speculation on
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every number the policy uses. Defaults are the ones docs/policy.md measures."""
+
+    threshold: float = 0.5  # acceptance ratio below which a window fails
+    hysteresis: float = 0.05  # a trial keeps speculation only at >= threshold + hysteresis
+    min_draft_tokens: float = 200.0  # a window with fewer draft tokens is no evidence either way
+    trip_windows: int = 3  # consecutive failing windows before disabling
+    window_seconds: float = 60.0  # length of one window; counted windows never overlap
+    cooldown: float = 600.0  # seconds after any toggle with no automatic toggle
+    manual_grace: float = 3600.0  # seconds a manual enable is left alone
+    flap_budget: int = 4  # automatic toggles allowed per flap_period; one more latches
+    flap_period: float = 6 * 3600.0
+    breakeven_rule: bool = False  # also fail windows with L < 1 + k·c
+    divergence_factor: float | None = None  # also fail windows with P99/P50 > factor × baseline
+    divergence_metrics: tuple[str, ...] = ("tpot", "e2e")
+    trial: TrialConfig | None = None  # timed re-enable; off by default
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the policy needs from one window of one model, and nothing more."""
+
+    engine_up: bool
+    speculation: bool
+    acceptance_ratio: float | None = None
+    draft_tokens: float | None = None
+    mean_acceptance_length: float | None = None
+    num_speculative_tokens: int | None = None
+    breakeven_acceptance_length: float | None = None
+    p99_p50_ratio: Mapping[str, float | None] = field(default_factory=dict)
+    p99_p50_baseline: Mapping[str, float | None] = field(default_factory=dict)
+    window_seconds: float | None = None
+    verdict: str | None = None
+
+
+def observation_from_stats(
+    model: ModelStats | None,
+    *,
+    engine_up: bool,
+    window_seconds: float | None,
+    baseline: Mapping[str, float | None] | None = None,
+) -> Observation:
+    if model is None:
+        return Observation(engine_up=engine_up, speculation=False, window_seconds=window_seconds)
+    return Observation(
+        engine_up=engine_up,
+        speculation=model.speculation,
+        acceptance_ratio=model.acceptance_ratio,
+        draft_tokens=model.draft_tokens,
+        mean_acceptance_length=model.mean_acceptance_length,
+        num_speculative_tokens=model.num_speculative_tokens,
+        breakeven_acceptance_length=model.breakeven_acceptance_length,
+        p99_p50_ratio=model.p99_p50_ratio,
+        p99_p50_baseline=dict(baseline or {}),
+        window_seconds=window_seconds,
+        verdict=str(model.verdict),
+    )
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    speculation: bool  # configured on the target right now (read from its args)
+    rollout_complete: bool = True
+    record: ControlRecord = field(default_factory=ControlRecord)
+    # in memory only
+    trip_count: int = 0
+    trip_reason: Reason | None = None
+    last_window_at: float | None = None  # when the last counted window ended
+    trial_passes: int = 0
+    trial_failed: bool = False
+    trial_done: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: Reason
+    state: PolicyState  # the state after this decision; state.record is what to persist with a toggle
+    write: bool  # False for NONE and in dry-run
+    detail: str
+
+    @property
+    def toggles(self) -> bool:
+        return self.action in (Action.DISABLE, Action.ENABLE)
+
+
+def decide(observation: Observation, state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+    record = state.record
+    if record.pin is not None:
+        return _pinned(state, config, now)
+    if not state.rollout_complete:
+        return _hold(state, Reason.ROLLOUT_IN_PROGRESS, "a rollout is in progress; waiting for it to finish")
+    if record.latched:
+        return _hold(state, Reason.LATCHED, f"latched ({record.latched}); a human must clear it")
+    if not state.speculation:
+        return _while_off(state, config, now)
+    judged = _judge(observation, state, config, now)
+    if isinstance(judged, Decision):
+        return judged
+    counted, keep_failing = judged
+    if _in_trial(state, config):
+        return _trial(counted, not keep_failing, config, now)
+    return _normal(counted, config, now)
+
+
+# --- the pin ---------------------------------------------------------------------------------------------
+
+
+def _pinned(state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+    want_on = state.record.pin == "on"
+    reason = Reason.PINNED_ON if want_on else Reason.PINNED_OFF
+    if want_on == state.speculation:
+        return _hold(state, reason, f"pinned {state.record.pin} by a user")
+    if not state.rollout_complete:
+        return _hold(state, Reason.ROLLOUT_IN_PROGRESS, "pinned, but a rollout is in progress")
+    action = Action.ENABLE if want_on else Action.DISABLE
+    return _toggle(
+        state, config, now, action, reason=reason, detail=f"pinned {state.record.pin} by a user: enforcing it"
+    )
+
+
+# --- judging one window ----------------------------------------------------------------------------------
+
+
+def _judge(
+    obs: Observation, state: PolicyState, config: PolicyConfig, now: float
+) -> tuple[PolicyState, tuple[Reason, ...]] | Decision:
+    """The state with this window counted (trip_reason set when it failed) and the rules it breaks at the
+    keep threshold (threshold + hysteresis); or a no-action Decision when the window is no evidence."""
+    if not obs.engine_up:
+        return _hold(state, Reason.ENGINE_DOWN, "the engine is not answering")
+    if not obs.speculation or obs.acceptance_ratio is None:
+        return _hold(state, Reason.NO_DATA, "no speculation metrics in this window")
+    if obs.window_seconds is not None and obs.window_seconds < 0.9 * config.window_seconds:
+        return _hold(
+            state, Reason.WINDOW_FILLING, f"window is {obs.window_seconds:.0f}s of {config.window_seconds:.0f}s"
+        )
+    if obs.draft_tokens is None or obs.draft_tokens < config.min_draft_tokens:
+        tokens = 0 if obs.draft_tokens is None else obs.draft_tokens
+        return _hold(state, Reason.SMALL_WINDOW, f"{tokens:.0f} draft tokens < {config.min_draft_tokens:.0f}")
+    if state.last_window_at is not None and now - state.last_window_at < 0.99 * config.window_seconds:
+        return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
+    failing = failing_rules(obs, config, config.threshold)
+    keep_failing = failing_rules(obs, config, config.threshold + config.hysteresis)
+    counted = replace(state, last_window_at=now)
+    if not failing:
+        return replace(counted, trip_count=0, trip_reason=None), keep_failing
+    return replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keep_failing
+
+
+def failing_rules(obs: Observation, config: PolicyConfig, threshold: float) -> tuple[Reason, ...]:
+    """Every enabled rule this window breaks, most important first."""
+    failing: list[Reason] = []
+    if obs.acceptance_ratio is not None and obs.acceptance_ratio < threshold:
+        failing.append(Reason.LOW_ACCEPTANCE)
+    length, breakeven = obs.mean_acceptance_length, obs.breakeven_acceptance_length
+    if config.breakeven_rule and length is not None and breakeven is not None and length < breakeven:
+        failing.append(Reason.BELOW_BREAKEVEN)
+    if config.divergence_factor is not None and _diverges(obs, config.divergence_factor, config.divergence_metrics):
+        failing.append(Reason.LATENCY_DIVERGENCE)
+    return tuple(failing)
+
+
+def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool:
+    for metric in metrics:
+        value = divergence(obs.p99_p50_ratio.get(metric), obs.p99_p50_baseline.get(metric))
+        if value is not None and value > factor:
+            return True
+    return False
+
+
+# --- speculation on: normal operation --------------------------------------------------------------------
+
+
+def _normal(state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+    if state.trip_reason is None:
+        return _hold(state, Reason.HEALTHY, "window passed every rule")
+    if state.trip_count < config.trip_windows:
+        detail = f"{state.trip_reason}: {state.trip_count} of {config.trip_windows} windows"
+        return _hold(state, Reason.TRIPPING, detail)
+    held = _held_back(state, config, now)
+    if held is not None:
+        return held
+    detail = f"{state.trip_reason} for {state.trip_count} consecutive windows"
+    return _toggle(state, config, now, Action.DISABLE, reason=state.trip_reason, detail=detail)
+
+
+def _held_back(state: PolicyState, config: PolicyConfig, now: float) -> Decision | None:
+    record = state.record
+    since_change = None if record.changed_at is None else now - record.changed_at
+    if since_change is not None and since_change < config.cooldown:
+        return _hold(state, Reason.COOLDOWN, f"{state.trip_reason}, but {since_change:.0f}s since the last change")
+    manual_on = record.changed_by is By.MANUAL and record.state == "on"
+    if manual_on and since_change is not None and since_change < config.manual_grace:
+        return _hold(state, Reason.MANUAL_GRACE, f"{state.trip_reason}, but enabled by hand {since_change:.0f}s ago")
+    return None
+
+
+# --- timed trial -----------------------------------------------------------------------------------------
+
+
+def _in_trial(state: PolicyState, config: PolicyConfig) -> bool:
+    record = state.record
+    started = record.reason == Reason.TRIAL_START and record.changed_by is By.SIDECAR
+    return config.trial is not None and started and not state.trial_done
+
+
+def _trial(state: PolicyState, passed: bool, config: PolicyConfig, now: float) -> Decision:
+    """One counted window during a trial: it must clear threshold + hysteresis, not just the threshold."""
+    trial = config.trial
+    assert trial is not None
+    state = replace(
+        state,
+        trial_passes=state.trial_passes + 1 if passed else state.trial_passes,
+        trial_failed=state.trial_failed or not passed,
+    )
+    if state.trial_failed:
+        held = _held_back(replace(state, trip_reason=Reason.TRIAL_FAILED), config, now)
+        if held is not None:
+            return held
+        return _toggle(state, config, now, Action.DISABLE, reason=Reason.TRIAL_FAILED, detail="a trial window failed")
+    if state.trial_passes >= trial.windows:
+        done = replace(state, trial_done=True, trip_count=0, trip_reason=None)
+        return _hold(done, Reason.TRIAL_PASSED, f"{state.trial_passes} trial windows passed; keeping speculation")
+    return _hold(state, Reason.TRIAL_RUNNING, f"{state.trial_passes} of {trial.windows} trial windows passed")
+
+
+def _while_off(state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+    record, trial = state.record, config.trial
+    if trial is None or record.changed_by is not By.SIDECAR:
+        return _hold(state, Reason.SPECULATION_OFF, "speculation is off")
+    if record.trial_attempts >= trial.max_tries or record.next_trial_at is None:
+        return _hold(state, Reason.TRIALS_EXHAUSTED, f"{record.trial_attempts} trials failed; a human must enable")
+    if now < record.next_trial_at:
+        return _hold(state, Reason.SPECULATION_OFF, f"next trial in {record.next_trial_at - now:.0f}s")
+    if record.changed_at is not None and now - record.changed_at < config.cooldown:
+        return _hold(state, Reason.COOLDOWN, "trial due, but inside the cooldown")
+    return _toggle(
+        state, config, now, Action.ENABLE, reason=Reason.TRIAL_START, detail=f"trial {record.trial_attempts + 1}"
+    )
+
+
+# --- outcomes --------------------------------------------------------------------------------------------
+
+
+def _hold(state: PolicyState, reason: Reason, detail: str) -> Decision:
+    return Decision(Action.NONE, reason, state, False, detail)
+
+
+def _toggle(
+    state: PolicyState, config: PolicyConfig, now: float, action: Action, *, reason: Reason, detail: str
+) -> Decision:
+    record = state.record
+    pinned = reason in (Reason.PINNED_ON, Reason.PINNED_OFF)
+    recent = record.toggles_since(now - config.flap_period, By.SIDECAR)
+    if not pinned and recent >= config.flap_budget:
+        latched = replace(record, latched=f"{recent} automatic toggles within {config.flap_period:.0f}s")
+        return Decision(
+            Action.LATCH,
+            Reason.FLAP_BUDGET,
+            replace(state, record=latched),
+            not config.dry_run,
+            f"would {action} ({reason}) but the flap budget of {config.flap_budget} is spent: latching",
+        )
+    toggled = record.toggled(now, str(action), By.SIDECAR, str(reason), record.removed)
+    toggled = _schedule_trial(toggled, record, config, now, reason=reason) if action is Action.DISABLE else toggled
+    fresh = PolicyState(speculation=action is Action.ENABLE, rollout_complete=False, record=toggled)
+    if config.dry_run:  # nothing changes; start counting afresh so a dry run reports each trip once
+        fresh = replace(state, trip_count=0, trip_reason=None)
+    return Decision(action, reason, fresh, not config.dry_run, detail)
+
+
+def _schedule_trial(
+    toggled: ControlRecord, before: ControlRecord, config: PolicyConfig, now: float, *, reason: Reason
+) -> ControlRecord:
+    trial = config.trial
+    if trial is None or reason is Reason.PINNED_OFF:
+        return replace(toggled, trial_attempts=0, next_trial_at=None)
+    attempts = before.trial_attempts + 1 if reason is Reason.TRIAL_FAILED else 0
+    if attempts >= trial.max_tries:
+        return replace(toggled, trial_attempts=attempts, next_trial_at=None)
+    wait = min(trial.after * trial.backoff**attempts, trial.max_wait)
+    return replace(toggled, trial_attempts=attempts, next_trial_at=now + wait)
