@@ -1,0 +1,117 @@
+"""`spec-sidecar report` as a user runs it: files and URLs, one source or a window of two, JSON or tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.payloads import vllm_payload
+from tests.support.replay import metrics_replay
+
+MODEL_KEYS = {
+    "model_name",
+    "speculation",
+    "window",
+    "acceptance_ratio",
+    "mean_acceptance_length",
+    "alpha_estimate",
+    "num_speculative_tokens",
+    "position_acceptance",
+    "latency_seconds",
+    "p99_p50_ratio",
+    "verdict",
+}
+
+
+def report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "report", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def report_json(*args: str) -> dict[str, Any]:
+    done = report("--json", *args)
+    assert done.returncode == 0, done.stderr
+    parsed: dict[str, Any] = json.loads(done.stdout)
+    return parsed
+
+
+def test_two_files_give_the_window_between_them(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.txt", tmp_path / "after.txt"
+    before.write_text(vllm_payload(drafts=100, draft_tokens=400, accepted=300, per_position=(90, 80, 70, 60)))
+    after.write_text(vllm_payload(drafts=150, draft_tokens=600, accepted=340, per_position=(110, 95, 80, 55 + 60)))
+    out = report_json("--min-draft-tokens", "100", str(before), str(after))
+    assert out["engine"] == "vllm"
+    (model,) = out["models"]
+    assert set(model) >= MODEL_KEYS
+    assert model["window"] == {"drafts": 50, "draft_tokens": 200, "accepted_tokens": 40}
+    assert model["acceptance_ratio"] == 40 / 200
+    assert model["mean_acceptance_length"] == 1 + 40 / 50
+    assert model["verdict"] == "disable"
+    # Per-position counter 3 went from 60 to 115: +55 over 50 drafts.
+    assert model["position_acceptance"] == [20 / 50, 15 / 50, 10 / 50, 55 / 50]
+
+
+def test_one_source_is_totals_since_engine_start(tmp_path: Path) -> None:
+    source = tmp_path / "now.txt"
+    source.write_text(vllm_payload(drafts=100, draft_tokens=400, accepted=300, per_position=(90, 80, 70, 60)))
+    (model,) = report_json(str(source))["models"]
+    assert model["acceptance_ratio"] == 300 / 400
+    assert model["verdict"] == "keep"
+
+
+def test_a_window_with_too_few_draft_tokens_is_no_data_and_nothing_is_zero(tmp_path: Path) -> None:
+    before, after = tmp_path / "a.txt", tmp_path / "b.txt"
+    before.write_text(vllm_payload(drafts=10, draft_tokens=40, accepted=30, per_position=(9, 8, 7, 6)))
+    after.write_text(vllm_payload(drafts=10, draft_tokens=40, accepted=30, per_position=(9, 8, 7, 6)))
+    (model,) = report_json(str(before), str(after))["models"]
+    assert model["verdict"] == "no-data"
+    assert model["acceptance_ratio"] is None
+    assert model["mean_acceptance_length"] is None
+    assert all(q is None for lat in model["latency_seconds"].values() for q in lat.values())
+
+
+def test_speculation_off_is_reported_as_off_with_null_numbers(tmp_path: Path) -> None:
+    source = tmp_path / "plain.txt"
+    source.write_text(vllm_payload(ttft_buckets=(("0.5", 3), ("+Inf", 4))))
+    (model,) = report_json(str(source))["models"]
+    assert model["speculation"] == "off"
+    assert model["window"] == {"drafts": None, "draft_tokens": None, "accepted_tokens": None}
+    assert model["acceptance_ratio"] is None
+    assert model["num_speculative_tokens"] is None
+    assert model["verdict"] == "no-data"
+    assert model["latency_seconds"]["ttft"]["p50"] == 0.5 * (2 / 3)
+
+
+def test_a_url_source_is_scraped_with_the_classic_text_format() -> None:
+    with metrics_replay() as replay:
+        replay.serve(vllm_payload(drafts=10, draft_tokens=400, accepted=100, per_position=(40, 30, 20, 10)))
+        (model,) = report_json(replay.url)["models"]
+        assert replay.accept_headers[-1].startswith("text/plain; version=0.0.4")
+    assert model["acceptance_ratio"] == 100 / 400
+
+
+def test_the_human_report_shows_the_verdict_and_the_latency_table(tmp_path: Path) -> None:
+    source = tmp_path / "now.txt"
+    source.write_text(vllm_payload(drafts=100, draft_tokens=400, accepted=300, per_position=(90, 80, 70, 60)))
+    done = report(str(source))
+    assert done.returncode == 0, done.stderr
+    assert "keep" in done.stdout
+    assert "0.750" in done.stdout
+    assert "P99/P50" in done.stdout
+
+
+def test_unusable_sources_fail_with_one_clear_line(tmp_path: Path) -> None:
+    missing = report(str(tmp_path / "missing.txt"))
+    assert missing.returncode == 2
+    assert "No such file" in missing.stderr
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello world\n")
+    assert "no known engine metrics" in report(str(junk)).stderr
+    refused = report("http://127.0.0.1:9/metrics")
+    assert refused.returncode == 2
+    assert "unreachable" in refused.stderr
+    assert "Traceback" not in missing.stderr + refused.stderr
