@@ -26,6 +26,19 @@ log = logging.getLogger("spec_sidecar.runtime")
 
 # A latency window needs this many requests before its P99/P50 may become a baseline.
 MIN_BASELINE_OBSERVATIONS = 50.0
+# How far back /status charts acceptance.
+TREND_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One model's windowed numbers at one scrape, for charts of the last hour."""
+
+    at: float
+    model_name: str
+    acceptance_ratio: float | None
+    mean_acceptance_length: float | None
+    verdict: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class Monitor:
         self._history: deque[Snapshot] = deque()
         self._scrapes: Counter[str] = Counter()
         self._listeners: list[StatsListener] = []
+        self._trend: deque[TrendPoint] = deque()
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
@@ -76,7 +90,19 @@ class Monitor:
         stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
         self.view = View(stats, True, True, result, now, baseline, dict(self._scrapes), bad_total)
+        self._record_trend(stats, now)
         return self.view
+
+    def trend(self) -> tuple[TrendPoint, ...]:
+        """Acceptance per model per scrape over the last TREND_SECONDS, oldest first."""
+        return tuple(self._trend)
+
+    def _record_trend(self, stats: Stats, now: float) -> None:
+        for m in stats.models:
+            point = TrendPoint(now, m.model_name, m.acceptance_ratio, m.mean_acceptance_length, m.verdict.value)
+            self._trend.append(point)
+        while self._trend and self._trend[0].at < now - TREND_SECONDS:
+            self._trend.popleft()
 
     def _remember(self, snapshot: Snapshot, now: float) -> None:
         self._history.append(snapshot)
