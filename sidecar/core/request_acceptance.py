@@ -207,6 +207,7 @@ class StreamFilter:
     def _hold_partial(self, data: bytes, chunk: bytes) -> bytes:
         if len(data) > MAX_PENDING_BYTES:
             # Not vLLM's SSE: give up stripping rather than buffer an unbounded stream.
+            self._pending = data
             out = self.finish() if self._strip else chunk
             self._strip = False
             return out

@@ -137,7 +137,7 @@ def stream_events(x: Exchange, *, include_usage: bool) -> list[bytes]:
 def json_body(x: Exchange) -> bytes:
     text = "".join(x.words)
     if x.chat:
-        message = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "tool_calls": []}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "tool_calls": []}
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
@@ -272,7 +272,7 @@ async def _client_left(reader: asyncio.StreamReader, seconds: float) -> bool:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
