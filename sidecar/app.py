@@ -16,10 +16,13 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.exporter import ScrapeCollector
 from sidecar.report import report_json
 from sidecar.runtime import Monitor
 from sidecar.settings import Settings
+from sidecar.tap import TapConfig, install_tap
+from sidecar.tap_metrics import TapRecorder
 
 
 @dataclass
@@ -29,13 +32,35 @@ class Sidecar:
     settings: Settings
     monitor: Monitor
     registry: CollectorRegistry
+    recorder: TapRecorder
+
+    def speculative_tokens(self) -> int | None:
+        """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
+        stats = self.monitor.view.stats
+        return (
+            next((m.num_speculative_tokens for m in stats.models if m.num_speculative_tokens), None) if stats else None
+        )
 
 
 def build_sidecar(settings: Settings) -> Sidecar:
     monitor = Monitor(settings)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScrapeCollector(lambda: monitor.view))
-    return Sidecar(settings, monitor, registry)
+    recorder = TapRecorder(window_seconds=settings.bucket_window)
+    registry.register(recorder.collector())
+    return Sidecar(settings, monitor, registry, recorder)
+
+
+def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
+    return TapConfig(
+        upstream_url=settings.vllm_url,
+        max_body_bytes=settings.tap_max_body_bytes,
+        temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
+        ask_for_usage=settings.tap_ask_for_usage,
+        estimate_from_chunks=settings.tap_estimate_from_chunks,
+        window_seconds=settings.bucket_window,
+        speculative_tokens=sidecar.speculative_tokens,
+    )
 
 
 def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
@@ -81,4 +106,6 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
         return JSONResponse(body)
 
+    # Last: the tap takes every path not routed above (/v1/* observed, everything else passed through).
+    install_tap(app, tap_config(settings, sc), sc.recorder)
     return app

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.core.stats import AnalysisConfig
+from sidecar.core.temperature import parse_edges
 from sidecar.core.verdict import Thresholds
 
 LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
@@ -101,6 +102,23 @@ class Settings(BaseSettings):
     tap_max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest request body the tap accepts; larger ones get a 413."
     )
+    tap_ask_for_usage: bool = Field(
+        True,
+        description=(
+            "Ask vLLM for the final usage chunk of streams whose client did not (it carries per-request "
+            "acceptance), and strip it again so the client gets the bytes it asked for."
+        ),
+    )
+    tap_estimate_from_chunks: bool = Field(
+        False,
+        description=(
+            "Without per-request metrics (older vLLM, flag off), estimate acceptance from stream chunk sizes; "
+            "exported with source=chunk_estimate."
+        ),
+    )
+    bucket_window: float = Field(
+        300.0, gt=0, description="Seconds of requests behind the per-temperature-bucket gauges (P10/P50/P90)."
+    )
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
@@ -116,6 +134,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected metric=ratio with metric in {LATENCY_KEYS}, got {item!r}")
             pairs[key.strip()] = float(raw)
         return pairs
+
+    @field_validator("temperature_buckets")
+    @classmethod
+    def _check_buckets(cls, value: str) -> str:
+        parse_edges(value)
+        return value
 
     @field_validator("listen")
     @classmethod

@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.adapters.scrape import ScrapeResult, parse_payload
 from sidecar.app import build_sidecar
+from sidecar.core.request_acceptance import SOURCE_METRICS, SpecCounts
 from sidecar.settings import Settings
+from sidecar.tap_metrics import RequestRecord
 from tests.support.payloads import vllm_payload
 
 DOC = Path(__file__).parents[2] / "docs" / "metrics.md"
@@ -39,6 +41,9 @@ def exported_by_a_busy_sidecar() -> dict[str, tuple[str, frozenset[str]]]:
     for taken_at, text in ((1000.0, before), (1010.0, after)):
         snapshot, _, _ = parse_payload(text, taken_at)
         sidecar.monitor.observe(ScrapeResult("success", snapshot, 0.01), taken_at)
+    for draft, accepted in ((40, 30), (40, 10), (20, 20)):
+        record = RequestRecord("tiny", "0", SOURCE_METRICS, SpecCounts(draft, accepted), 0.05, 0.01)
+        sidecar.recorder.record(record)
     out = {}
     for family in text_string_to_metric_families(generate_latest(sidecar.registry).decode()):
         if not family.name.startswith("specdecode_"):
