@@ -1,17 +1,16 @@
 """PromQL ``histogram_quantile`` over classic buckets, with its exact edge cases.
 
-Mirrors Prometheus' bucketQuantile: NaN without a +Inf bucket, with fewer than two buckets or no
-observations; buckets with the same bound merged; non-monotonic counts forced monotonic; the +Inf bucket
-answers with the highest finite bound; a first bucket with a bound <= 0 answers with that bound; otherwise
-linear interpolation inside the bucket, starting from 0 for the first one.
+Mirrors Prometheus' bucketQuantile (2.42, the version the tests run through promtool): NaN without a +Inf
+bucket, with fewer than two buckets or no observations; buckets with the same bound merged; non-monotonic
+counts forced monotonic; the +Inf bucket answers with the highest finite bound; a first bucket with a bound
+<= 0 answers with that bound; otherwise linear interpolation inside the bucket, starting from 0 for the first.
 NaN is returned as None: a quantile that cannot be computed is absent, never 0.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -20,6 +19,7 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
 
 
 def promql_histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
+    """Prometheus' bucketQuantile step by step, NaN counts included (Go's comparisons with NaN are all false)."""
     if math.isnan(q):
         return math.nan
     if q < 0:
@@ -28,18 +28,19 @@ def promql_histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) 
         return math.inf
     if not buckets:
         return math.nan
-    merged = _coalesce(sorted(buckets, key=lambda b: b[0]))
-    if not math.isinf(merged[-1][0]) or merged[-1][0] < 0:
+    ordered = sorted(buckets, key=lambda b: b[0])
+    if ordered[-1][0] != math.inf:
         return math.nan
+    merged = _coalesce(ordered)
     counts = _monotonic([c for _, c in merged])
     if len(merged) < 2:
         return math.nan
     observations = counts[-1]
-    if observations == 0 or math.isnan(observations):
+    if observations == 0:
         return math.nan
     rank = q * observations
-    # Search only the finite buckets, as sort.Search(len(buckets)-1, ...) does.
-    b = bisect_left(counts, rank, 0, len(counts) - 1)
+    # Only the finite buckets are searched, as sort.Search(len(buckets)-1, ...) does.
+    b = _go_search(len(counts) - 1, lambda i: counts[i] >= rank)
     if b == len(merged) - 1:
         return merged[-2][0]
     if b == 0 and merged[0][0] <= 0:
@@ -63,16 +64,36 @@ def _coalesce(buckets: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _monotonic(counts: list[float]) -> list[float]:
-    out: list[float] = []
-    highest = -math.inf
-    for c in counts:
-        highest = max(highest, c)
-        out.append(highest)
+    """ensureMonotonic: a count below the highest so far is raised to it.
+
+    As in Prometheus, the running highest starts at the first count and only moves up on a strictly larger
+    count; every comparison with NaN is false, so a NaN first count freezes it and a NaN later is kept as is.
+    """
+    out = counts[:1]
+    highest = counts[0] if counts else math.nan
+    for c in counts[1:]:
+        if c > highest:
+            highest = c
+            out.append(c)
+        else:
+            out.append(highest if c < highest else c)
     return out
+
+
+def _go_search(n: int, holds: Callable[[int], bool]) -> int:
+    """sort.Search: the smallest i in [0, n) for which ``holds`` is true (n if none), by the same bisection."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _go_divide(a: float, b: float) -> float:
     """IEEE division as Go does it: x/0 is ±Inf and 0/0 is NaN (Python would raise)."""
     if b == 0:
-        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
     return a / b
