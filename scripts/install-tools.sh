@@ -32,13 +32,16 @@ if [ ! -f "$PY_STAMP" ]; then
   touch "$PY_STAMP"
 fi
 
-# TypeScript + Grafana's own dashboard types, matching the Grafana 11.6 flavour of the SDK.
+# TypeScript + Grafana's own dashboard types (matching the Grafana 11.6 flavour of the SDK), and the
+# Prometheus Operator's CRD types and validators for ServiceMonitor/PrometheusRule. Exact versions, no lock file.
+NODE_PACKAGES=("typescript@5.9.3" "@grafana/schema@11.6.16" "@kubernetes-models/prometheus-operator@6.0.0"
+  "js-yaml@4.3.2")
 NODE_DIR="$TOOLS/node"
-NODE_STAMP="$NODE_DIR/.complete-ts5-grafana-schema-11.6"
+NODE_STAMP="$NODE_DIR/.complete-$(echo "${NODE_PACKAGES[*]}" | sha256sum | cut -c1-12)"
 if [ ! -f "$NODE_STAMP" ]; then
   mkdir -p "$NODE_DIR"
-  (cd "$NODE_DIR" && [ -f package.json ] || echo '{"name":"spec-sidecar-tools","private":true}' >"$NODE_DIR/package.json")
-  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund "typescript@5" "@grafana/schema@11.6" >&2)
+  [ -f "$NODE_DIR/package.json" ] || echo '{"name":"spec-sidecar-tools","private":true}' >"$NODE_DIR/package.json"
+  (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --save-exact "${NODE_PACKAGES[@]}" >&2)
   touch "$NODE_STAMP"
 fi
 
@@ -50,5 +53,5 @@ echo "helm=$HELM"
 echo "kubernetes-validate=$VENV/bin/kubernetes-validate"
 echo "hadolint=$VENV/bin/hadolint"
 echo "tsc=$NODE_DIR/node_modules/.bin/tsc"
-echo "grafana-schema=$NODE_DIR/node_modules/@grafana/schema"
+echo "node_modules=$NODE_DIR/node_modules"
 echo "promtool=$PROMTOOL"

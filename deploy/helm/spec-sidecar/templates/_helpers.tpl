@@ -1,0 +1,60 @@
+{{/* Names follow the usual chart conventions; every object is named from spec-sidecar.fullname. */}}
+{{- define "spec-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spec-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "spec-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spec-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "spec-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "spec-sidecar.labels" -}}
+helm.sh/chart: {{ include "spec-sidecar.chart" . }}
+{{ include "spec-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "spec-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "spec-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The one Lease the sidecar replicas elect a leader with (one actor per Deployment). */}}
+{{- define "spec-sidecar.leaseName" -}}
+{{- default (printf "%s-leader" (include "spec-sidecar.fullname" .)) .Values.sidecar.leaseName | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "spec-sidecar.sidecarImage" -}}
+{{- printf "%s:%s" .Values.sidecar.image.repository (default .Chart.AppVersion .Values.sidecar.image.tag) }}
+{{- end }}
+
+{{/* The runbook link in each alert: the rule file says docs/runbook.md#anchor; a chart value points it elsewhere. */}}
+{{- define "spec-sidecar.rules" -}}
+{{- $rules := .Files.Get "files/alerts/spec-sidecar-rules.yaml" }}
+{{- if not $rules }}{{ fail "files/alerts/spec-sidecar-rules.yaml is missing from the chart" }}{{ end }}
+{{- $rules | replace "docs/runbook.md#" (printf "%s#" (trimSuffix "#" .Values.prometheusRule.runbookBaseUrl)) }}
+{{- end }}
