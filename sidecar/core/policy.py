@@ -160,6 +160,7 @@ class Decision:
     state: PolicyState  # the state after this decision; state.record is what to persist with a toggle
     write: bool  # False for NONE and in dry-run
     detail: str
+    prior: ControlRecord | None = None  # the record this toggle was decided on; the actuator checks it is current
 
     @property
     def toggles(self) -> bool:
@@ -343,13 +344,14 @@ def _toggle(
             replace(state, record=latched),
             not config.dry_run,
             f"would {action} ({reason}) but the flap budget of {config.flap_budget} is spent: latching",
+            prior=record,
         )
     toggled = record.toggled(now, str(action), By.SIDECAR, str(reason), record.removed)
     toggled = _schedule_trial(toggled, record, config, now, reason=reason) if action is Action.DISABLE else toggled
     fresh = PolicyState(speculation=action is Action.ENABLE, rollout_complete=False, record=toggled)
     if config.dry_run:  # nothing changes; start counting afresh so a dry run reports each trip once
         fresh = replace(state, trip_count=0, trip_reason=None)
-    return Decision(action, reason, fresh, not config.dry_run, detail)
+    return Decision(action, reason, fresh, not config.dry_run, detail, prior=record)
 
 
 def _schedule_trial(

@@ -1,0 +1,176 @@
+"""The actuator contract: read a target's speculation state, turn it off, turn it back on.
+
+Two adapters implement it: :mod:`sidecar.adapters.kube` (a Deployment, through the API server) and
+:mod:`sidecar.adapters.manifest` (a local YAML file). Both call :func:`plan` here, so what a toggle writes
+(args without the speculation flags, the removal record, state/reason/time/history annotations) is decided
+once, on plain data; the adapters only read, write atomically and report.
+
+Every operation is idempotent (asking for the state the target is already in is ``unchanged``) and guarded
+(a rollout in progress, a pin, a latch, a stale decision: refused with an outcome that says why).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Protocol
+
+from sidecar.core import specargs
+from sidecar.core.annotations import By, ControlRecord
+from sidecar.core.policy import Action, Decision
+from sidecar.core.specargs import Flag
+
+Clock = Callable[[], float]
+
+
+class Outcome(StrEnum):
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"  # already in the asked-for state
+    CONFLICT = "conflict"  # the target changed under us (409/422): re-read and decide again
+    NOT_LEADER = "not_leader"
+    ROLLOUT_PENDING = "rollout_pending"
+    PINNED = "pinned"
+    LATCHED = "latched"
+    NOT_RESTORABLE = "not_restorable"  # no removal record, or the args changed since the removal
+    DRY_RUN = "dry_run"
+    ERROR = "error"  # the write failed and was not done (reason in detail; counted by the adapter)
+
+
+@dataclass(frozen=True)
+class TargetView:
+    target: str  # "deployment/NS/NAME container=C" or "file:PATH container=C"
+    command: list[str] | None
+    args: list[str] | None
+    record: ControlRecord
+    rollout_complete: bool
+    flags: tuple[Flag, ...] = ()
+
+    @property
+    def speculation(self) -> bool:
+        return any(f.kind is specargs.Kind.SPECULATION for f in self.flags)
+
+
+@dataclass(frozen=True)
+class ActResult:
+    outcome: Outcome
+    action: str  # disable | enable | latch | pin
+    detail: str
+    view: TargetView | None = None  # the target as read last (after the write when it happened)
+    flags: tuple[str, ...] = field(default=())  # flags removed or restored
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome is Outcome.CHANGED
+
+
+class Actuator(Protocol):
+    """A target whose speculation can be switched. Sync: the runtime calls it from a worker thread."""
+
+    def read(self) -> TargetView: ...
+
+    def disable(self, reason: str, decision: Decision | None = None) -> ActResult:
+        """Remove speculation (and its dependents). ``decision`` None means a human asked (CLI)."""
+        ...
+
+    def enable(self, reason: str, decision: Decision | None = None) -> ActResult:
+        """Restore exactly what the last disable removed."""
+        ...
+
+    def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
+        """Write the annotations only (latch, pin, clearing a latch); the args stay as they are."""
+        ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    command: list[str] | None
+    args: list[str] | None
+    record: ControlRecord
+    flags: tuple[str, ...]
+
+
+def describe(flags: Sequence[Flag]) -> tuple[str, ...]:
+    return tuple(" ".join(f.text) for f in flags)
+
+
+def plan(
+    view: TargetView,
+    action: Action,
+    reason: str,
+    decision: Decision | None,
+    now: float,
+    *,
+    force: bool = False,
+) -> Plan | ActResult:
+    """What to write for ``action`` on ``view``, or why nothing should be written."""
+    refused = _refusal(view, action, decision)
+    if refused is not None:
+        return refused
+    record = _next_record(view.record, action, reason, decision, now)
+    if action is Action.DISABLE:
+        removal = specargs.remove(view.command, view.args)
+        record = replace(record, removed=removal.record)
+        return Plan(removal.command, removal.args, record, describe(removal.removed))
+    if view.record.removed is None:
+        return ActResult(Outcome.NOT_RESTORABLE, str(action), "no record of removed flags on the target", view)
+    try:
+        command, args = specargs.restore(view.command, view.args, view.record.removed, strict=not force)
+    except specargs.RestoreConflictError as exc:
+        return ActResult(Outcome.NOT_RESTORABLE, str(action), f"{exc}; restore by hand or force", view)
+    restored = specargs.find(command, args)
+    return Plan(command, args, replace(record, removed=None), describe(restored))
+
+
+def _refusal(view: TargetView, action: Action, decision: Decision | None) -> ActResult | None:
+    name = str(action)
+    want_on = action is Action.ENABLE
+    if view.speculation == want_on:
+        return ActResult(Outcome.UNCHANGED, name, f"speculation is already {'on' if want_on else 'off'}", view)
+    if decision is None:  # a human: only a contrary pin stops them (they set it; they can remove it)
+        pin = view.record.pin
+        if pin is not None and (pin == "on") != want_on:
+            return ActResult(Outcome.PINNED, name, f"pinned {pin}: remove the pin first", view)
+        return None
+    return check_decision(view, action, decision)
+
+
+def check_decision(view: TargetView, action: Action, decision: Decision) -> ActResult | None:
+    """An automatic write goes ahead only on the state it was decided on."""
+    name = str(action)
+    if decision.action is not action:
+        return ActResult(Outcome.ERROR, name, f"decision says {decision.action}, not {name}", view)
+    if not decision.write:
+        return ActResult(Outcome.DRY_RUN, name, "dry run: nothing written", view)
+    if decision.prior is not None and view.record != decision.prior:
+        return ActResult(Outcome.CONFLICT, name, "the control annotations changed since the decision", view)
+    if view.record.latched and view.record.pin is None:
+        return ActResult(Outcome.LATCHED, name, f"latched: {view.record.latched}", view)
+    if not view.rollout_complete:
+        return ActResult(Outcome.ROLLOUT_PENDING, name, "the last rollout has not finished", view)
+    return None
+
+
+def _next_record(
+    current: ControlRecord, action: Action, reason: str, decision: Decision | None, now: float
+) -> ControlRecord:
+    if decision is not None:
+        # The policy already computed history, trial schedule and so on from the record it was given.
+        return decision.state.record
+    manual = current.toggled(now, str(action), By.MANUAL, reason, current.removed)
+    return replace(manual, latched=None, trial_attempts=0, next_trial_at=None)  # a human resets automation
+
+
+def view_of(
+    target: str,
+    command: list[str] | None,
+    args: list[str] | None,
+    record: ControlRecord,
+    rollout_complete: bool,
+) -> TargetView:
+    return TargetView(target, command, args, record, rollout_complete, specargs.find(command, args))
+
+
+def wall_clock() -> float:
+    return time.time()
