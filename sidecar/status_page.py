@@ -1,0 +1,441 @@
+"""GET /status: one self-contained HTML page (inline CSS and SVG, no external assets) for people.
+
+It shows, per model, the current verdict and the decision framework's recommendation, acceptance over the last
+hour as a line chart with the threshold lines, the tap's per-temperature-bucket table, the actuator's state, the
+decision history and the scrape health. ``render_status`` is pure (a StatusPage in, a string out); ``install_status``
+gathers the data from a running sidecar. Every value that comes from outside (model names, bucket labels, reasons,
+URLs) goes through ``html.escape``: model names are user input.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sidecar.core.advice import Advice, AdviceConfig, Slo, Status, advise, bucket_inputs
+from sidecar.core.stats import ModelStats
+from sidecar.core.verdict import Thresholds, verdict
+from sidecar.runtime import TREND_SECONDS, TrendPoint
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from sidecar.app import Sidecar
+
+REFRESH_SECONDS = 10
+PALETTE = ("#2563eb", "#9333ea", "#0891b2", "#ea580c", "#4d7c0f", "#be185d")
+VERDICT_COLOUR = {"keep": "#15803d", "borderline": "#b45309", "disable": "#b91c1c", "no-data": "#6b7280"}
+STATUS_COLOUR = {Status.OK: "#15803d", Status.WARN: "#b45309", Status.BAD: "#b91c1c", Status.UNKNOWN: "#6b7280"}
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    at: float  # epoch seconds
+    action: str
+    reason: str
+    detail: str = ""
+
+
+class DecisionLike(Protocol):
+    @property
+    def at(self) -> float: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ActuatorState:
+    target: str  # e.g. "deployment default/vllm" or "file deploy/vllm.yaml"
+    speculation: bool | None  # configured on the target right now; None when unknown
+    state: str  # the decision state, e.g. "on", "off", "tripping", "cooldown", "pinned"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    model_name: str
+    bucket: str
+    requests: int  # in the tap's window
+    share: float  # of the model's requests in the window
+    acceptance: float | None
+    p10: float | None
+    p50: float | None
+    p90: float | None
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Health:
+    vllm_url: str
+    target_up: bool
+    last_scrape_result: str | None
+    last_scrape_detail: str
+    last_success_at: float | None
+    scrapes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    now: float
+    health: Health
+    thresholds: Thresholds
+    models: tuple[ModelStats, ...]
+    advice: tuple[Advice, ...]
+    trend: tuple[TrendPoint, ...]
+    buckets: tuple[BucketRow, ...] | None  # None: no tap recorder in this sidecar
+    actuator: ActuatorState | None
+    decisions: tuple[DecisionLike, ...]
+
+
+# --- rendering (pure) -------------------------------------------------------------------------------------
+
+
+def render_status(page: StatusPage) -> str:
+    body = "\n".join(
+        (
+            _header(page),
+            _models_section(page),
+            _chart_section(page),
+            _buckets_section(page),
+            _advice_section(page),
+            _actuator_section(page),
+            _decisions_section(page),
+            _health_section(page),
+        )
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>spec-sidecar status</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1180px;
+padding:16px 24px;color:#111827;background:#f9fafb}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+.muted{color:#6b7280}.card{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:12px 16px;margin:8px 0}
+table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:5px 8px;border-bottom:1px solid #e5e7eb;
+text-align:left;vertical-align:top}th{background:#f3f4f6;font-weight:600}td.num{text-align:right;
+font-variant-numeric:tabular-nums}.badge{display:inline-block;padding:2px 10px;border-radius:999px;color:#fff;
+font-weight:600}.big{font-size:20px}.models{display:flex;flex-wrap:wrap;gap:12px}.models .card{flex:1 1 320px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:6px 0}dt{color:#6b7280}dd{margin:0}
+svg text{font:11px system-ui,sans-serif;fill:#374151}
+"""
+
+
+def _header(page: StatusPage) -> str:
+    stamp = _utc(page.now)
+    return (
+        f'<h1>spec-sidecar</h1><div class="muted">engine {_e(page.health.vllm_url)} · {stamp} UTC · '
+        f"refreshes every {REFRESH_SECONDS} s</div>"
+    )
+
+
+def _models_section(page: StatusPage) -> str:
+    if not page.models:
+        return '<h2>Verdict</h2><div class="card muted">No engine metrics yet: waiting for a good scrape.</div>'
+    cards = []
+    advice = {a.model_name: a.recommendation.value for a in page.advice}
+    for m in page.models:
+        rows = (
+            ("recommendation", advice.get(m.model_name, "—")),
+            ("speculation", "on" if m.speculation else "off"),
+            ("acceptance ratio", _num(m.acceptance_ratio)),
+            ("mean acceptance length", _num(m.mean_acceptance_length, 2)),
+            ("draft tokens (window)", _count(m.draft_tokens)),
+            ("KV cache usage", _pct(m.kv_cache_usage)),
+        )
+        details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
+        cards.append(
+            f'<div class="card"><div class="big"><b>{_e(m.model_name or "?")}</b> {_verdict_badge(m.verdict.value)}'
+            f"</div><dl>{details}</dl></div>"
+        )
+    return f'<h2>Verdict</h2><div class="models">{"".join(cards)}</div>'
+
+
+def _verdict_badge(value: str) -> str:
+    return f'<span class="badge" style="background:{VERDICT_COLOUR.get(value, "#6b7280")}">{_e(value)}</span>'
+
+
+def _chart_section(page: StatusPage) -> str:
+    chart = acceptance_chart(page.trend, page.thresholds, page.now)
+    return f'<h2>Acceptance, last hour</h2><div class="card">{chart}</div>'
+
+
+def acceptance_chart(trend: Sequence[TrendPoint], thresholds: Thresholds, now: float) -> str:
+    """An inline SVG line chart: x = the last TREND_SECONDS, y = acceptance 0..1, with the verdict lines."""
+    width, height, left, right, top, bottom = 1080, 260, 44, 150, 12, 28
+    plot_w, plot_h = width - left - right, height - top - bottom
+    start = now - TREND_SECONDS
+
+    def x(at: float) -> float:
+        return left + max(0.0, min(1.0, (at - start) / TREND_SECONDS)) * plot_w
+
+    def y(value: float) -> float:
+        return top + (1.0 - max(0.0, min(1.0, value))) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}" role="img" '
+        'aria-label="acceptance ratio over the last hour">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#ffffff" stroke="#d1d5db"/>',
+    ]
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#f3f4f6"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
+    for minutes in (60, 45, 30, 15, 0):
+        label = "now" if minutes == 0 else f"-{minutes} min"
+        at_x = x(now - minutes * 60)
+        parts.append(f'<text x="{at_x:.1f}" y="{height - 8}" text-anchor="middle">{label}</text>')
+    for value, colour, label in (
+        (thresholds.disable_below, "#dc2626", f"disable below {thresholds.disable_below:g}"),
+        (thresholds.keep_from, "#16a34a", f"keep from {thresholds.keep_from:g}"),
+    ):
+        parts.append(
+            f'<line class="threshold" x1="{left}" x2="{left + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+            f'stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4"/>'
+        )
+        parts.append(f'<text x="{left + plot_w + 6}" y="{y(value) + 4:.1f}" style="fill:{colour}">{_e(label)}</text>')
+    series = _series(trend)
+    if not any(v is not None for points in series.values() for _, v in points):
+        parts.append(
+            f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" text-anchor="middle">'
+            "no acceptance measured in the last hour</text>"
+        )
+    for index, (model, points) in enumerate(sorted(series.items())):
+        colour = PALETTE[index % len(PALETTE)]
+        parts.extend(_polylines(points, colour, x, y))
+        parts.append(
+            f'<text x="{left + 8}" y="{top + 16 + 14 * index}" style="fill:{colour};font-weight:600">'
+            f"{_e(model or '?')}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _series(trend: Sequence[TrendPoint]) -> dict[str, list[tuple[float, float | None]]]:
+    series: dict[str, list[tuple[float, float | None]]] = {}
+    for point in trend:
+        series.setdefault(point.model_name, []).append((point.at, point.acceptance_ratio))
+    return series
+
+
+def _polylines(
+    points: Sequence[tuple[float, float | None]], colour: str, x: Callable[[float], float], y: Callable[[float], float]
+) -> list[str]:
+    """One polyline per run of known values: an unknown value is a gap in the line, never a drop to 0."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for at, value in points:
+        if value is None or not math.isfinite(value):
+            runs.append([])
+        else:
+            runs[-1].append((at, value))
+    out = []
+    for run in filter(None, runs):
+        if len(run) == 1:
+            at, value = run[0]
+            out.append(f'<circle class="series" cx="{x(at):.1f}" cy="{y(value):.1f}" r="3" fill="{colour}"/>')
+            continue
+        coords = " ".join(f"{x(at):.1f},{y(value):.1f}" for at, value in run)
+        out.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{colour}" stroke-width="2.5"/>')
+    return out
+
+
+def _buckets_section(page: StatusPage) -> str:
+    title = "<h2>By temperature (the tap)</h2>"
+    if page.buckets is None:
+        return title + '<div class="card muted">The request tap is not running in this sidecar.</div>'
+    if not page.buckets:
+        return title + '<div class="card muted">No requests through the tap yet.</div>'
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("model", "temperature", "requests", "share", "acceptance", "P10", "P50", "P90", "verdict")
+    )
+    rows = []
+    for b in page.buckets:
+        cells = (
+            f'<td>{_e(b.model_name)}</td><td>{_e(b.bucket)}</td><td class="num">{b.requests}</td>'
+            f'<td class="num">{_pct(b.share)}</td><td class="num">{_num(b.acceptance)}</td>'
+            f'<td class="num">{_num(b.p10)}</td><td class="num">{_num(b.p50)}</td><td class="num">{_num(b.p90)}</td>'
+            f"<td>{_verdict_badge(b.verdict)}</td>"
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _advice_section(page: StatusPage) -> str:
+    if not page.advice:
+        return ""
+    blocks = []
+    for a in page.advice:
+        findings = "".join(
+            f'<tr><td>{_e(f.condition.value)}</td><td><span class="badge" style="background:'
+            f'{STATUS_COLOUR[f.status]}">{_e(f.status.value)}</span></td><td>{_e(f.says)}</td></tr>'
+            for f in a.findings
+        )
+        reasons = "".join(f"<li>{_e(r)}</li>" for r in a.reasons)
+        blocks.append(
+            f'<div class="card"><div class="big">{_e(a.model_name or "?")}: <b>{_e(a.recommendation.value)}</b></div>'
+            f"<ul>{reasons}</ul><table><thead><tr><th>condition</th><th>status</th><th>what the data says</th></tr>"
+            f"</thead><tbody>{findings}</tbody></table></div>"
+        )
+    return "<h2>What to do</h2>" + "".join(blocks)
+
+
+def _actuator_section(page: StatusPage) -> str:
+    a = page.actuator
+    if a is None:
+        return '<h2>Actuator</h2><div class="card">actuator: not configured</div>'
+    speculation = "unknown" if a.speculation is None else ("on" if a.speculation else "off")
+    rows = (("target", a.target), ("speculation", speculation), ("state", a.state), ("detail", a.detail or "—"))
+    details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
+    return f'<h2>Actuator</h2><div class="card"><dl>{details}</dl></div>'
+
+
+def _decisions_section(page: StatusPage) -> str:
+    title = "<h2>Decision history</h2>"
+    if not page.decisions:
+        return title + '<div class="card muted">No decisions yet.</div>'
+    rows = "".join(
+        f"<tr><td>{_utc(d.at)}</td><td>{_e(str(d.action))}</td><td>{_e(str(d.reason))}</td><td>{_e(d.detail)}</td></tr>"
+        for d in sorted(page.decisions, key=lambda d: d.at, reverse=True)
+    )
+    head = "<tr><th>time (UTC)</th><th>action</th><th>reason</th><th>detail</th></tr>"
+    return f"{title}<table><thead>{head}</thead><tbody>{rows}</tbody></table>"
+
+
+def _health_section(page: StatusPage) -> str:
+    h = page.health
+    last = (
+        "never"
+        if h.last_success_at is None
+        else f"{_utc(h.last_success_at)} ({page.now - h.last_success_at:.0f} s ago)"
+    )
+    scrapes = ", ".join(f"{k} {v}" for k, v in sorted(h.scrapes.items())) or "none yet"
+    rows = (
+        ("target up", "yes" if h.target_up else "no"),
+        ("last scrape", f"{h.last_scrape_result or '—'} {h.last_scrape_detail}".strip()),
+        ("last good scrape", last),
+        ("scrapes", scrapes),
+    )
+    details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
+    return f'<h2>Health</h2><div class="card"><dl>{details}</dl></div>'
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.0%}"
+
+
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+# --- gathering the data from a running sidecar -----------------------------------------------------------------
+
+
+class BucketSource(Protocol):
+    def bucket_summary(self) -> Sequence[Any]: ...
+
+
+def bucket_rows(summaries: Sequence[Any], thresholds: Thresholds) -> tuple[BucketRow, ...]:
+    """The tap's BucketSummary objects → table rows with each bucket's share of its model's window requests."""
+    totals: dict[str, int] = {}
+    for s in summaries:
+        totals[s.model_name] = totals.get(s.model_name, 0) + s.window_requests
+    rows = []
+    for s in summaries:
+        total = totals[s.model_name]
+        judged = verdict(s.acceptance, float(s.window_draft_tokens), True, thresholds)
+        rows.append(
+            BucketRow(
+                s.model_name,
+                s.bucket,
+                s.window_requests,
+                s.window_requests / total if total else 0.0,
+                s.acceptance,
+                s.p10,
+                s.p50,
+                s.p90,
+                judged.value,
+            )
+        )
+    return tuple(rows)
+
+
+def collect(
+    sidecar: Sidecar,
+    *,
+    recorder: BucketSource | None,
+    decisions: Callable[[], Sequence[DecisionLike]],
+    actuator_state: Callable[[], ActuatorState | None],
+    now: float,
+) -> StatusPage:
+    settings, view = sidecar.settings, sidecar.monitor.view
+    thresholds = sidecar.monitor.config.thresholds
+    models = view.stats.models if view.stats is not None else ()
+    summaries = list(recorder.bucket_summary()) if recorder is not None else None
+    config = AdviceConfig(thresholds=thresholds, slo=_slo(settings))
+    advice = tuple(advise(m, bucket_inputs(summaries or (), m.model_name), config) for m in models)
+    last = view.last_scrape
+    health = Health(
+        settings.vllm_url, view.target_up, last.result if last else None, last.detail if last and not last.ok else "",
+        view.last_success_at, dict(view.scrapes),
+    )  # fmt: skip
+    return StatusPage(
+        now=now,
+        health=health,
+        thresholds=thresholds,
+        models=tuple(models),
+        advice=advice,
+        trend=sidecar.monitor.trend(),
+        buckets=bucket_rows(summaries, thresholds) if summaries is not None else None,
+        actuator=actuator_state(),
+        decisions=tuple(decisions()),
+    )
+
+
+def _slo(settings: object) -> Slo | None:
+    # The SLO setting is optional: older settings have no such field.
+    value = getattr(settings, "slo", None)
+    try:
+        return Slo(value) if value else None
+    except ValueError:
+        return None
+
+
+def install_status(
+    app: FastAPI,
+    sidecar: Sidecar,
+    *,
+    recorder: BucketSource | None = None,
+    decisions: Callable[[], Sequence[DecisionLike]] = lambda: (),
+    actuator_state: Callable[[], ActuatorState | None] = lambda: None,
+) -> None:
+    from fastapi.responses import HTMLResponse
+
+    @app.get("/status", response_class=HTMLResponse)
+    def status() -> HTMLResponse:
+        page = collect(sidecar, recorder=recorder, decisions=decisions, actuator_state=actuator_state, now=time.time())
+        return HTMLResponse(render_status(page), headers={"Cache-Control": "no-store"})
