@@ -14,18 +14,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 Labels = tuple[tuple[str, str], ...]
 
-_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(,|$)')
-_VALUE = r"([^ \t\n]+)"
+_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
+# One label pair, for label sets that hold escapes (the slow path).
+_LABEL = re.compile(rf'[ \t]*({_NAME})[ \t]*=[ \t]*"((?:[^"\\\n]|\\.)*)"[ \t]*(,|$)')
+# With the blob split on '"', what stands before each value: a comma (one is prepended), the name and '='.
+_KEY = re.compile(rf"[ \t]*,[ \t]*({_NAME})[ \t]*=[ \t]*")
+_AFTER_LAST = re.compile(r"[ \t]*,?[ \t]*")
 _ESCAPE = re.compile(r"\\(.)")
 _UNESCAPE = {"n": "\n", "\\": "\\", '"': '"'}
 _MAX_EXAMPLES = 5
+# Distinct label-name sequences are few (one per family layout); the bound only guards against hostile input.
+_MAX_LAYOUTS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
+    """One sample line; a named tuple because a big scrape makes tens of thousands (a tuple is the cheapest)."""
+
     name: str
     labels: Labels
     value: float
@@ -44,11 +52,20 @@ class ParseResult:
     bad_examples: tuple[str, ...] = field(default=())
 
 
+# A label layout: the names in sorted order, and where each sorted pair's value sits in the line (None: already
+# sorted). None for the whole layout: not a valid label set.
+_Layout = tuple[tuple[str, ...], tuple[int, ...] | None] | None
+
+
 class SampleParser:
     """Compiled once per set of wanted names; ``parse`` is then safe to call from any thread.
 
     ``aliases`` maps an alternative spelling to the canonical one: with an OpenMetrics Accept header
     prometheus_client may write ``vllm_spec_...`` where the family is ``vllm:spec_...``.
+
+    One C-level regex pass finds every line that starts with a wanted name and splits well-formed ones into
+    name, label blob, value and timestamp; Python only touches those lines. The alternation of names is
+    written as a trie so that the engine does not try every name at every line start.
     """
 
     def __init__(self, wanted: Iterable[str], aliases: Mapping[str, str] | None = None) -> None:
@@ -56,46 +73,112 @@ class SampleParser:
         for alias, canonical in (aliases or {}).items():
             if canonical in self._canonical:
                 self._canonical[alias] = canonical
-        names = sorted(self._canonical, key=len, reverse=True)
-        alternatives = "|".join(re.escape(n) for n in names) or r"(?!x)x"
-        # A candidate line: starts (after optional blanks) with a wanted name followed by '{' or a blank.
-        self._candidate = re.compile(rf"^[ \t]*({alternatives})(?=[{{ \t])([^\n]*)$", re.MULTILINE)
-        self._tail = re.compile(rf"^(?:\{{([^\n]*)\}})?[ \t]+{_VALUE}(?:[ \t]+(-?[0-9]+))?[ \t]*\r?$")
+        names = _trie_pattern(self._canonical) or r"(?!x)x"
+        # Group 5 takes a candidate line that is not well formed (value group empty), so it is counted, not skipped.
+        self._line = re.compile(
+            rf"\n[ \t]*({names})(?=[ \t{{\r\n])"
+            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+(-?[0-9]+))?[ \t]*\r?(?=\n)|([^\n]*))"
+        )
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
 
     def parse(self, text: str) -> ParseResult:
         samples: list[Sample] = []
         bad = 0
         examples: list[str] = []
-        for match in self._candidate.finditer(text):
-            sample = self._parse_line(match.group(1), match.group(2))
-            if sample is None:
+        canonical = self._canonical
+        # Histograms of one engine share label sets (same le, same engine), so a label blob repeats a lot.
+        seen: dict[str, Labels | None] = {}
+        for name, blob, raw_value, timestamp, rest in self._line.findall("\n" + text + "\n"):
+            value = _parse_float(raw_value) if raw_value else None
+            if not blob:
+                labels: Labels | None = ()
+            elif blob in seen:
+                labels = seen[blob]
+            else:
+                labels = seen[blob] = self._labels(blob)
+            if value is None or labels is None:
                 bad += 1
                 if len(examples) < _MAX_EXAMPLES:
-                    examples.append(match.group(0)[:200])
-            else:
-                samples.append(sample)
+                    examples.append(_reconstruct(name, blob, raw_value, timestamp, rest)[:200])
+                continue
+            samples.append(Sample(canonical[name], labels, value))
         return ParseResult(tuple(samples), bad, tuple(examples))
 
-    def _parse_line(self, name: str, rest: str) -> Sample | None:
-        tail = self._tail.match(rest)
-        if tail is None:
+    def _labels(self, blob: str) -> Labels | None:
+        if "\\" in blob:
+            return _parse_escaped_labels(blob)
+        # Without a backslash every '"' opens or closes a value: the blob splits into key, value, key, ...
+        parts = ("," + blob).split('"')
+        if len(parts) % 2 == 0:
             return None
-        blob, raw_value, _timestamp = tail.groups()
-        value = _parse_float(raw_value)
-        if value is None:
+        keys = tuple(parts[0:-1:2])
+        try:
+            layout = self._layouts[keys]
+        except KeyError:
+            layout = self._remember(keys)
+        after_last = parts[-1]
+        if layout is None or (after_last and not _AFTER_LAST.fullmatch(after_last)):
             return None
-        labels: Labels = ()
-        if blob:
-            parsed = _parse_labels(blob)
-            if parsed is None:
-                return None
-            labels = parsed
-        return Sample(self._canonical[name], labels, value)
+        names, order = layout
+        values = parts[1::2]
+        if order is None:
+            return tuple(zip(names, values, strict=True))
+        return tuple(zip(names, [values[i] for i in order], strict=True))
+
+    def _remember(self, keys: tuple[str, ...]) -> _Layout:
+        layout = _layout(keys)
+        if len(self._layouts) >= _MAX_LAYOUTS:
+            self._layouts.clear()
+        self._layouts[keys] = layout
+        return layout
+
+
+def _layout(keys: tuple[str, ...]) -> _Layout:
+    names: list[str] = []
+    for key in keys:
+        m = _KEY.fullmatch(key)
+        if m is None:
+            return None
+        names.append(m.group(1))
+    if len(set(names)) != len(names):
+        return None
+    order = sorted(range(len(names)), key=names.__getitem__)
+    sorted_names = tuple(names[i] for i in order)
+    return sorted_names, (None if order == list(range(len(names))) else tuple(order))
+
+
+def _trie_pattern(names: Iterable[str]) -> str:
+    """A regex alternation equivalent to ``a|b|...`` but factored by common prefix (longest match first)."""
+    root: dict[str, dict[str, Any]] = {}
+    for name in names:
+        node = root
+        for ch in name:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return _emit(root)
+
+
+def _emit(node: dict[str, dict[str, Any]]) -> str:
+    branches = [re.escape(ch) + _emit(child) for ch, child in sorted(node.items()) if ch]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    if "" in node:
+        # A name that is a prefix of a longer one: the longer is tried first, the shorter is the fallback.
+        return f"(?:{body})?" if len(branches) == 1 else body + "?"
+    return body
+
+
+def _reconstruct(name: str, blob: str, raw_value: str, timestamp: str, rest: str) -> str:
+    if rest:
+        return name + rest
+    line = name + ("{" + blob + "}" if blob else "") + " " + raw_value
+    return line + (" " + timestamp if timestamp else "")
 
 
 def _parse_float(raw: str) -> float | None:
-    # Python's float() also takes '1_000' and 'infinity'; the exposition format does not.
-    if "_" in raw:
+    # Python's float() also takes '1_000', surrounding whitespace and non-ASCII digits; the format does not.
+    if "_" in raw or not raw.isascii():
         return None
     try:
         return float(raw)
@@ -103,7 +186,7 @@ def _parse_float(raw: str) -> float | None:
         return None
 
 
-def _parse_labels(blob: str) -> Labels | None:
+def _parse_escaped_labels(blob: str) -> Labels | None:
     pairs: list[tuple[str, str]] = []
     pos = 0
     end = len(blob.rstrip(" \t"))
@@ -116,7 +199,7 @@ def _parse_labels(blob: str) -> Labels | None:
         pos = m.end()
         if not sep:
             break
-    if pos < end:
+    if pos < end or len({k for k, _ in pairs}) != len(pairs):
         return None
     pairs.sort()
     return tuple(pairs)
