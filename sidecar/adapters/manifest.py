@@ -1,0 +1,264 @@
+"""The actuator contract on a local YAML manifest (``--deployment-file``): no cluster needed.
+
+The file may hold many documents; the target is the Deployment (optionally by name) that has the named
+container. Edits go through ruamel.yaml's round-trip mode and change the args list in place (items are
+deleted and inserted, never the whole list rebuilt), so comments, quoting and layout elsewhere survive.
+The write is atomic (temp file in the same directory, fsync, rename) and guarded like the Kubernetes patch:
+under an exclusive lock, the file must still hold exactly the bytes we planned on, else it is a conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
+
+from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, check_decision, plan, view_of, wall_clock
+from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
+from sidecar.core.policy import Action, Decision
+
+log = logging.getLogger("spec_sidecar.manifest")
+
+
+class ManifestError(RuntimeError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class _Loaded:
+    text: str
+    digest: str
+    docs: list[Any]
+    deployment: CommentedMap
+    container: CommentedMap
+
+
+class ManifestActuator:
+    """The actuator contract (:class:`sidecar.actuator.Actuator`) on one container in a YAML file."""
+
+    def __init__(
+        self, path: str | Path, *, container: str, deployment: str | None = None, clock: Clock = wall_clock
+    ) -> None:
+        self.path, self.container, self.deployment, self.clock = Path(path), container, deployment, clock
+        self.errors: Counter[str] = Counter()
+        self.target = f"file:{self.path} container={container}"
+
+    def read(self) -> TargetView:
+        return self._view(self._load())
+
+    def disable(self, reason: str, decision: Decision | None = None) -> ActResult:
+        return self._write(
+            str(Action.DISABLE), reason, lambda v: plan(v, Action.DISABLE, reason, decision, self.clock())
+        )
+
+    def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:
+        return self._write(
+            str(Action.ENABLE), reason, lambda v: plan(v, Action.ENABLE, reason, decision, self.clock(), force=force)
+        )
+
+    def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
+        def planner(view: TargetView) -> Plan | ActResult:
+            if decision is not None and (refused := check_decision(view, Action.LATCH, decision)) is not None:
+                return refused
+            if view.record == record:
+                return ActResult(Outcome.UNCHANGED, action, "annotations already say so", view)
+            return Plan(view.command, view.args, record, ())
+
+        return self._write(action, str(record.reason or action), planner)
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _view(self, loaded: _Loaded) -> TargetView:
+        command, args = _strings(loaded.container.get("command")), _strings(loaded.container.get("args"))
+        annotations = (loaded.deployment.get("metadata") or {}).get("annotations")
+        record = from_annotations({str(k): str(v) for k, v in (annotations or {}).items()})
+        return view_of(self.target, command, args, record, rollout_complete=True)
+
+    def _write(self, action: str, reason: str, planner: Callable[[TargetView], Plan | ActResult]) -> ActResult:
+        try:
+            with _locked(self.path):
+                loaded = self._load()
+                planned = planner(self._view(loaded))
+                if isinstance(planned, ActResult):
+                    return planned
+                _apply(loaded, planned)
+                text = _dump(loaded.docs, loaded.text)
+                if _digest(self.path.read_text(encoding="utf-8")) != loaded.digest:
+                    self.errors["conflict"] += 1
+                    return ActResult(Outcome.CONFLICT, action, f"{self.path} changed while planning")
+                _atomic_write(self.path, text)
+        except (ManifestError, OSError) as exc:
+            self.errors[getattr(exc, "reason", "io_error")] += 1
+            return ActResult(Outcome.ERROR, action, str(exc))
+        after = self.read()
+        log.info(
+            json.dumps(
+                {
+                    "event": "speculation_toggle",
+                    "action": action,
+                    "reason": reason,
+                    "target": self.target,
+                    "flags": list(planned.flags),
+                    "by": str(planned.record.changed_by or ""),
+                },
+                sort_keys=True,
+            )
+        )
+        return ActResult(Outcome.CHANGED, action, f"{action} {self.target}: {reason}", after, planned.flags)
+
+    def _load(self) -> _Loaded:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ManifestError("not_found", str(self.path)) from exc
+        docs = list(_yaml(text).load_all(text))
+        for doc in docs:
+            if not isinstance(doc, CommentedMap) or doc.get("kind") != "Deployment":
+                continue
+            if self.deployment is not None and (doc.get("metadata") or {}).get("name") != self.deployment:
+                continue
+            containers = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+            for container in containers:
+                if isinstance(container, CommentedMap) and container.get("name") == self.container:
+                    return _Loaded(text, _digest(text), docs, doc, container)
+        which = f"Deployment {self.deployment!r}" if self.deployment else "any Deployment"
+        raise ManifestError("container_not_found", f"no container {self.container!r} in {which} of {self.path}")
+
+
+def _strings(value: Any) -> list[str] | None:
+    return None if value is None else [str(v) for v in value]
+
+
+def _apply(loaded: _Loaded, planned: Plan) -> None:
+    for field, new in (("command", planned.command), ("args", planned.args)):
+        _edit_list(loaded.container, field, new)
+    metadata = loaded.deployment.setdefault("metadata", CommentedMap())
+    annotations = metadata.get("annotations")
+    wanted = to_annotations(planned.record)
+    if annotations is None:
+        present = {k: v for k, v in wanted.items() if v is not None}
+        if present:
+            metadata["annotations"] = CommentedMap(present)
+        return
+    for key, value in wanted.items():
+        if value is None:
+            annotations.pop(key, None)
+        elif annotations.get(key) != value:
+            annotations[key] = value
+
+
+def _edit_list(container: CommentedMap, field: str, new: list[str] | None) -> None:
+    """Turn the list into ``new`` by deleting/inserting items in place, so untouched items keep comments."""
+    seq = container.get(field)
+    if new is None:
+        if seq is not None:
+            del container[field]
+        return
+    if seq is None:
+        container[field] = CommentedSeq(new)
+        return
+    old = [str(v) for v in seq]
+    ops = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in reversed(ops):  # from the end, so earlier indices stay valid
+        if tag == "equal":
+            continue
+        styled = [_styled_like(seq[i1] if i1 < len(seq) and tag == "replace" else None, s) for s in new[j1:j2]]
+        for i in reversed(range(i1, i2)):
+            del seq[i]
+        for offset, value in enumerate(styled):
+            seq.insert(i1 + offset, value)
+
+
+def _styled_like(previous: Any, text: str) -> Any:
+    """A replaced shell script keeps its block style (``|`` or ``>``)."""
+    if isinstance(previous, LiteralScalarString):
+        return LiteralScalarString(text)
+    if isinstance(previous, FoldedScalarString):
+        return FoldedScalarString(text)
+    return text
+
+
+def _yaml(text: str) -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap long lines (args JSON, scripts)
+    mapping, sequence, offset = _detect_indent(text)
+    yaml.indent(mapping=mapping, sequence=sequence, offset=offset)
+    yaml.explicit_start = text.lstrip().startswith("---")
+    return yaml
+
+
+def _detect_indent(text: str) -> tuple[int, int, int]:
+    """The file's own indentation: mapping step, and where list dashes sit under their key."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    mappings: Counter[int] = Counter()
+    offsets: Counter[int] = Counter()
+    for parent, child in itertools.pairwise(lines):
+        if not parent.rstrip().endswith(":") or parent.lstrip().startswith("- "):
+            continue
+        step = _indent(child) - _indent(parent)
+        if step < 0:
+            continue
+        (offsets if child.lstrip().startswith("- ") else mappings)[step] += 1
+    mapping = mappings.most_common(1)[0][0] if mappings else 2
+    offset = offsets.most_common(1)[0][0] if offsets else 0
+    return mapping or 2, max(mapping, offset + 2), offset
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _dump(docs: Sequence[Any], original: str) -> str:
+    out = io.StringIO()
+    _yaml(original).dump_all(docs, out)
+    return out.getvalue()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock beside the manifest (the manifest itself is replaced by rename)."""
+    lock = path.with_name(f".{path.name}.lock")
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(temp).chmod(mode)
+        Path(temp).replace(path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
