@@ -379,7 +379,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"temperatures": [r.as_json() for r in rows]}, indent=2))
     else:
-        render(model, plan.base_url, rows, Console())
+        console = Console()
+        # Piped output has no width; rich would then cut the table to 80 columns.
+        render(model, plan.base_url, rows, console if console.is_terminal else Console(width=160))
     return 0
 
 
