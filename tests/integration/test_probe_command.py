@@ -1,10 +1,9 @@
 """`spec-sidecar probe` as a real process against a small OpenAI-compatible server over real HTTP.
 
-The server streams completions the way vLLM 0.32 with ``--per-request-spec-decode-metrics summary`` does (the
-shapes of tests/support/tap_upstream.py: usage-only final chunk carrying ``metrics.speculative_decoding``), and
-its /metrics counters advance by exactly the draft and accepted tokens it reports per request. So the per-request
-path and the /metrics-delta fallback (per-request metrics switched off) must give the same numbers, and both must
-equal what the server itself counted.
+The server (tests/support/fake_vllm.py) streams completions the way vLLM 0.32 with
+``--per-request-spec-decode-metrics summary`` does, and its /metrics counters advance by exactly the draft and
+accepted tokens of each request. So the per-request path and the /metrics-delta fallback (per-request metrics
+switched off) must give the same numbers, and both must equal what the server itself counted.
 """
 
 from __future__ import annotations
@@ -12,18 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.payloads import vllm_payload
+from tests.support.fake_vllm import FakeVllm, fake_vllm
 from tests.support.replay import free_port
-from tests.support.tap_upstream import MODEL, stream_events, synthesize
+from tests.support.tap_upstream import MODEL
 
 KEYS = {
     "temperature",
@@ -37,81 +32,10 @@ KEYS = {
 }
 
 
-@dataclass
-class FakeVllm:
-    per_request_metrics: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    drafts: int = 0
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-    by_temperature: dict[float, list[int]] = field(default_factory=dict)  # temperature -> [draft, accepted, n]
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-
-
 @pytest.fixture(params=[True, False], ids=["per-request", "metrics-delta"])
 def fake(request: pytest.FixtureRequest) -> Iterator[FakeVllm]:
-    yield from _serve(FakeVllm(per_request_metrics=request.param))
-
-
-def _serve(state: FakeVllm) -> Iterator[FakeVllm]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/v1/models":
-                self._send(200, json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode())
-            elif self.path == "/metrics":
-                with state.lock:
-                    text = vllm_payload(MODEL, state.drafts, state.draft_tokens, state.accepted_tokens, (0, 0, 0, 0))
-                self._send(200, text.encode(), "text/plain; version=0.0.4")
-            else:
-                self._send(404, b'{"detail":"Not Found"}')
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state.bodies.append(body)
-            if body.get("model") != MODEL:
-                error = {"error": {"message": f"The model `{body.get('model')}` does not exist.", "code": 404}}
-                self._send(404, json.dumps(error).encode())
-                return
-            exchange = synthesize(body, chat=False)  # always with the engine's counts; shown only if enabled
-            spec = exchange.spec or {}
-            with state.lock:
-                state.drafts += spec["num_spec_steps"]
-                state.draft_tokens += spec["num_draft_tokens"]
-                state.accepted_tokens += spec["num_accepted_draft_tokens"]
-                row = state.by_temperature.setdefault(body["temperature"], [0, 0, 0])
-                row[0] += spec["num_draft_tokens"]
-                row[1] += spec["num_accepted_draft_tokens"]
-                row[2] += 1
-            if not state.per_request_metrics:
-                exchange = synthesize(body, chat=False, per_request_metrics=False)
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            for event in stream_events(exchange, include_usage=include_usage):
-                self.wfile.write(event)
-                self.wfile.flush()
-
-        def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_vllm(per_request_metrics=request.param) as server:
+        yield server
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
@@ -177,7 +101,7 @@ def test_table_output_shows_each_temperature_verdict_and_source(fake: FakeVllm) 
 
 
 def test_unknown_model_is_one_clear_line_and_exit_code_2() -> None:
-    for state in _serve(FakeVllm()):
+    with fake_vllm() as state:
         done = probe("--url", state.url, "--model", "nope", "--requests", "1", "--temperatures", "0")
         assert done.returncode == 2
         assert done.stderr.strip().count("\n") == 0
