@@ -17,6 +17,7 @@ Every decision carries a :class:`Reason` (a Prometheus label value) and a senten
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -83,6 +84,9 @@ class PolicyConfig:
     """Every number the policy uses. Defaults are the ones docs/policy.md measures."""
 
     threshold: float = 0.5  # acceptance ratio below which a window fails
+    # A window fails only when its ratio is below the threshold by more than this many standard errors of
+    # the ratio (estimated from the window itself); 0 is the bare comparison. See docs/policy.md.
+    evidence_z: float = 1.5
     hysteresis: float = 0.05  # a trial keeps speculation only at >= threshold + hysteresis
     min_draft_tokens: float = 200.0  # a window with fewer draft tokens is no evidence either way
     trip_windows: int = 3  # consecutive failing windows before disabling
@@ -106,6 +110,8 @@ class Observation:
     speculation: bool
     acceptance_ratio: float | None = None
     draft_tokens: float | None = None
+    drafts: float | None = None
+    position_acceptance: tuple[float, ...] = ()
     mean_acceptance_length: float | None = None
     num_speculative_tokens: int | None = None
     breakeven_acceptance_length: float | None = None
@@ -129,6 +135,8 @@ def observation_from_stats(
         speculation=model.speculation,
         acceptance_ratio=model.acceptance_ratio,
         draft_tokens=model.draft_tokens,
+        drafts=model.drafts,
+        position_acceptance=tuple(model.position_acceptance),
         mean_acceptance_length=model.mean_acceptance_length,
         num_speculative_tokens=model.num_speculative_tokens,
         breakeven_acceptance_length=model.breakeven_acceptance_length,
@@ -223,18 +231,22 @@ def _judge(
         return _hold(state, Reason.SMALL_WINDOW, f"{tokens:.0f} draft tokens < {config.min_draft_tokens:.0f}")
     if state.last_window_at is not None and now - state.last_window_at < 0.99 * config.window_seconds:
         return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
-    failing = failing_rules(obs, config, config.threshold)
-    keep_failing = failing_rules(obs, config, config.threshold + config.hysteresis)
+    failing = failing_rules(obs, config, config.threshold, z=config.evidence_z)
+    keep_failing = failing_rules(obs, config, config.threshold + config.hysteresis, z=0.0)
     counted = replace(state, last_window_at=now)
     if not failing:
         return replace(counted, trip_count=0, trip_reason=None), keep_failing
     return replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keep_failing
 
 
-def failing_rules(obs: Observation, config: PolicyConfig, threshold: float) -> tuple[Reason, ...]:
-    """Every enabled rule this window breaks, most important first."""
+def failing_rules(obs: Observation, config: PolicyConfig, threshold: float, *, z: float) -> tuple[Reason, ...]:
+    """Every enabled rule this window breaks, most important first.
+
+    The acceptance rule asks for the ratio to be below ``threshold`` by more than ``z`` standard errors.
+    """
     failing: list[Reason] = []
-    if obs.acceptance_ratio is not None and obs.acceptance_ratio < threshold:
+    ratio = obs.acceptance_ratio
+    if ratio is not None and ratio + z * (ratio_standard_error(obs) or 0.0) < threshold:
         failing.append(Reason.LOW_ACCEPTANCE)
     length, breakeven = obs.mean_acceptance_length, obs.breakeven_acceptance_length
     if config.breakeven_rule and length is not None and breakeven is not None and length < breakeven:
@@ -242,6 +254,31 @@ def failing_rules(obs: Observation, config: PolicyConfig, threshold: float) -> t
     if config.divergence_factor is not None and _diverges(obs, config.divergence_factor, config.divergence_metrics):
         failing.append(Reason.LATENCY_DIVERGENCE)
     return tuple(failing)
+
+
+def ratio_standard_error(obs: Observation) -> float | None:
+    """Standard error of the window's acceptance ratio, from the window's own counters.
+
+    Draft tokens are not independent coin flips: a draft's accepted tokens are a prefix, so they come in
+    runs. With per-position counters the per-draft accepted count A has P(A > i) = rate_i, hence
+    E[A] = sum(rate_i), E[A²] = sum((2i+1)·rate_i), and se = sqrt(Var(A) / drafts) / k. With drafts but no
+    positions, Var(A) <= E[A]·(k - E[A]) (Bhatia-Davis) gives the upper bound sqrt(r(1-r) / drafts). With
+    draft tokens only, the binomial sqrt(r(1-r) / tokens) (optimistic: it ignores the runs).
+    """
+    ratio = obs.acceptance_ratio
+    if ratio is None:
+        return None
+    k = len(obs.position_acceptance)
+    if obs.drafts and k:
+        mean = sum(obs.position_acceptance)
+        second = sum((2 * i + 1) * rate for i, rate in enumerate(obs.position_acceptance))
+        return math.sqrt(max(second - mean * mean, 0.0) / obs.drafts) / k
+    spread = max(ratio * (1.0 - ratio), 0.0)
+    if obs.drafts:
+        return math.sqrt(spread / obs.drafts)
+    if obs.draft_tokens:
+        return math.sqrt(spread / obs.draft_tokens)
+    return None
 
 
 def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import pytest
+
 from sidecar.core.annotations import By, ControlRecord, Toggle
 from sidecar.core.policy import (
     Action,
@@ -15,6 +17,7 @@ from sidecar.core.policy import (
     Reason,
     TrialConfig,
     decide,
+    ratio_standard_error,
 )
 
 T0 = 1_800_000_000.0
@@ -254,3 +257,25 @@ def test_no_trial_after_a_manual_disable() -> None:
 
 def test_every_reason_is_a_valid_prometheus_label_value_in_snake_case() -> None:
     assert all(re.fullmatch(r"[a-z][a-z_]*", str(r)) for r in Reason)
+
+
+def test_standard_error_from_positions_matches_the_per_draft_distribution() -> None:
+    # Half the drafts accept exactly one token, half none: A ~ Bernoulli(0.5), Var(A) = 0.25, k = 4.
+    obs = window(0.125, tokens=400, drafts=100.0, position_acceptance=(0.5, 0.0, 0.0, 0.0))
+    assert ratio_standard_error(obs) == pytest.approx((0.25 / 100) ** 0.5 / 4)
+    # Every draft accepts all four tokens: no spread at all.
+    assert ratio_standard_error(window(1.0, drafts=100.0, position_acceptance=(1.0,) * 4)) == 0.0
+
+
+def test_standard_error_falls_back_to_bounds_without_positions() -> None:
+    assert ratio_standard_error(window(0.5, tokens=400, drafts=100.0)) == pytest.approx((0.25 / 100) ** 0.5)
+    assert ratio_standard_error(window(0.5, tokens=400)) == pytest.approx((0.25 / 400) ** 0.5)
+    assert ratio_standard_error(window(None)) is None
+
+
+def test_a_window_just_below_the_threshold_fails_only_with_enough_evidence() -> None:
+    thin, thick = window(0.47, tokens=200), window(0.47, tokens=20_000)
+    assert run([thin] * 3)[-1].action is Action.NONE  # 0.47 is within 1.5 standard errors of 0.5
+    assert run([thick] * 3)[-1].action is Action.DISABLE
+    bare = replace(CONFIG, evidence_z=0.0)
+    assert run([thin] * 3, config=bare)[-1].action is Action.DISABLE

@@ -1,0 +1,243 @@
+"""How good are the policy's decisions? Synthetic traffic through the real ``decide``.
+
+Two traffic models per window of N draft tokens:
+  binomial  every draft token accepted independently with the true ratio p (only draft tokens are reported)
+  prefix    drafts of k=4 tokens; a draft's accepted tokens are the prefix before the first rejection, with
+            i.i.d. per-token acceptance α solved so that the expected ratio is p. This is how vLLM counts,
+            so tokens come in runs and windows are noisier than binomial; drafts and per-position counters
+            are reported, as vLLM >= 0.8.5 does.
+Two measurements, for the default PolicyConfig and for the bare rule (evidence_z = 0):
+  false toggles     disables over 10,000 stationary windows with true ratio >= threshold + 0.05 (target 0)
+  detection delay   windows from a sustained drop (0.70 -> p) to the disable, over many runs
+
+Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--seed 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sidecar.core.acceptance import iid_acceptance_ratio
+from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
+
+K = 4
+WINDOW = 60.0
+T0 = 1_800_000_000.0
+Window = Callable[[random.Random], Observation]
+
+
+def solve_alpha(ratio: float, k: int = K) -> float:
+    """The per-token α whose i.i.d. acceptance ratio with k drafts is ``ratio`` (bisection; monotone)."""
+    lo, hi = 1e-9, 1 - 1e-9
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if iid_acceptance_ratio(mid, k) < ratio else (lo, mid)
+    return (lo + hi) / 2
+
+
+def binomial_window(p: float, tokens: int) -> Window:
+    # Inverse transform on a precomputed CDF: exact and fast enough in pure Python.
+    log_p, log_q = math.log(p), math.log1p(-p)
+    pmf = [
+        math.exp(
+            math.lgamma(tokens + 1)
+            - math.lgamma(x + 1)
+            - math.lgamma(tokens - x + 1)
+            + x * log_p
+            + (tokens - x) * log_q
+        )
+        for x in range(tokens + 1)
+    ]
+    cdf, total = [], 0.0
+    for value in pmf:
+        total += value
+        cdf.append(total)
+
+    def draw(rng: random.Random) -> Observation:
+        accepted = min(bisect.bisect_left(cdf, rng.random() * total), tokens)
+        return Observation(True, True, accepted / tokens, float(tokens), window_seconds=WINDOW)
+
+    return draw
+
+
+def prefix_window(p: float, tokens: int, k: int = K) -> Window:
+    alpha = solve_alpha(p, k)
+    # P(A = j) = α^j (1-α) for j < k, P(A = k) = α^k
+    weights = [alpha**j * (1 - alpha) for j in range(k)] + [alpha**k]
+    cumulative = [sum(weights[: j + 1]) for j in range(k + 1)]
+    drafts = tokens // k
+    values = range(k + 1)
+
+    def draw(rng: random.Random) -> Observation:
+        counts = [0] * (k + 1)
+        for a in rng.choices(values, cum_weights=cumulative, k=drafts):
+            counts[a] += 1
+        at_least = [sum(counts[i + 1 :]) for i in range(k)]  # drafts that accepted position i
+        accepted = sum(at_least)
+        return Observation(
+            True,
+            True,
+            accepted / (drafts * k),
+            float(drafts * k),
+            drafts=float(drafts),
+            position_acceptance=tuple(n / drafts for n in at_least),
+            mean_acceptance_length=1 + accepted / drafts,
+            num_speculative_tokens=k,
+            window_seconds=WINDOW,
+        )
+
+    return draw
+
+
+MODELS: dict[str, Callable[[float, int], Window]] = {"binomial": binomial_window, "prefix": prefix_window}
+
+
+def feed(config: PolicyConfig, windows: Iterator[Observation]) -> Iterator[tuple[int, Action]]:
+    """(window index, action) for every window; after a disable the target is put back on (fresh state)."""
+    state, now = PolicyState(speculation=True), T0
+    for i, obs in enumerate(windows):
+        decision = decide(obs, state, config, now)
+        yield i, decision.action
+        state = PolicyState(speculation=True) if decision.action is Action.DISABLE else decision.state
+        now += WINDOW
+
+
+def false_toggles(configs: dict[str, PolicyConfig], draw: Window, windows: int, rng: random.Random) -> dict[str, int]:
+    series = [draw(rng) for _ in range(windows)]  # the same windows for every config
+    return {
+        name: sum(1 for _, action in feed(config, iter(series)) if action is Action.DISABLE)
+        for name, config in configs.items()
+    }
+
+
+def detection_delay(
+    config: PolicyConfig, before: Window, after: Window, rng: random.Random, horizon: int
+) -> int | None:
+    warmup = 20
+
+    def windows() -> Iterator[Observation]:
+        for _ in range(warmup):
+            yield before(rng)
+        for _ in range(horizon):
+            yield after(rng)
+
+    for i, action in feed(config, windows()):
+        if action is Action.DISABLE:
+            return i - warmup + 1 if i >= warmup else -1  # -1: a false toggle before the drop
+    return None
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--windows", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--horizon", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--volumes", default="200,1000,4000", help="draft tokens per window")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    volumes = [int(v) for v in args.volumes.split(",")]
+    default = PolicyConfig()
+    configs = {"default": default, "bare rule (z=0)": replace(default, evidence_z=0.0)}
+    started = time.perf_counter()
+    rng = random.Random(args.seed)
+
+    stationary = []
+    for model, make in MODELS.items():
+        for p in (default.threshold + 0.05, 0.65, 0.80):
+            for n in volumes:
+                counts = false_toggles(configs, make(p, n), args.windows, rng)
+                stationary.append({"model": model, "true_ratio": round(p, 2), "draft_tokens": n, **counts})
+
+    delays = []
+    for model, make in MODELS.items():
+        for p in (0.45, 0.40, 0.30, 0.20):
+            for n in volumes:
+                for name, config in configs.items():
+                    results = [
+                        detection_delay(config, make(0.70, n), make(p, n), rng, args.horizon) for _ in range(args.runs)
+                    ]
+                    found = [r for r in results if r is not None and r > 0]
+                    delays.append(
+                        {
+                            "model": model,
+                            "after": p,
+                            "draft_tokens": n,
+                            "config": name,
+                            "detected": len(found) / len(results),
+                            "median": statistics.median(found) if found else None,
+                            "p90": percentile(found, 0.9) if found else None,
+                            "max": max(found) if found else None,
+                            "early": sum(1 for r in results if r == -1),
+                        }
+                    )
+    elapsed = time.perf_counter() - started
+    report = {
+        "config": {
+            "threshold": default.threshold,
+            "evidence_z": default.evidence_z,
+            "min_draft_tokens": default.min_draft_tokens,
+            "trip_windows": default.trip_windows,
+            "window_seconds": default.window_seconds,
+            "k": K,
+        },
+        "windows": args.windows,
+        "runs": args.runs,
+        "horizon": args.horizon,
+        "seed": args.seed,
+        "seconds": round(elapsed, 1),
+        "false_toggles": stationary,
+        "detection": delays,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(markdown(report, list(configs)))
+    return 0
+
+
+def markdown(report: dict[str, object], names: list[str]) -> str:
+    lines = [
+        f"False toggles over {report['windows']} stationary windows (seed {report['seed']}):",
+        "",
+        "| model | true ratio | draft tokens/window | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for row in report["false_toggles"]:  # type: ignore[attr-defined]
+        cells = " | ".join(str(row[n]) for n in names)
+        lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
+    lines += [
+        "",
+        f"Detection delay in windows after a drop from 0.70 ({report['runs']} runs, horizon {report['horizon']}):",
+        "",
+        "| model | ratio after | draft tokens/window | config | detected | median | p90 | max | false before drop |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["detection"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {row['model']} | {row['after']} | {row['draft_tokens']} | {row['config']} | {row['detected']:.0%} "
+            f"| {row['median']} | {row['p90']} | {row['max']} | {row['early']} |"
+        )
+    lines.append(f"\n({report['seconds']} s)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
