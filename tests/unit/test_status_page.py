@@ -194,3 +194,18 @@ def _summary(model_name: str, label: str) -> object:
     recorder = TapRecorder(window_seconds=300, clock=lambda: NOW)
     recorder.record(RequestRecord(model_name, label, "per_request_metrics", SpecCounts(10, 5)))
     return recorder.bucket_summary()[0]
+
+
+def test_chart_spans_what_the_sidecar_has_seen_up_to_an_hour() -> None:
+    young = ET.fromstring(acceptance_chart(_trend([0.5] * 11), Thresholds(), NOW))  # 10 minutes of points
+    frame = young.find(f"{SVG}rect")
+    assert frame is not None
+    left, width = float(frame.get("x", "nan")), float(frame.get("width", "nan"))
+    (line,) = [el for el in young.iter(f"{SVG}polyline") if el.get("class") == "series"]
+    xs = [float(p.split(",")[0]) for p in line.get("points", "").split()]
+    assert xs[0] == pytest.approx(left, abs=0.1) and xs[-1] == pytest.approx(left + width, abs=0.1)
+    labels = [t.text for t in young.iter(f"{SVG}text")]
+    assert "-10 min" in labels and "now" in labels
+    old = (TrendPoint(NOW - 7200, "tiny", 0.5, 3.0, "keep"), TrendPoint(NOW, "tiny", 0.5, 3.0, "keep"))
+    labels = [t.text for t in ET.fromstring(acceptance_chart(old, Thresholds(), NOW)).iter(f"{SVG}text")]
+    assert "-60 min" in labels and "-120 min" not in labels
