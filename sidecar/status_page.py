@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecar.core.advice import Advice, AdviceConfig, Slo, Status, advise, bucket_inputs
+from sidecar.core.advice import Advice, AdviceConfig, Slo, Status, advise_stats
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds, verdict
 from sidecar.runtime import TREND_SECONDS, TrendPoint
@@ -406,7 +406,7 @@ def collect(
     models = view.stats.models if view.stats is not None else ()
     summaries = list(recorder.bucket_summary()) if recorder is not None else None
     config = AdviceConfig(thresholds=thresholds, slo=_slo(settings))
-    advice = tuple(advise(m, bucket_inputs(summaries or (), m.model_name), config) for m in models)
+    advice = advise_stats(view.stats, summaries or (), config) if view.stats is not None else ()
     last = view.last_scrape
     health = Health(
         settings.vllm_url, view.target_up, last.result if last else None, last.detail if last and not last.ok else "",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sidecar.core.stats import ModelStats
+from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds
 
 
@@ -144,6 +144,15 @@ def advise(model: ModelStats, buckets: Sequence[BucketInput], config: AdviceConf
     )
     action, reasons = _recommend(model, findings, judged, shares, config)
     return Advice(model.model_name, findings, action, reasons)
+
+
+def advise_stats(
+    stats: Stats, summaries: Iterable[BucketSummaryLike] = (), config: AdviceConfig | None = None
+) -> tuple[Advice, ...]:
+    """One Advice per model of a Stats, with the tap's bucket summaries when there are any (none for `report`)."""
+    rows = list(summaries)
+    chosen = config or AdviceConfig()
+    return tuple(advise(m, bucket_inputs(rows, m.model_name), chosen) for m in stats.models)
 
 
 # --- the conditions ------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from sidecar.core.advice import (
     Status,
     advice_json,
     advise,
+    advise_stats,
     bucket_inputs,
     temperature_order,
 )
-from sidecar.core.stats import ModelStats, Quantiles
+from sidecar.core.stats import ModelStats, Quantiles, Stats
 from sidecar.core.verdict import Thresholds, Verdict
 
 BASE = ModelStats(
@@ -233,3 +234,12 @@ def test_advice_json_is_plain_json_with_one_recommendation() -> None:
 def test_custom_thresholds_move_the_lines() -> None:
     strict = AdviceConfig(thresholds=Thresholds(disable_below=0.8, keep_from=0.9, min_draft_tokens=200), slo=Slo.TPOT)
     assert advise(model(acceptance_ratio=0.75), [], strict).recommendation is Action.DISABLE
+
+
+def test_advise_stats_gives_each_model_its_own_buckets() -> None:
+    stats = Stats("vllm", (model(model_name="a"), model(model_name="b", acceptance_ratio=0.3)), 60.0)
+    rows = [_Summary("a", "0", 70, 7000, 6300, 0.85), _Summary("a", "[1,+Inf)", 30, 3000, 900, 0.2)]
+    a, b = advise_stats(stats, rows, TPOT)
+    assert (a.model_name, a.recommendation) == ("a", Action.DISABLE_FOR_SOME)  # its own hot bucket is the trap
+    assert (b.model_name, b.recommendation) == ("b", Action.DISABLE)  # no buckets of its own, low aggregate
+    assert advise_stats(Stats(None, (), None)) == ()
