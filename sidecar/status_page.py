@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecar.core.advice import Advice, AdviceConfig, Slo, Status, advise_stats
+from sidecar.core.advice import Advice, AdviceConfig, Status, advise_stats, slo_from
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds, verdict
 from sidecar.runtime import TREND_SECONDS, TrendPoint
@@ -405,7 +405,7 @@ def collect(
     thresholds = sidecar.monitor.config.thresholds
     models = view.stats.models if view.stats is not None else ()
     summaries = list(recorder.bucket_summary()) if recorder is not None else None
-    config = AdviceConfig(thresholds=thresholds, slo=_slo(settings))
+    config = AdviceConfig(thresholds=thresholds, slo=slo_from(getattr(settings, "slo", None)))  # slo: optional setting
     advice = advise_stats(view.stats, summaries or (), config) if view.stats is not None else ()
     last = view.last_scrape
     health = Health(
@@ -423,15 +423,6 @@ def collect(
         actuator=actuator_state(),
         decisions=tuple(decisions()),
     )
-
-
-def _slo(settings: object) -> Slo | None:
-    # The SLO setting is optional: older settings have no such field.
-    value = getattr(settings, "slo", None)
-    try:
-        return Slo(value) if value else None
-    except ValueError:
-        return None
 
 
 def install_status(

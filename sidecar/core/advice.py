@@ -58,6 +58,11 @@ class Condition(StrEnum):
     SLO = "SLO"
 
 
+def slo_from(value: object) -> Slo | None:
+    """A setting's value ("ttft", "tpot", "e2e", None or anything else) → the Slo, None when not one."""
+    return Slo(value) if isinstance(value, str) and value in set(Slo) else None
+
+
 @dataclass(frozen=True)
 class AdviceConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)

@@ -18,6 +18,7 @@ from sidecar.core.advice import (
     advise,
     advise_stats,
     bucket_inputs,
+    slo_from,
     temperature_order,
 )
 from sidecar.core.stats import ModelStats, Quantiles, Stats
@@ -243,3 +244,10 @@ def test_advise_stats_gives_each_model_its_own_buckets() -> None:
     assert (a.model_name, a.recommendation) == ("a", Action.DISABLE_FOR_SOME)  # its own hot bucket is the trap
     assert (b.model_name, b.recommendation) == ("b", Action.DISABLE)  # no buckets of its own, low aggregate
     assert advise_stats(Stats(None, (), None)) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "slo"), [("ttft", Slo.TTFT), ("tpot", Slo.TPOT), (None, None), ("", None), ("p99", None)]
+)
+def test_slo_setting_values_map_to_slo_or_none(value: object, slo: Slo | None) -> None:
+    assert slo_from(value) is slo
