@@ -58,3 +58,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not $rules }}{{ fail "files/alerts/spec-sidecar-rules.yaml is missing from the chart" }}{{ end }}
 {{- $rules | replace "docs/runbook.md#" (printf "%s#" (trimSuffix "#" .Values.prometheusRule.runbookBaseUrl)) }}
 {{- end }}
+
+{{/* vllm.speculativeConfig (an object or a JSON string) as compact JSON, or "" when speculation is off. */}}
+{{- define "spec-sidecar.speculativeConfig" -}}
+{{- $spec := .Values.vllm.speculativeConfig }}
+{{- if kindIs "string" $spec }}
+{{- $parsed := fromJson (default "{}" $spec) }}
+{{- if hasKey $parsed "Error" }}{{ fail (printf "vllm.speculativeConfig is not a JSON object: %s" $spec) }}{{ end }}
+{{- $spec = $parsed }}
+{{- end }}
+{{- if $spec }}{{ toJson $spec }}{{ end }}
+{{- end }}
