@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fastapi
-import httpx
 
 from sidecar.core.request_acceptance import (
     SOURCE_ESTIMATE,
@@ -42,6 +41,7 @@ from sidecar.core.request_acceptance import (
     token_events,
 )
 from sidecar.core.temperature import TemperatureBuckets
+from sidecar.tap_http import Timeouts, UpstreamError, UpstreamPool, UpstreamResponse
 from sidecar.tap_metrics import RequestRecord, TapRecorder
 
 Scope = MutableMapping[str, Any]
@@ -143,26 +143,22 @@ class Tap:
     def __init__(self, config: TapConfig, recorder: TapRecorder) -> None:
         self.config = config
         self.recorder = recorder
-        self._base = config.upstream_url.rstrip("/")
-        self._client: httpx.AsyncClient | None = None
+        self._pool: UpstreamPool | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            timeout = httpx.Timeout(
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            timeouts = Timeouts(
                 connect=self.config.connect_timeout_seconds,
                 read=self.config.read_timeout_seconds,
                 write=self.config.write_timeout_seconds,
-                pool=None,
             )
-            # No connection cap: vLLM queues requests itself; a pool limit here would add a second queue.
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
-            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
-        return self._client
+            self._pool = UpstreamPool(self.config.upstream_url, timeouts)
+        return self._pool
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -180,10 +176,11 @@ class Tap:
 
     # --- request side -------------------------------------------------------------------------------------
 
-    def _url(self, scope: Scope) -> str:
+    @staticmethod
+    def _target(scope: Scope) -> bytes:
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string") or b""
-        return self._base + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        return path + b"?" + query if query else path
 
     async def _observed(self, exchange: _Exchange) -> None:
         headers = _forward_headers(exchange.scope["headers"], _REQUEST_DROP)
@@ -239,17 +236,15 @@ class Tap:
         *,
         watch_after_open: bool = False,
     ) -> None:
-        client = self.client()
-        request = client.build_request(
-            exchange.scope["method"], self._url(exchange.scope), headers=headers, content=content
-        )
         try:
-            response = await client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            await _error(exchange.send, 504, f"upstream timed out: {type(exc).__name__}", "gateway_timeout")
+            response = await self.pool().request(
+                exchange.scope["method"], self._target(exchange.scope), headers, content
+            )
+        except TimeoutError:
+            await _error(exchange.send, 504, "upstream timed out before answering", "gateway_timeout")
             return
-        except (httpx.HTTPError, OSError) as exc:
-            await _error(exchange.send, 502, f"upstream unreachable: {type(exc).__name__}: {exc}", "bad_gateway")
+        except (UpstreamError, OSError, asyncio.IncompleteReadError) as exc:
+            await _error(exchange.send, 502, f"upstream unreachable: {exc}", "bad_gateway")
             return
         try:
             if watch_after_open:
@@ -275,11 +270,11 @@ class Tap:
 
     # --- response side -----------------------------------------------------------------------------------
 
-    async def _respond(self, exchange: _Exchange, response: httpx.Response) -> None:
+    async def _respond(self, exchange: _Exchange, response: UpstreamResponse) -> None:
         plan = exchange.plan
-        observe = plan is not None and plan.attributable and response.status_code == 200
-        observe = observe and "content-encoding" not in response.headers
-        is_sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        observe = plan is not None and plan.attributable and response.status == 200
+        observe = observe and response.header(b"content-encoding") is None
+        is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
         if plan is not None and observe and is_sse and plan.stream:
             await self._relay_stream(exchange, plan, response)
         elif plan is not None and observe and not is_sse and not plan.stream:
@@ -287,28 +282,28 @@ class Tap:
         else:
             await self._relay_plain(exchange, response)
 
-    async def _start(self, exchange: _Exchange, response: httpx.Response, *, keep_length: bool = True) -> None:
+    async def _start(self, exchange: _Exchange, response: UpstreamResponse, *, keep_length: bool = True) -> None:
         drop = _RESPONSE_DROP if keep_length else _RESPONSE_DROP | {b"content-length"}
-        headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in drop]
-        await exchange.send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        headers = _forward_headers(response.headers, drop)
+        await exchange.send({"type": "http.response.start", "status": response.status, "headers": headers})
 
     async def _finish(self, exchange: _Exchange, body: bytes = b"") -> None:
         exchange.finished = True
         await exchange.send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _relay_plain(self, exchange: _Exchange, response: httpx.Response) -> None:
+    async def _relay_plain(self, exchange: _Exchange, response: UpstreamResponse) -> None:
         await self._start(exchange, response)
         send = exchange.send
-        async for chunk in response.aiter_raw():
+        async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await self._finish(exchange)
 
-    async def _relay_body(self, exchange: _Exchange, plan: RequestPlan, response: httpx.Response) -> None:
+    async def _relay_body(self, exchange: _Exchange, plan: RequestPlan, response: UpstreamResponse) -> None:
         await self._start(exchange, response)
         send, cap = exchange.send, self.config.max_body_bytes
         parts: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_raw():
+        async for chunk in response.chunks():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             size += len(chunk)
             if size <= cap:
@@ -317,12 +312,12 @@ class Tap:
         facts = facts_from_body(b"".join(parts)) if size <= cap else ResponseFacts()
         self._record(exchange, plan, facts, events=None, ttft=None, tpot=None)
 
-    async def _relay_stream(self, exchange: _Exchange, plan: RequestPlan, response: httpx.Response) -> None:
+    async def _relay_stream(self, exchange: _Exchange, plan: RequestPlan, response: UpstreamResponse) -> None:
         await self._start(exchange, response, keep_length=not plan.injected_usage)
         send = exchange.send
         stream = StreamFilter(strip_usage=plan.injected_usage)
         first: float | None = None
-        async for chunk in response.aiter_raw():
+        async for chunk in response.chunks():
             out = stream.feed(chunk)
             if out:
                 if first is None:

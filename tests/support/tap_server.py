@@ -2,7 +2,7 @@
 
 It builds the lead's app (``sidecar.app.create_app``: /metrics, /healthz, ...). If that app does not mount the
 tap itself yet, the tap is installed here the way the app is meant to: last, with its collector registered in
-the sidecar's registry. ``TAP_*`` environment variables set the TapConfig fields a test varies.
+the sidecar's registry. Settings come from ``SPEC_SIDECAR_*`` environment variables, as for ``spec-sidecar run``.
 """
 
 from __future__ import annotations
@@ -74,17 +74,16 @@ def main() -> None:
     from sidecar.tap_metrics import TapRecorder
 
     upstream, port = sys.argv[1], int(sys.argv[2])
-    # The scrape loop of the lead's app runs too; slow it down, the tests here are about the tap.
-    settings = Settings(vllm_url=upstream, listen=f"127.0.0.1:{port}", scrape_interval=30.0)
+    # Everything else comes from SPEC_SIDECAR_* in the environment, as for `spec-sidecar run`.
+    settings = Settings(vllm_url=upstream, listen=f"127.0.0.1:{port}")
     app = create_app(settings)
     if not hasattr(app.state, "tap"):
         config = TapConfig(
             upstream_url=upstream,
-            max_body_bytes=int(os.environ.get("TAP_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
-            temperature_buckets=TemperatureBuckets(parse_edges(os.environ.get("TAP_BUCKETS", "0,0.3,0.7,1.0"))),
-            ask_for_usage=os.environ.get("TAP_ASK_FOR_USAGE", "1") == "1",
-            estimate_from_chunks=os.environ.get("TAP_ESTIMATE", "0") == "1",
-            speculative_tokens=lambda: int(os.environ["TAP_K"]) if "TAP_K" in os.environ else None,
+            max_body_bytes=settings.tap_max_body_bytes,
+            temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
+            ask_for_usage=settings.tap_ask_for_usage,
+            estimate_from_chunks=settings.tap_estimate_from_chunks,
         )
         recorder = TapRecorder(window_seconds=config.window_seconds)
         app.state.sidecar.registry.register(recorder.collector())

@@ -137,7 +137,7 @@ def stream_events(x: Exchange, *, include_usage: bool) -> list[bytes]:
 def json_body(x: Exchange) -> bytes:
     text = "".join(x.words)
     if x.chat:
-        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": None, "tool_calls": []}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "tool_calls": []}
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": "length"}
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
@@ -204,6 +204,8 @@ class TapUpstream:
             await _respond(writer, 200, _dump(echo), extra=[("x-replay", "echo"), ("keep-alive", "timeout=5")])
         elif path.startswith("/status/"):
             await _respond(writer, int(path.rsplit("/", 1)[1]), b'{"detail":"as asked"}')
+        elif path == "/metrics":
+            await _respond(writer, 200, _engine_metrics(), content_type="text/plain; version=0.0.4; charset=utf-8")
         elif path == "/v1/models" and method == "GET":
             await _respond(writer, 200, _dump({"object": "list", "data": [{"id": MODEL, "object": "model"}]}))
         elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
@@ -286,10 +288,26 @@ def _error(message: str, code: int) -> bytes:
     return _dump({"error": {"message": message, "type": "BadRequestError", "param": None, "code": code}})
 
 
+def _engine_metrics() -> bytes:
+    """vLLM V1 speculative-decoding counters (k = K positions), so a sidecar scraping us learns k."""
+    labels = f'engine="0",model_name="{MODEL}"'
+    lines = [
+        f"vllm:spec_decode_num_drafts_total{{{labels}}} 100.0",
+        f"vllm:spec_decode_num_draft_tokens_total{{{labels}}} {100.0 * K}",
+        f"vllm:spec_decode_num_accepted_tokens_total{{{labels}}} 150.0",
+    ]
+    lines += [f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{labels},position="{i}"}} 10.0' for i in range(K)]
+    return ("\n".join(lines) + "\n").encode()
+
+
 async def _respond(
-    writer: asyncio.StreamWriter, status: int, body: bytes, extra: list[tuple[str, str]] | None = None
+    writer: asyncio.StreamWriter,
+    status: int,
+    body: bytes,
+    extra: list[tuple[str, str]] | None = None,
+    content_type: str = "application/json",
 ) -> None:
-    lines = [f"HTTP/1.1 {status} X", "content-type: application/json", f"content-length: {len(body)}"]
+    lines = [f"HTTP/1.1 {status} X", f"content-type: {content_type}", f"content-length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in extra or []]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     await writer.drain()
