@@ -47,6 +47,7 @@ class Reason(StrEnum):
     AWAITING_WINDOW = "awaiting_window"  # this window overlaps the last one counted
     # no action: judged
     HEALTHY = "healthy"
+    INCONCLUSIVE = "inconclusive"
     TRIPPING = "tripping"
     # no action: held back
     COOLDOWN = "cooldown"
@@ -188,10 +189,9 @@ def decide(observation: Observation, state: PolicyState, config: PolicyConfig, n
     judged = _judge(observation, state, config, now)
     if isinstance(judged, Decision):
         return judged
-    counted, keep_failing = judged
     if _in_trial(state, config):
-        return _trial(counted, not keep_failing, config, now)
-    return _normal(counted, config, now)
+        return _trial(judged.state, judged.keeps, config, now)
+    return _normal(judged, config, now)
 
 
 # --- the pin ---------------------------------------------------------------------------------------------
@@ -213,11 +213,15 @@ def _pinned(state: PolicyState, config: PolicyConfig, now: float) -> Decision:
 # --- judging one window ----------------------------------------------------------------------------------
 
 
-def _judge(
-    obs: Observation, state: PolicyState, config: PolicyConfig, now: float
-) -> tuple[PolicyState, tuple[Reason, ...]] | Decision:
-    """The state with this window counted (trip_reason set when it failed) and the rules it breaks at the
-    keep threshold (threshold + hysteresis); or a no-action Decision when the window is no evidence."""
+@dataclass(frozen=True)
+class _Window:
+    state: PolicyState  # with this window counted: trip_count/trip_reason advanced, reset or held
+    keeps: bool  # passes every rule at threshold + hysteresis (what a trial needs)
+    inconclusive: bool  # below the threshold, but within the noise of a window this size
+
+
+def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: float) -> _Window | Decision:
+    """The window counted, or a no-action Decision when it is no evidence either way."""
     if not obs.engine_up:
         return _hold(state, Reason.ENGINE_DOWN, "the engine is not answering")
     if not obs.speculation or obs.acceptance_ratio is None:
@@ -233,10 +237,13 @@ def _judge(
         return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
     failing = failing_rules(obs, config, config.threshold, z=config.evidence_z)
     keep_failing = failing_rules(obs, config, config.threshold + config.hysteresis, z=0.0)
+    keeps = not keep_failing
     counted = replace(state, last_window_at=now)
-    if not failing:
-        return replace(counted, trip_count=0, trip_reason=None), keep_failing
-    return replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keep_failing
+    if failing:
+        return _Window(replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keeps, False)
+    if failing_rules(obs, config, config.threshold, z=0.0):
+        return _Window(counted, keeps, True)  # neither trips nor clears: too little evidence either way
+    return _Window(replace(counted, trip_count=0, trip_reason=None), keeps, False)
 
 
 def failing_rules(obs: Observation, config: PolicyConfig, threshold: float, *, z: float) -> tuple[Reason, ...]:
@@ -292,7 +299,13 @@ def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool
 # --- speculation on: normal operation --------------------------------------------------------------------
 
 
-def _normal(state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
+    state = window.state
+    if window.inconclusive and state.trip_count < config.trip_windows:
+        detail = (
+            f"below {config.threshold} but within {config.evidence_z} standard errors; count stays {state.trip_count}"
+        )
+        return _hold(state, Reason.INCONCLUSIVE, detail)
     if state.trip_reason is None:
         return _hold(state, Reason.HEALTHY, "window passed every rule")
     if state.trip_count < config.trip_windows:

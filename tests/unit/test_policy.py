@@ -279,3 +279,10 @@ def test_a_window_just_below_the_threshold_fails_only_with_enough_evidence() -> 
     assert run([thick] * 3)[-1].action is Action.DISABLE
     bare = replace(CONFIG, evidence_z=0.0)
     assert run([thin] * 3, config=bare)[-1].action is Action.DISABLE
+
+
+def test_an_inconclusive_window_neither_trips_nor_clears_the_count() -> None:
+    low, unsure = window(0.3), window(0.47, tokens=200)
+    decisions = run([low, unsure, low, low])
+    assert decisions[1].reason is Reason.INCONCLUSIVE and decisions[1].state.trip_count == 1
+    assert actions(decisions) == ["none", "none", "none", "disable"]
