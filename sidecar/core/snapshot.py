@@ -46,9 +46,17 @@ class ModelSnapshot:
 
     @property
     def speculation(self) -> bool:
-        """Spec-decode series exist only while speculation is configured (absent, not zero, when off)."""
-        spec_roles = {Role.DRAFT_TOKENS, Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE}
-        return any(key[0] in spec_roles for key in self.counters) or any(r in spec_roles for r in self.gauges)
+        """Spec-decode counters exist only while speculation is configured (absent, not zero, when off).
+
+        SGLang registers its spec gauges either way and writes 0 with speculation off. An accept length counts
+        the bonus token, so it is >= 1 for any step that ran with speculation: above 0 means on.
+        """
+        if any(key[0] is Role.DRAFT_TOKENS for key in self.counters):
+            return True
+        lengths = self.gauges.get(Role.ACCEPT_LENGTH_GAUGE)
+        if lengths is not None:
+            return any(v > 0 for v in lengths)
+        return Role.ACCEPT_RATE_GAUGE in self.gauges
 
 
 @dataclass(frozen=True)
@@ -164,9 +172,7 @@ class _Builder:
         for (model, series), bounds in grouped.items():
             ordered = tuple(sorted(bounds.items()))
             count = ordered[-1][1] if ordered and ordered[-1][0] == float("inf") else 0.0
-            self.histograms[model][(metric, series)] = Histogram(
-                ordered, count, created_by_series.get((model, series))
-            )
+            self.histograms[model][(metric, series)] = Histogram(ordered, count, created_by_series.get((model, series)))
 
 
 def _parse_bound(raw: str) -> float | None:

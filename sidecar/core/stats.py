@@ -18,7 +18,7 @@ from sidecar.core.catalog import LATENCY_METRICS, Role
 from sidecar.core.quantile import histogram_quantile
 from sidecar.core.snapshot import Histogram, ModelSnapshot, Snapshot
 from sidecar.core.verdict import Thresholds, Verdict, verdict
-from sidecar.core.window import counter_increases, histogram_increases, sum_histograms
+from sidecar.core.window import counter_window_increases, histogram_window_increases, sum_histograms
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -86,21 +86,20 @@ def compute_stats(snapshots: Sequence[Snapshot], config: AnalysisConfig) -> Stat
     if not snapshots:
         return Stats(None, (), None)
     last = snapshots[-1]
-    first = snapshots[0] if len(snapshots) > 1 else None
-    seconds = _elapsed(first, last)
+    seconds = _elapsed(snapshots[0], last) if len(snapshots) > 1 else None
+    comparable = last.dialect.comparable if last.dialect else True
     models = []
     for name, after in last.models.items():
-        before = first.models.get(name) if first else None
-        history = [s.models[name] for s in snapshots if name in s.models]
-        comparable = last.dialect.comparable if last.dialect else True
-        models.append(
-            _model_stats(after, before, history, seconds=seconds, config=config, comparable=comparable)
-        )
+        per_snapshot = [s.models.get(name) for s in snapshots]
+        # One snapshot: the window is everything since engine start, i.e. since an empty baseline.
+        chain = per_snapshot if len(snapshots) > 1 else [None, after]
+        history = [m for m in per_snapshot if m is not None]
+        models.append(_model_stats(after, chain, history, seconds=seconds, config=config, comparable=comparable))
     return Stats(last.engine, tuple(models), seconds)
 
 
-def _elapsed(first: Snapshot | None, last: Snapshot) -> float | None:
-    if first is None or first.taken_at is None or last.taken_at is None:
+def _elapsed(first: Snapshot, last: Snapshot) -> float | None:
+    if first.taken_at is None or last.taken_at is None:
         return None
     elapsed = last.taken_at - first.taken_at
     return elapsed if elapsed > 0 else None
@@ -108,14 +107,14 @@ def _elapsed(first: Snapshot | None, last: Snapshot) -> float | None:
 
 def _model_stats(
     after: ModelSnapshot,
-    before: ModelSnapshot | None,
+    chain: Sequence[ModelSnapshot | None],
     history: Sequence[ModelSnapshot],
     *,
     seconds: float | None,
     config: AnalysisConfig,
     comparable: bool,
 ) -> ModelStats:
-    increases = counter_increases(before.counters if before else {}, after.counters)
+    increases = counter_window_increases([m.counters if m else {} for m in chain])
     totals: dict[Role, float] = defaultdict(float)
     per_position: dict[int, float] = defaultdict(float)
     for (role, _series, position), value in increases.items():
@@ -140,8 +139,8 @@ def _model_stats(
     speculation = after.speculation
     evidence = draft_tokens if draft_tokens is not None else _gauge_evidence(gauge_ratio, generation)
 
-    latency, observations = _latency(after, before)
-    kv = after.gauges.get(Role.KV_CACHE_USAGE)
+    latency, observations = _latency(chain)
+    kv = [v for v in after.gauges.get(Role.KV_CACHE_USAGE, ()) if not math.isnan(v)]
     return ModelStats(
         model_name=after.model_name,
         speculation=speculation,
@@ -182,10 +181,8 @@ def _gauge_evidence(gauge_ratio: float | None, generation: float | None) -> floa
     return generation if gauge_ratio is not None else None
 
 
-def _latency(
-    after: ModelSnapshot, before: ModelSnapshot | None
-) -> tuple[dict[str, Quantiles], dict[str, float]]:
-    increases = histogram_increases(before.histograms if before else {}, after.histograms)
+def _latency(chain: Sequence[ModelSnapshot | None]) -> tuple[dict[str, Quantiles], dict[str, float]]:
+    increases = histogram_window_increases([m.histograms if m else {} for m in chain])
     grouped: dict[str, list[Histogram]] = defaultdict(list)
     for (metric, _series), hist in increases.items():
         grouped[metric].append(hist)
@@ -195,7 +192,9 @@ def _latency(
         summed = sum_histograms(grouped.get(metric, []))
         if summed is None:
             continue
-        observations[metric] = summed.count
+        if summed.buckets and summed.buckets[-1][0] == math.inf:
+            # Without a +Inf bucket the number of observations is unknown, not zero.
+            observations[metric] = summed.count
         values = [histogram_quantile(q, summed.buckets) for q in QUANTILES]
         latency[metric] = Quantiles(*values)
     return latency, observations
