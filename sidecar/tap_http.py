@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -71,15 +71,8 @@ class UpstreamResponse:
         read = self._pool.read
         reader = self._conn.reader
         if self._chunked:
-            while True:
-                line = await read(reader.readuntil(b"\r\n"))
-                size = int(line.split(b";", 1)[0], 16)
-                if size == 0:
-                    while await read(reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass  # trailers: not relayed (hop-by-hop for us)
-                    break
-                data = await read(reader.readexactly(size + 2))
-                yield data[:-2]
+            async for data in self._dechunk(reader, read):
+                yield data
         elif self._length is not None:
             remaining = self._length
             while remaining:
@@ -92,6 +85,25 @@ class UpstreamResponse:
             while data := await read(reader.read(_READ_SIZE)):
                 yield data
         self._complete = True
+
+    @staticmethod
+    async def _dechunk(
+        reader: asyncio.StreamReader, read: Callable[[Awaitable[bytes]], Awaitable[bytes]]
+    ) -> AsyncIterator[bytes]:
+        """Chunked transfer coding, decoded from whatever each network read brought: one await per read, and
+        every chunk that is complete in it goes out together (vLLM writes one SSE event per chunk)."""
+        buffer = b""
+        while True:
+            out, consumed, done = _complete_chunks(buffer)
+            if out:
+                yield out
+            if done:
+                return
+            buffer = buffer[consumed:]
+            data = await read(reader.read(_READ_SIZE))
+            if not data:
+                raise UpstreamError("upstream closed in the middle of a chunked body")
+            buffer = buffer + data if buffer else data
 
     async def aclose(self) -> None:
         if self._closed:
@@ -235,6 +247,31 @@ def _parse_head(raw: bytes) -> tuple[int, Headers]:
     if parts[0] == b"HTTP/1.0" and not _has_token(_get(headers, b"connection"), b"keep-alive"):
         headers.append((b"connection", b"close"))
     return int(parts[1]), headers
+
+
+def _complete_chunks(buffer: bytes) -> tuple[bytes, int, bool]:
+    """(data of the complete chunks at the start of buffer, bytes they take, whether the last chunk was seen)."""
+    parts: list[bytes] = []
+    position = 0
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            break
+        try:
+            size = int(buffer[position:line_end].split(b";", 1)[0], 16)
+        except ValueError:
+            raise UpstreamError("bad chunk size from upstream") from None
+        if size == 0:
+            # The last chunk, then optional trailer fields (not relayed), then an empty line.
+            if buffer.startswith(b"\r\n", line_end + 2) or buffer.find(b"\r\n\r\n", line_end) >= 0:
+                return b"".join(parts), len(buffer), True
+            break
+        end = line_end + 2 + size
+        if len(buffer) < end + 2:
+            break
+        parts.append(buffer[line_end + 2 : end])
+        position = end + 2
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), position, False
 
 
 def _get(headers: Headers, name: bytes) -> bytes | None:

@@ -3,7 +3,7 @@
 It answers /v1/completions and /v1/chat/completions the way vLLM 0.32 started with
 ``--per-request-spec-decode-metrics summary`` does (FACTS.md, "Per-request acceptance"), from responses recorded
 off a real vLLM-CPU (tests/fixtures/vllm/) when present, else from synthesized ones with the same shape:
-- a stream is ``data: <json>\\n\\n`` events paced at a fixed token rate, then ``data: [DONE]\\n\\n``;
+- a stream is ``data: <json>\\n\\n`` events paced at a fixed step rate, then ``data: [DONE]\\n\\n``;
 - with ``stream_options.include_usage`` a final usage-only chunk (``"choices":[]``) carries usage, the
   system_fingerprint and ``metrics.speculative_decoding``; without it the terminal chunk carries the fingerprint;
 - each token event is one engine step: 1 token from prefill, then 1 + accepted drafts per verify step.
@@ -151,10 +151,11 @@ def json_body(x: Exchange) -> bytes:
 
 
 class TapUpstream:
-    """The server. ``token_rate`` paces stream events (tokens per second per stream); 0 means no pacing."""
+    """The server. ``step_rate`` paces streams: events (engine steps of 1 + accepted tokens) per second per
+    stream; 0 means no pacing."""
 
-    def __init__(self, token_rate: float = 0.0, per_request_metrics: bool = True, non_stream_delay: float = 0.0):
-        self.token_rate = token_rate
+    def __init__(self, step_rate: float = 0.0, per_request_metrics: bool = True, non_stream_delay: float = 0.0):
+        self.step_rate = step_rate
         self.per_request_metrics = per_request_metrics
         self.non_stream_delay = non_stream_delay
         self.seen = Seen()
@@ -239,21 +240,27 @@ class TapUpstream:
             return
         options = request.get("stream_options") or {}
         events = stream_events(x, include_usage=bool(options.get("include_usage")))
-        await self._stream(reader, writer, events)
+        # Like vLLM: the chat role chunk rides with the first token; each later step takes one step time; the
+        # usage chunk and [DONE] follow the last step at once.
+        first_step = 1 if chat else 0
+        paced = range(first_step + 1, first_step + len(x.steps))
+        await self._stream(reader, writer, events, paced)
 
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, events: list[bytes]) -> None:
+    async def _stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, events: list[bytes], paced: range
+    ) -> None:
         writer.write(SSE_HEAD)
         gone = asyncio.ensure_future(reader.read(1))  # EOF here means the client closed the connection
-        pause = 1.0 / self.token_rate if self.token_rate else 0.0
+        pause = 1.0 / self.step_rate if self.step_rate else 0.0
         try:
-            for event in events:
+            for i, event in enumerate(events):
+                if pause and i in paced:
+                    await asyncio.sleep(pause)
                 if gone.done():
                     self.seen.cut_short += 1
                     return
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
-                if pause and not event.startswith(b"data: [DONE]"):
-                    await asyncio.sleep(pause)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             self.seen.completed += 1
@@ -340,11 +347,11 @@ def running_upstream(**kwargs: Any) -> Iterator[TapUpstream]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--token-rate", type=float, default=0.0)
+    parser.add_argument("--step-rate", type=float, default=0.0)
     args = parser.parse_args()
 
     async def serve() -> None:
-        upstream = TapUpstream(token_rate=args.token_rate)
+        upstream = TapUpstream(step_rate=args.step_rate)
         await upstream.start(args.port)
         print(upstream.port, flush=True)
         await asyncio.Event().wait()
