@@ -74,8 +74,8 @@ class Actuator(Protocol):
         """Remove speculation (and its dependents). ``decision`` None means a human asked (CLI)."""
         ...
 
-    def enable(self, reason: str, decision: Decision | None = None) -> ActResult:
-        """Restore exactly what the last disable removed."""
+    def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:
+        """Restore exactly what the last disable removed; ``force``: even into args edited since."""
         ...
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:

@@ -1,0 +1,300 @@
+"""The decision loop: each new window of Stats -> Observation -> decide -> actuator, with the control metrics.
+
+``Controller.step`` is the whole transition, synchronous and driven by an explicit ``now`` (tests use fake
+time); ``Controller.on_stats`` is the Monitor listener that runs it in a worker thread, because the
+Kubernetes client blocks. The persisted part of the policy state is read from the target (throttled to one
+read per ``read_every`` seconds, and always after a write or a refusal); the in-memory part (trip count)
+carries over between steps and restarts from zero whenever the target changed under us.
+
+Wiring (in the app): ``controller = build_controller(settings, baseline_for)``; if not None,
+``monitor.add_listener(controller.on_stats)`` and ``registry.register(ControlCollector(controller))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar.actuator import ActResult, Actuator, Outcome, TargetView
+from sidecar.core.policy import Action, Decision, PolicyConfig, PolicyState, Reason, decide, observation_from_stats
+from sidecar.core.stats import ModelStats, Stats
+
+log = logging.getLogger("spec_sidecar.control")
+
+STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "pinned")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+Baseline = Callable[[str], Mapping[str, float | None]]
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision as /status shows it (it satisfies status_page.DecisionLike)."""
+
+    at: float
+    action: str
+    reason: str
+    detail: str
+    outcome: str = ""
+
+
+class Controller:
+    def __init__(
+        self,
+        actuator: Actuator,
+        config: PolicyConfig,
+        *,
+        model: str | None = None,
+        baseline_for: Baseline | None = None,
+        read_every: float = 15.0,
+        keep: int = 50,
+        error_backoff: tuple[float, float] = (5.0, 300.0),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.actuator, self.config, self.model = actuator, config, model
+        self.baseline_for, self.read_every, self.clock = baseline_for, read_every, clock
+        self.state: PolicyState | None = None
+        self.view: TargetView | None = None
+        self.last: Decision | None = None
+        self.decisions: deque[DecisionRecord] = deque(maxlen=keep)
+        self.decision_counts: Counter[tuple[str, str]] = Counter()
+        self.toggle_counts: Counter[tuple[str, str]] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._read_at: float | None = None
+        self._backoff_min, self._backoff_max = error_backoff
+        self._backoff = 0.0
+        self._hold_until = 0.0
+
+    async def on_stats(self, stats: Stats) -> None:
+        await asyncio.to_thread(self.step, stats, self.clock())
+
+    def step(self, stats: Stats | None, now: float, *, engine_up: bool = True) -> Decision | None:
+        view = self._target(now)
+        if view is None:
+            return None
+        state = self._merge(view)
+        model = self._pick(stats)
+        baseline = self.baseline_for(model.model_name) if model is not None and self.baseline_for else None
+        window = stats.window_seconds if stats is not None else None
+        observation = observation_from_stats(model, engine_up=engine_up, window_seconds=window, baseline=baseline)
+        decision = decide(observation, state, self.config, now)
+        self.last = decision
+        self.decision_counts[(str(decision.action), str(decision.reason))] += 1
+        if decision.action is Action.NONE:
+            self.state = decision.state
+            return decision
+        if not decision.write:
+            self.state = decision.state
+            self.toggle_counts[(str(decision.action), "dry_run")] += 1
+            self._remember(decision, now, str(Outcome.DRY_RUN))
+            return decision
+        if now < self._hold_until:
+            self.state = state  # retried on the next counted window, once the error backoff is over
+            return decision
+        result = self._act(decision)
+        self._after(decision, state, result, now)
+        return decision
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    def _target(self, now: float) -> TargetView | None:
+        if self.view is not None and self._read_at is not None and now - self._read_at < self.read_every:
+            return self.view
+        try:
+            self.view = self.actuator.read()
+        except Exception as exc:  # an unreachable API server must not stop measuring
+            reason = str(getattr(exc, "reason", type(exc).__name__))
+            self.errors[reason] += 1
+            log.warning("cannot read %s: %s", getattr(self.actuator, "target", "the target"), exc)
+            return None
+        self._read_at = now
+        return self.view
+
+    def _merge(self, view: TargetView) -> PolicyState:
+        previous = self.state
+        if previous is None or previous.record != view.record or previous.speculation != view.speculation:
+            return PolicyState(view.speculation, view.rollout_complete, view.record)
+        return replace(previous, rollout_complete=view.rollout_complete)
+
+    def _pick(self, stats: Stats | None) -> ModelStats | None:
+        if stats is None or not stats.models:
+            return None
+        if self.model is not None:
+            return stats.model(self.model)
+        return next((m for m in stats.models if m.speculation), stats.models[0])
+
+    def _act(self, decision: Decision) -> ActResult:
+        reason = str(decision.reason)
+        if decision.action is Action.DISABLE:
+            return self.actuator.disable(reason, decision)
+        if decision.action is Action.ENABLE:
+            return self.actuator.enable(reason, decision)
+        return self.actuator.write_record(decision.state.record, str(decision.action), decision)
+
+    def _after(self, decision: Decision, before: PolicyState, result: ActResult, now: float) -> None:
+        self._remember(decision, now, str(result.outcome))
+        self._read_at = None  # whatever happened, the next step reads the target afresh
+        if result.outcome is Outcome.CHANGED:
+            self.state = decision.state
+            self._backoff = 0.0
+            if decision.toggles:
+                self.toggle_counts[(str(decision.action), "auto")] += 1
+            log.info("%s: %s (%s)", decision.action, decision.reason, decision.detail)
+            return
+        self.state = before  # not applied: decide again on a fresh read
+        if result.outcome is Outcome.ERROR:
+            self.errors["write_failed"] += 1
+            self._backoff = min(max(self._backoff * 2, self._backoff_min), self._backoff_max)
+            self._hold_until = now + self._backoff
+            log.warning("%s failed: %s; next attempt in %.0fs", decision.action, result.detail, self._backoff)
+        elif result.outcome is not Outcome.NOT_LEADER:
+            log.info("%s not applied (%s): %s", decision.action, result.outcome, result.detail)
+
+    def _remember(self, decision: Decision, now: float, outcome: str) -> None:
+        self.decisions.append(DecisionRecord(now, str(decision.action), str(decision.reason), decision.detail, outcome))
+
+    # --- for metrics and /status ------------------------------------------------------------------------
+
+    def decision_state(self) -> str | None:
+        view, last = self.view, self.last
+        if view is None:
+            return None
+        if view.record.pin is not None:
+            return "pinned"
+        if view.record.latched:
+            return "latched"
+        if not view.rollout_complete:
+            return "rollout"
+        reason = last.reason if last is not None else None
+        if reason is Reason.TRIAL_RUNNING:
+            return "trial"
+        if reason is Reason.COOLDOWN and view.speculation:
+            return "cooldown"
+        if self.state is not None and self.state.trip_count > 0 and view.speculation:
+            return "tripping"
+        return "on" if view.speculation else "off"
+
+    def actuator_errors(self) -> Counter[str]:
+        errors = Counter(self.errors)
+        errors.update(getattr(self.actuator, "errors", Counter()))
+        return errors
+
+    def is_leader(self) -> bool:
+        elector = getattr(self.actuator, "elector", None)
+        return True if elector is None else bool(elector.is_leader)
+
+
+class ControlCollector(Collector):
+    """The control families of DESIGN.md, built from the controller at collection time."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def collect(self) -> Iterator[Metric]:
+        c = self._controller
+        current = c.decision_state()
+        if current is not None:
+            state = GaugeMetricFamily(
+                "specdecode_decision_state", "1 for the controller's current state, 0 for the others.", labels=["state"]
+            )
+            for name in STATES:
+                state.add_metric([name], 1.0 if name == current else 0.0)
+            yield state
+        decisions = CounterMetricFamily(
+            "specdecode_decisions", "Policy decisions by action and reason.", labels=["decision", "reason"]
+        )
+        for (action, reason), n in sorted(c.decision_counts.items()):
+            decisions.add_metric([action, reason], float(n))
+        yield decisions
+        toggles = CounterMetricFamily(
+            "specdecode_toggles", "Toggles written (auto) or only decided (dry_run).", labels=["action", "mode"]
+        )
+        for (action, mode), n in sorted(c.toggle_counts.items()):
+            toggles.add_metric([action, mode], float(n))
+        yield toggles
+        errors = CounterMetricFamily(
+            "specdecode_actuator_errors", "Actuator errors by reason (retried or not).", labels=["reason"]
+        )
+        for reason, n in sorted(c.actuator_errors().items()):
+            errors.add_metric([reason], float(n))
+        yield errors
+        leader = GaugeMetricFamily("specdecode_leader", "1 if this sidecar may write to the target.")
+        leader.add_metric([], 1.0 if c.is_leader() else 0.0)
+        yield leader
+        changed = c.view.record.changed_at if c.view is not None else None
+        if changed is not None:
+            last = GaugeMetricFamily(
+                "specdecode_last_toggle_timestamp_seconds", "Unix time of the last toggle recorded on the target."
+            )
+            last.add_metric([], changed)
+            yield last
+
+
+# --- building it from settings ---------------------------------------------------------------------------
+
+
+def policy_config(settings: Any) -> PolicyConfig:
+    """Settings (the lead's pydantic model) onto the pure config; fields it lacks keep their defaults."""
+    defaults = PolicyConfig()
+    return PolicyConfig(
+        threshold=settings.threshold,
+        min_draft_tokens=float(settings.min_draft_tokens),
+        trip_windows=settings.trip_windows,
+        window_seconds=settings.window,
+        cooldown=settings.cooldown,
+        dry_run=settings.dry_run,
+        evidence_z=getattr(settings, "evidence_z", defaults.evidence_z),
+        breakeven_rule=getattr(settings, "breakeven_rule", defaults.breakeven_rule),
+        divergence_factor=getattr(settings, "divergence_factor", defaults.divergence_factor),
+    )
+
+
+def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
+    """The target named by the settings, or None (measure only). ``elect``: take part in leader election."""
+    if settings.deployment_file:
+        from sidecar.adapters.manifest import ManifestActuator
+
+        return ManifestActuator(settings.deployment_file, container=settings.container, deployment=settings.deployment)
+    if not settings.deployment:
+        return None
+    from sidecar.adapters.kube import KubeActuator, LeaseElector, api_client
+
+    namespace = settings.namespace or _own_namespace()
+    identity = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "spec-sidecar"
+    api = api_client(kubeconfig=getattr(settings, "kubeconfig", None), host=getattr(settings, "kube_host", None))
+    elector = (
+        LeaseElector(api, namespace=namespace, name=f"{settings.deployment}-spec-sidecar", identity=identity)
+        if elect
+        else None
+    )
+    return KubeActuator(
+        api,
+        namespace=namespace,
+        deployment=settings.deployment,
+        container=settings.container,
+        identity=identity,
+        elector=elector,
+    )
+
+
+def build_controller(settings: Any, baseline_for: Baseline | None = None) -> Controller | None:
+    actuator = build_actuator(settings, elect=True)
+    if actuator is None:
+        return None
+    return Controller(actuator, policy_config(settings), baseline_for=baseline_for)
+
+
+def _own_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"

@@ -1,0 +1,115 @@
+"""The decision loop end to end on a local manifest: Stats in, the file rewritten, control metrics out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.adapters.manifest import ManifestActuator
+from sidecar.control import ControlCollector, Controller
+from sidecar.core import specargs
+from sidecar.core.policy import Action, PolicyConfig, Reason
+from sidecar.core.stats import ModelStats, Stats
+from sidecar.core.verdict import Verdict
+from tests.integration.test_manifest_actuator import LIST_MANIFEST
+
+T0 = 1_800_000_000.0
+
+
+def stats(ratio: float, drafts: float = 250.0, speculation: bool = True) -> Stats:
+    k = 4
+    model = ModelStats(
+        model_name="tiny",
+        speculation=speculation,
+        drafts=drafts,
+        draft_tokens=drafts * k,
+        accepted_tokens=ratio * drafts * k,
+        acceptance_ratio=ratio if speculation else None,
+        mean_acceptance_length=1 + ratio * k,
+        alpha_estimate=None,
+        num_speculative_tokens=k,
+        position_acceptance=(),
+        breakeven_acceptance_length=1.0,
+        expected_speedup=None,
+        latency={},
+        latency_observations={},
+        kv_cache_usage=None,
+        generation_tokens=None,
+        generation_tokens_per_second=None,
+        verdict=Verdict.DISABLE if ratio < 0.5 else Verdict.KEEP,
+    )
+    return Stats("vllm", (model,), 60.0)
+
+
+def setup(tmp_path: Path, **config: object) -> tuple[Path, Controller]:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(LIST_MANIFEST)
+    actuator = ManifestActuator(path, container="vllm", clock=lambda: T0)
+    return path, Controller(actuator, replace(PolicyConfig(), **config), read_every=0.0)  # type: ignore[arg-type]
+
+
+def metrics(controller: Controller) -> dict[str, list[tuple[dict[str, str], float]]]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ControlCollector(controller))
+    text = generate_latest(registry).decode()
+    return {
+        f.name: [(s.labels, s.value) for s in f.samples if not s.name.endswith("_created")]
+        for f in text_string_to_metric_families(text)
+    }
+
+
+def test_three_low_windows_rewrite_the_manifest_without_speculation(tmp_path: Path) -> None:
+    path, controller = setup(tmp_path)
+    decisions = [controller.step(stats(0.3), T0 + 60 * i) for i in range(3)]
+    assert [d.action if d else None for d in decisions] == [Action.NONE, Action.NONE, Action.DISABLE]
+    view = controller.actuator.read()
+    assert not view.speculation and view.record.reason == "low_acceptance"
+    assert not specargs.speculation_configured(view.command, view.args)
+    assert "# the target model" in path.read_text()
+    assert [r.outcome for r in controller.decisions] == ["changed"]
+
+
+def test_after_the_toggle_the_loop_holds_in_cooldown_and_counts_nothing_twice(tmp_path: Path) -> None:
+    _, controller = setup(tmp_path)
+    for i in range(3):
+        controller.step(stats(0.3), T0 + 60 * i)
+    # The engine restarted without speculation: its metrics have no speculation series any more.
+    later = controller.step(stats(0.3, speculation=False), T0 + 240)
+    assert later is not None and later.reason is Reason.SPECULATION_OFF
+    assert controller.toggle_counts == {("disable", "auto"): 1}
+
+
+def test_dry_run_decides_and_counts_but_leaves_the_file_alone(tmp_path: Path) -> None:
+    path, controller = setup(tmp_path, dry_run=True)
+    for i in range(3):
+        controller.step(stats(0.3), T0 + 60 * i)
+    assert path.read_text() == LIST_MANIFEST
+    assert controller.toggle_counts == {("disable", "dry_run"): 1}
+
+
+def test_control_metrics_have_the_documented_names_and_labels(tmp_path: Path) -> None:
+    _, controller = setup(tmp_path)
+    controller.step(stats(0.3), T0)
+    tripping = metrics(controller)
+    assert ({"state": "tripping"}, 1.0) in tripping["specdecode_decision_state"]
+    assert tripping["specdecode_leader"] == [({}, 1.0)]
+    for i in (1, 2):
+        controller.step(stats(0.3), T0 + 60 * i)
+    controller.step(stats(0.3, speculation=False), T0 + 180)
+    after = metrics(controller)
+    assert ({"state": "off"}, 1.0) in after["specdecode_decision_state"]
+    assert ({"decision": "disable", "reason": "low_acceptance"}, 1.0) in after["specdecode_decisions"]
+    assert ({"action": "disable", "mode": "auto"}, 1.0) in after["specdecode_toggles"]
+    assert after["specdecode_last_toggle_timestamp_seconds"] == [({}, T0 + 120)]  # the third window
+
+
+def test_an_unreadable_target_is_counted_and_the_loop_goes_on(tmp_path: Path) -> None:
+    path, controller = setup(tmp_path)
+    path.unlink()
+    assert controller.step(stats(0.3), T0) is None
+    assert controller.actuator_errors()["not_found"] == 1
+    path.write_text(LIST_MANIFEST)
+    assert controller.step(stats(0.3), T0 + 60) is not None
