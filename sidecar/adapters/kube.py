@@ -120,8 +120,11 @@ def _status_reason(status: int | None) -> str:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    reason = getattr(exc, "reason", None)
-    return isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(reason, urllib3.exceptions.TimeoutError)
+    cause = getattr(exc, "reason", None) or exc
+    # urllib3 derives a refused connection (NewConnectionError) from ConnectTimeoutError: not a timeout here.
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        return False
+    return isinstance(cause, urllib3.exceptions.TimeoutError)
 
 
 def _message(exc: ApiException) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sidecar.actuator import Outcome
-from sidecar.adapters.kube import KubeActuator, KubeError, RetryPolicy, api_client
+from sidecar.adapters.kube import KubeActuator, KubeError, RetryPolicy, api_client, rollout_complete
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
 from sidecar.core.annotations import By, ControlRecord
@@ -298,3 +298,30 @@ def test_enable_after_a_hand_edit_is_refused_unless_forced(server: KubeAPI) -> N
     assert act.enable("manual").outcome is Outcome.NOT_RESTORABLE
     assert act.enable("manual", force=True).changed
     assert vllm_container(stored(server))["args"] == [*LIST_ARGS[:-1], "2048"]
+
+
+def test_an_unreachable_api_server_is_retried_counted_and_reported(server: KubeAPI) -> None:
+    url = server.url
+    server.stop()  # nothing listens on that port any more
+    act = KubeActuator(api_client(host=url), namespace=NAMESPACE, deployment=NAME, container="vllm", retry=FAST)
+    with pytest.raises(KubeError) as failed:
+        act.read()
+    assert failed.value.reason == "connection"
+    assert act.errors == {"connection": FAST.attempts}
+
+
+@pytest.mark.parametrize(
+    ("status", "complete"),
+    [
+        ({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}, True),
+        ({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}, False),
+        ({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2}, False),
+        ({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 1}, False),
+        ({}, False),
+    ],
+)
+def test_rollout_is_complete_only_when_every_replica_is_updated_and_ready(
+    status: dict[str, int], complete: bool
+) -> None:
+    obj = {"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": status}
+    assert rollout_complete(obj) is complete
