@@ -11,6 +11,8 @@ as examples for the caller to log.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,35 +76,58 @@ class SampleParser:
             if canonical in self._canonical:
                 self._canonical[alias] = canonical
         names = _trie_pattern(self._canonical) or r"(?!x)x"
-        # Group 5 takes a candidate line that is not well formed (value group empty), so it is counted, not skipped.
+        # Groups: name, label blob, value; the last one takes a candidate line that is not well formed (the
+        # value group is then empty), so it is counted rather than skipped.
         self._line = re.compile(
             rf"\n[ \t]*({names})(?=[ \t{{\r\n])"
-            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+(-?[0-9]+))?[ \t]*\r?(?=\n)|([^\n]*))"
+            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n)|([^\n]*))"
         )
         self._layouts: dict[tuple[str, ...], _Layout] = {}
 
     def parse(self, text: str) -> ParseResult:
+        padded = "\n" + text + "\n"
+        # Tens of thousands of small tuples are made and kept here; the cyclic collector would walk them again
+        # and again (a third of the time on a big payload) although none can be part of a cycle.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            samples, bad = self._samples(self._line.findall(padded))
+        finally:
+            if collecting:
+                gc.enable()
+        return ParseResult(tuple(samples), len(bad), self._examples(padded, bad))
+
+    def _samples(self, matches: list[tuple[str, str, str, str]]) -> tuple[list[Sample], list[int]]:
         samples: list[Sample] = []
-        bad = 0
-        examples: list[str] = []
+        append = samples.append
+        new = tuple.__new__
+        bad: list[int] = []
         canonical = self._canonical
         # Histograms of one engine share label sets (same le, same engine), so a label blob repeats a lot.
         seen: dict[str, Labels | None] = {}
-        for name, blob, raw_value, timestamp, rest in self._line.findall("\n" + text + "\n"):
-            value = _parse_float(raw_value) if raw_value else None
+        for index, (name, blob, raw, _rest) in enumerate(matches):
             if not blob:
                 labels: Labels | None = ()
             elif blob in seen:
                 labels = seen[blob]
             else:
                 labels = seen[blob] = self._labels(blob)
-            if value is None or labels is None:
-                bad += 1
-                if len(examples) < _MAX_EXAMPLES:
-                    examples.append(_reconstruct(name, blob, raw_value, timestamp, rest)[:200])
-                continue
-            samples.append(Sample(canonical[name], labels, value))
-        return ParseResult(tuple(samples), bad, tuple(examples))
+            # Python's float() also takes '1_000', blanks and non-ASCII digits; the format does not.
+            if labels is not None and raw and "_" not in raw and raw.isascii():
+                try:
+                    append(new(Sample, (canonical[name], labels, float(raw))))
+                    continue
+                except ValueError:
+                    pass
+            bad.append(index)
+        return samples, bad
+
+    def _examples(self, padded: str, bad: list[int]) -> tuple[str, ...]:
+        if not bad:
+            return ()
+        wanted = set(bad[:_MAX_EXAMPLES])
+        found = (m.group(0).strip("\n\r")[:200] for i, m in enumerate(self._line.finditer(padded)) if i in wanted)
+        return tuple(itertools.islice(found, len(wanted)))
 
     def _labels(self, blob: str) -> Labels | None:
         if "\\" in blob:
@@ -167,23 +192,6 @@ def _emit(node: dict[str, dict[str, Any]]) -> str:
         # A name that is a prefix of a longer one: the longer is tried first, the shorter is the fallback.
         return f"(?:{body})?" if len(branches) == 1 else body + "?"
     return body
-
-
-def _reconstruct(name: str, blob: str, raw_value: str, timestamp: str, rest: str) -> str:
-    if rest:
-        return name + rest
-    line = name + ("{" + blob + "}" if blob else "") + " " + raw_value
-    return line + (" " + timestamp if timestamp else "")
-
-
-def _parse_float(raw: str) -> float | None:
-    # Python's float() also takes '1_000', surrounding whitespace and non-ASCII digits; the format does not.
-    if "_" in raw or not raw.isascii():
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
 
 
 def _parse_escaped_labels(blob: str) -> Labels | None:
