@@ -140,9 +140,8 @@ def report_linearity(parser: SampleParser, captures: list[str], engines: int, ru
         base = base or seconds
         mb = len(text) / 1e6
         per_mb = seconds * 1e3 / mb
-        print(
-            f"  {factor}x  {mb:6.1f} MB  {seconds * 1e3:8.1f} ms  {per_mb:6.2f} ms/MB  ({seconds / base:.2f}x the 1x time)"
-        )
+        growth = f"({seconds / base:.2f}x the 1x time)"
+        print(f"  {factor}x  {mb:6.1f} MB  {seconds * 1e3:8.1f} ms  {per_mb:6.2f} ms/MB  {growth}")
 
 
 def main() -> None:
