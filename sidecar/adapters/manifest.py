@@ -95,6 +95,7 @@ class ManifestActuator:
     def _write(self, action: str, reason: str, planner: Callable[[TargetView], Plan | ActResult]) -> ActResult:
         try:
             with _locked(self.path):
+                _remove_stale_temp_files(self.path)
                 loaded = self._load()
                 planned = planner(self._view(loaded))
                 if isinstance(planned, ActResult):
@@ -247,6 +248,14 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temp files a killed writer left behind; under the lock, no live writer can own one."""
+    lock = path.with_name(f".{path.name}.lock")
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale != lock:
+            stale.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -218,3 +218,10 @@ def test_four_space_sequence_indentation_is_kept(tmp_path: Path) -> None:
     act.enable("y")
     assert without_our_annotations(path.read_text()) == text
     assert path.stat().st_size > len(text)  # our annotations are there
+
+
+def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    path = write(tmp_path, LIST_MANIFEST)
+    (tmp_path / ".deployment.yaml.k1ll3d").write_text("half a manifest")
+    actuator(path).disable("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".deployment.yaml.lock", "deployment.yaml"]
