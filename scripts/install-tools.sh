@@ -46,6 +46,21 @@ if [ ! -f "$NODE_STAMP" ]; then
 fi
 
 # promtool comes with Debian's prometheus package; another script may own that install.
+# A Docker engine for the image test: Debian's docker.io runs dockerd locally (vfs storage, no bridge), and
+# debootstrap makes the base image no registry can give us here (deploy/docker/make-base-image.sh).
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  POLICY=/usr/sbin/policy-rc.d
+  if [ ! -e "$POLICY" ]; then  # no service may start during the install: tests start their own dockerd
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY" && chmod 755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
+  fi
+  APT=(apt-get -qq -y -o DPkg::Lock::Timeout=600)
+  if ! DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends docker.io debootstrap >&2; then
+    "${APT[@]}" update >&2
+    DEBIAN_FRONTEND=noninteractive "${APT[@]}" install --no-install-recommends docker.io debootstrap >&2
+  fi
+fi
+
 # promtool and alertmanager come from Debian's packages via the project's own (idempotent) installer.
 PROMTOOL="$(bash "$ROOT/scripts/install-prometheus.sh")"
 
@@ -55,3 +70,5 @@ echo "hadolint=$VENV/bin/hadolint"
 echo "tsc=$NODE_DIR/node_modules/.bin/tsc"
 echo "node_modules=$NODE_DIR/node_modules"
 echo "promtool=$PROMTOOL"
+echo "dockerd=$(command -v dockerd)"
+echo "docker=$(command -v docker)"
