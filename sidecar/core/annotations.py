@@ -8,6 +8,7 @@ Reading is forgiving: a malformed annotation (hand-edited) reads as absent, neve
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ class ControlRecord:
 
     def toggled(self, now: float, action: str, by: By, reason: str, removed: Mapping[str, Any] | None) -> ControlRecord:
         """The record after a toggle: state, reason, time, author, removed args, one more history entry."""
+        now = stored_time(now)
         history = (*self.history, Toggle(now, action, by, reason))[-MAX_HISTORY:]
         return replace(
             self,
@@ -71,6 +73,11 @@ class ControlRecord:
 
     def toggles_since(self, since: float, by: By | None = None) -> int:
         return sum(1 for t in self.history if t.at >= since and (by is None or t.by is by))
+
+
+def stored_time(seconds: float) -> float:
+    """``seconds`` as it reads back from an annotation (millisecond precision), so records compare equal."""
+    return math.floor(seconds * 1000) / 1000
 
 
 def timestamp(seconds: float) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from sidecar.core.annotations import By, ControlRecord
+from sidecar.core.annotations import By, ControlRecord, stored_time
 from sidecar.core.baseline import divergence
 from sidecar.core.stats import ModelStats
 
@@ -414,4 +414,4 @@ def _schedule_trial(
     if attempts >= trial.max_tries:
         return replace(toggled, trial_attempts=attempts, next_trial_at=None)
     wait = min(trial.after * trial.backoff**attempts, trial.max_wait)
-    return replace(toggled, trial_attempts=attempts, next_trial_at=now + wait)
+    return replace(toggled, trial_attempts=attempts, next_trial_at=stored_time(now + wait))

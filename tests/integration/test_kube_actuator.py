@@ -243,7 +243,9 @@ def test_a_slow_answer_times_out_and_is_retried(server: KubeAPI) -> None:
 def test_a_lost_response_to_an_applied_patch_is_recognised_as_our_own_write(server: KubeAPI) -> None:
     before = server.add_deployment(list_deployment())
     server.inject("PATCH", "/deployments/", 503, times=1, after_apply=True)
-    result = actuator(server).disable("x")
+    act = actuator(server)
+    act.clock = lambda: T0 + 0.123456  # sub-millisecond time: the record must still match what it reads back
+    result = act.disable("x")
     assert result.outcome is Outcome.CHANGED
     assert [r.status for r in server.requests if r.method == "PATCH"] == [503, 422]
     assert stored(server)["metadata"]["generation"] == before["metadata"]["generation"] + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from sidecar.core import annotations as ann
 from sidecar.core.annotations import By, ControlRecord, Toggle
@@ -100,3 +101,11 @@ def test_observation_takes_what_the_policy_needs_from_model_stats() -> None:
 def test_no_model_stats_is_an_observation_without_speculation() -> None:
     obs = observation_from_stats(None, engine_up=False, window_seconds=None)
     assert not obs.engine_up and not obs.speculation and obs.acceptance_ratio is None
+
+
+def test_a_toggled_record_equals_itself_read_back_from_annotations_at_any_time() -> None:
+    for now in (T0, 1_800_000_000.123456, 1_799_999_999.9999):
+        record = ControlRecord().toggled(now, "disable", By.SIDECAR, "x", {"version": 1})
+        record = replace(record, next_trial_at=ann.stored_time(now + 1800.5))
+        stored = {k: v for k, v in ann.to_annotations(record).items() if v is not None}
+        assert ann.from_annotations(stored) == record
