@@ -1,0 +1,251 @@
+"""End to end: the real sidecar, the real Prometheus and Alertmanager (Debian), a webhook receiver.
+
+The sidecar (`spec-sidecar run`, a real process) scrapes a stand-in engine serving vLLM 0.32-layout /metrics whose
+counters grow like a busy server with poor acceptance. Prometheus scrapes the sidecar under job="spec-sidecar" and
+evaluates the project's rule file; Alertmanager routes what fires to a webhook on 127.0.0.1. Only the rules'
+`for:` durations are shortened (minutes would make the test slow); every expression is the shipped one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy.tooling import RULES, tools
+from tests.support.payloads import vllm_payload
+from tests.support.replay import MetricsReplay, free_port, metrics_replay
+from tests.support.sidecar_process import SidecarProcess, run_sidecar
+
+SIDECAR_FLAGS = ("--scrape-interval", "0.5", "--window", "5", "--min-draft-tokens", "10")
+
+
+@dataclass
+class Webhook:
+    """Alertmanager's webhook receiver: keeps every alert it is sent."""
+
+    url: str
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def firing(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in list(self.alerts) if a["labels"]["alertname"] == name and a["status"] == "firing"]
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook("")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            hook.alerts.extend(json.loads(body)["alerts"])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class BusyEngine:
+    """Counters that grow on every scrape: 400 draft tokens per step, accepted at the given ratio."""
+
+    def __init__(self, replay: MetricsReplay, acceptance: float) -> None:
+        self.replay = replay
+        self.acceptance = acceptance
+        self.steps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.steps += 1
+            drafts = 100.0 * self.steps
+            draft_tokens = 400.0 * self.steps
+            accepted = draft_tokens * self.acceptance
+            self.replay.serve(
+                vllm_payload(drafts=drafts, draft_tokens=draft_tokens, accepted=accepted, per_position=(accepted, 0))
+            )
+
+    def __enter__(self) -> BusyEngine:
+        self.replay.serve(vllm_payload(drafts=0, draft_tokens=0, accepted=0, per_position=(0, 0)))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _fast_rules(path: Path) -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule["for"] = "2s"
+    path.write_text(yaml.safe_dump(rules))
+
+
+@contextmanager
+def _server(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: _answers(ready_url), 60, f"{cmd[0]} at {ready_url}\n{log.read_text(errors='replace')[-2000:]}")
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    prometheus: str
+    sidecar: SidecarProcess
+    engine: MetricsReplay
+    webhook: Webhook
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        response = httpx.get(self.prometheus + "/api/v1/query", params={"query": promql}, timeout=5).json()
+        return list(response["data"]["result"])
+
+
+@pytest.fixture
+def stack(tmp_path: Path, webhook: Webhook) -> Iterator[Stack]:
+    tools()  # Debian prometheus + alertmanager (scripts/install-prometheus.sh)
+    am_port, prom_port = free_port(), free_port()
+    (tmp_path / "am.yml").write_text(
+        yaml.safe_dump(
+            {
+                "route": {"receiver": "hook", "group_by": ["alertname"], "group_wait": "1s", "group_interval": "1s"},
+                "receivers": [{"name": "hook", "webhook_configs": [{"url": webhook.url, "send_resolved": True}]}],
+            }
+        )
+    )
+    _fast_rules(tmp_path / "rules.yaml")
+    alertmanager = [
+        "prometheus-alertmanager",
+        f"--config.file={tmp_path / 'am.yml'}",
+        f"--storage.path={tmp_path / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address=",  # no gossip port
+    ]
+    with (
+        metrics_replay() as engine,
+        run_sidecar(tmp_path, "--vllm-url", engine.url, *SIDECAR_FLAGS) as sidecar,
+        _server(alertmanager, f"http://127.0.0.1:{am_port}/-/ready", tmp_path / "am.log"),
+    ):
+        sidecar_target = sidecar.url.removeprefix("http://")
+        (tmp_path / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(tmp_path / "rules.yaml")],
+                    "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+                    "scrape_configs": [
+                        {
+                            "job_name": "spec-sidecar",
+                            "static_configs": [
+                                {"targets": [sidecar_target], "labels": {"namespace": "ml", "pod": "p1"}}
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        prometheus = [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ]
+        with _server(prometheus, f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log"):
+            yield Stack(f"http://127.0.0.1:{prom_port}", sidecar, engine, webhook)
+
+
+def test_low_acceptance_reaches_the_alertmanager_webhook_and_good_acceptance_does_not(stack: Stack) -> None:
+    with BusyEngine(stack.engine, acceptance=0.8):
+        _wait(
+            lambda: bool(stack.query('specdecode_acceptance_ratio{job="spec-sidecar"} > 0.7')),
+            60,
+            "good ratio in Prometheus",
+        )
+        time.sleep(6)  # several evaluations with the shortened `for:`
+        assert stack.query('ALERTS{alertname="SpecDecodeAcceptanceLow"}') == []
+        assert stack.webhook.firing("SpecDecodeAcceptanceLow") == []
+    with BusyEngine(stack.engine, acceptance=0.3):
+        _wait(
+            lambda: bool(stack.webhook.firing("SpecDecodeAcceptanceLow")), 90, "SpecDecodeAcceptanceLow at the webhook"
+        )
+    alert = stack.webhook.firing("SpecDecodeAcceptanceLow")[0]
+    assert alert["labels"] | {"instance": "-"} == {
+        "alertname": "SpecDecodeAcceptanceLow",
+        "severity": "warning",
+        "job": "spec-sidecar",
+        "namespace": "ml",
+        "pod": "p1",
+        "model_name": "tiny",
+        "instance": "-",
+    }
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#specdecodeacceptancelow"
+    assert alert["annotations"]["description"].startswith("tiny on ml/p1 accepts 30% of draft tokens")
+
+
+def test_an_engine_that_stops_answering_pages_as_target_down(stack: Stack) -> None:
+    with BusyEngine(stack.engine, acceptance=0.8):
+        _wait(lambda: bool(stack.query("specdecode_target_up == 1")), 60, "target up in Prometheus")
+    assert stack.webhook.firing("SpecDecodeTargetDown") == []
+    stack.engine.serve("engine overloaded", status=503)
+    _wait(lambda: bool(stack.webhook.firing("SpecDecodeTargetDown")), 90, "SpecDecodeTargetDown at the webhook")
+    alert = stack.webhook.firing("SpecDecodeTargetDown")[0]
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["labels"]["pod"] == "p1"
+
+
+def test_a_sidecar_that_stops_answering_pages_as_sidecar_down(stack: Stack) -> None:
+    _wait(lambda: bool(stack.query('up{job="spec-sidecar"} == 1')), 60, "sidecar scraped")
+    assert stack.webhook.firing("SpecSidecarDown") == []
+    stack.sidecar.process.terminate()
+    stack.sidecar.process.wait(timeout=15)
+    _wait(lambda: bool(stack.webhook.firing("SpecSidecarDown")), 90, "SpecSidecarDown at the webhook")
+    assert stack.webhook.firing("SpecSidecarDown")[0]["labels"]["severity"] == "critical"
