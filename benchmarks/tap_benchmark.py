@@ -224,6 +224,7 @@ def main() -> None:
         wait_for(f"http://127.0.0.1:{nginx_port}/v1/models")
 
         plan = build_requests(args.streams, args.requests_per_stream)
+        load_before = os.getloadavg()[0]
         targets = {"tap": (tap_port, [tap.pid]), "nginx": (nginx_port, [nginx.pid, *children(nginx.pid)])}
         totals = {name: Totals() for name in targets}
         for _ in (0,):  # warm-up: connection pools, caches, first-request imports
@@ -237,7 +238,7 @@ def main() -> None:
                 via = asyncio.run(run_round(port, plan))
                 totals[name].cpu += cpu_seconds(pids) - before
                 compare(direct, via, totals[name])
-        report(args, totals)
+        report(args, totals, load_before, os.getloadavg()[0])
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -248,7 +249,7 @@ def main() -> None:
                 proc.kill()
 
 
-def report(args: argparse.Namespace, totals: dict[str, Totals]) -> None:
+def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: float, load_after: float) -> None:
     rows = {}
     for name, t in totals.items():
         rows[name] = {
@@ -261,10 +262,13 @@ def report(args: argparse.Namespace, totals: dict[str, Totals]) -> None:
             "cpu_cores_per_1000_chunks_per_s": 1000 * t.cpu / t.chunks if t.chunks else None,
             "chunks": t.chunks,
         }
+    load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
     if args.json:
-        print(json.dumps({"streams": args.streams, "step_rate": args.step_rate, "results": rows}, indent=2))
+        summary = {"streams": args.streams, "step_rate": args.step_rate, "load_average_1m": load, "results": rows}
+        print(json.dumps(summary, indent=2))
         return
     print(f"{args.streams} concurrent streams, {args.step_rate:g} SSE events/s each, {args.rounds} rounds")
+    print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
     print(f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'CPU/1k ch/s':>13}")
     for name, r in rows.items():
         cpu = r["cpu_cores_per_1000_chunks_per_s"]

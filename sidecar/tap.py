@@ -84,7 +84,7 @@ class TapConfig:
     temperature_buckets: TemperatureBuckets = field(default_factory=TemperatureBuckets)
     ask_for_usage: bool = True  # add stream_options.include_usage upstream, strip it for the client
     estimate_from_chunks: bool = False  # without per-request metrics, estimate from stream chunk sizes
-    window_seconds: float = 300.0  # window of the per-bucket gauges (used by TapRecorder.from_config)
+    window_seconds: float = 300.0  # window of the per-bucket gauges (recorder_from_config uses it)
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float | None = 600.0  # longest silence between upstream bytes (queueing, prefill)
     write_timeout_seconds: float = 60.0
