@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ from sidecar.core.temperature import TemperatureBuckets
 from sidecar.tap_http import Timeouts, UpstreamError, UpstreamPool, UpstreamResponse
 from sidecar.tap_metrics import RequestRecord, TapRecorder
 
+log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -241,9 +243,13 @@ class Tap:
                 exchange.scope["method"], self._target(exchange.scope), headers, content
             )
         except TimeoutError:
+            log.warning(
+                "tap: %s %s: upstream timed out before answering", exchange.scope["method"], exchange.scope["path"]
+            )
             await _error(exchange.send, 504, "upstream timed out before answering", "gateway_timeout")
             return
         except (UpstreamError, OSError, asyncio.IncompleteReadError) as exc:
+            log.warning("tap: %s %s: upstream unreachable: %s", exchange.scope["method"], exchange.scope["path"], exc)
             await _error(exchange.send, 502, f"upstream unreachable: {exc}", "bad_gateway")
             return
         try:

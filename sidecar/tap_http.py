@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,6 +36,41 @@ class _Conn:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _SilenceWatch:
+    """The read timeout of a body: aborts the connection once no byte came for `seconds`. One timer per
+    response, re-armed lazily, instead of a timeout context around every read of a long stream."""
+
+    __slots__ = ("_conn", "_handle", "_loop", "_seconds", "fired", "last")
+
+    def __init__(self, conn: _Conn, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._conn, self._seconds = conn, seconds
+        self.last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_at(self.last + seconds, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self._seconds
+        if self._loop.time() >= due:
+            self.fired = True
+            self._conn.writer.transport.abort()  # the pending read sees EOF
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+async def _read(reader: asyncio.StreamReader, size: int, watch: _SilenceWatch | None) -> bytes:
+    data = await reader.read(size)
+    if watch is not None:
+        watch.touch()
+    return data
 
 
 @dataclass(frozen=True)
@@ -68,28 +103,35 @@ class UpstreamResponse:
         return _get(self.headers, name)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        read = self._pool.read
         reader = self._conn.reader
-        if self._chunked:
-            async for data in self._dechunk(reader, read):
-                yield data
-        elif self._length is not None:
-            remaining = self._length
-            while remaining:
-                data = await read(reader.read(min(remaining, _READ_SIZE)))
-                if not data:
-                    raise UpstreamError("upstream closed before the end of the body")
-                remaining -= len(data)
-                yield data
-        else:
-            while data := await read(reader.read(_READ_SIZE)):
-                yield data
-        self._complete = True
+        timeout = self._pool.timeouts.read
+        watch = _SilenceWatch(self._conn, timeout) if timeout is not None else None
+        try:
+            if self._chunked:
+                async for data in self._dechunk(reader, watch):
+                    yield data
+            elif self._length is not None:
+                remaining = self._length
+                while remaining:
+                    data = await _read(reader, min(remaining, _READ_SIZE), watch)
+                    if not data:
+                        raise UpstreamError("upstream closed before the end of the body")
+                    remaining -= len(data)
+                    yield data
+            else:
+                while data := await _read(reader, _READ_SIZE, watch):
+                    yield data
+            self._complete = True
+        except UpstreamError:
+            if watch is not None and watch.fired:
+                raise TimeoutError("upstream went silent in the middle of a body") from None
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     @staticmethod
-    async def _dechunk(
-        reader: asyncio.StreamReader, read: Callable[[Awaitable[bytes]], Awaitable[bytes]]
-    ) -> AsyncIterator[bytes]:
+    async def _dechunk(reader: asyncio.StreamReader, watch: _SilenceWatch | None) -> AsyncIterator[bytes]:
         """Chunked transfer coding, decoded from whatever each network read brought: one await per read, and
         every chunk that is complete in it goes out together (vLLM writes one SSE event per chunk)."""
         buffer = b""
@@ -100,7 +142,7 @@ class UpstreamResponse:
             if done:
                 return
             buffer = buffer[consumed:]
-            data = await read(reader.read(_READ_SIZE))
+            data = await _read(reader, _READ_SIZE, watch)
             if not data:
                 raise UpstreamError("upstream closed in the middle of a chunked body")
             buffer = buffer + data if buffer else data

@@ -183,3 +183,27 @@ def test_a_streamed_request_body_without_length_is_sent_chunked_and_with_length_
     assert seen[0].startswith(b"POST /prefix/up?x=1 HTTP/1.1\r\n")
     assert seen[0].endswith(b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
     assert seen[1].endswith(b"content-length: 6\r\n\r\nabcdef")
+
+
+def test_an_upstream_that_goes_silent_mid_stream_times_out_after_what_it_sent() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"5\r\nfirst\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def scenario() -> list[bytes]:
+        server, url = await serve(handler)
+        pool = UpstreamPool(url, Timeouts(connect=1, read=0.3, write=1))
+        got: list[bytes] = []
+        response = await pool.request("GET", b"/", [], None)
+        try:
+            with pytest.raises(TimeoutError):
+                async for chunk in response.chunks():
+                    got.append(chunk)
+        finally:
+            await response.aclose()
+            server.close()
+        return got
+
+    assert asyncio.run(scenario()) == [b"first"]
