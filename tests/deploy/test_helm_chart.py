@@ -362,3 +362,18 @@ def test_notes_tell_how_to_reach_the_api_and_whether_the_actuator_acts(tmp_path:
     assert "turns speculation off on this Deployment when acceptance stays below 0.5" in notes
     assert "dry-run mode" in _render_notes(tmp_path / "dry", "--set", "sidecar.config.dry_run=true")
     assert "measures and exports only" in _render_notes(tmp_path / "measure", *MEASURE_ONLY)
+
+
+def test_the_values_file_in_the_install_guide_renders_and_validates(tmp_path: Path) -> None:
+    guide = (CHART.parents[2] / "docs" / "install.md").read_text()
+    snippet = guide.split("```yaml\n", 1)[1].split("```", 1)[0]
+    values = tmp_path / "guide-values.yaml"
+    values.write_text(snippet)
+    docs = documents(render("-f", str(values)))
+    builtin = tmp_path / "builtin.yaml"
+    builtin.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] not in OPERATOR_KINDS]))
+    result = run([tools()["kubernetes-validate"], "--strict", builtin], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    vllm = container(one(docs, "Deployment"), "vllm")
+    assert json.loads(vllm["args"][vllm["args"].index("--speculative-config") + 1])["method"] == "eagle3"
+    assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
