@@ -33,8 +33,8 @@ tools: install
 	bash scripts/install-tools.sh >/dev/null
 
 lint: install
-	$(VENV)/bin/ruff check sidecar tests benchmarks scripts
-	$(VENV)/bin/ruff format --check sidecar tests benchmarks scripts
+	$(VENV)/bin/ruff check sidecar tests benchmarks scripts grafana
+	$(VENV)/bin/ruff format --check sidecar tests benchmarks scripts grafana
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
