@@ -20,6 +20,7 @@ from typing import Any, TypeGuard
 EVENT_END = b"\n\n"
 _USAGE_KEY = b'"usage"'
 _USAGE_NULL = b',"usage":null'
+_USAGE_OBJECT = (b'"usage":{', b'"usage": {')
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _TERMINAL = b'"finish_reason":"'
 _FINGERPRINT_KEY = b'"system_fingerprint"'
@@ -193,10 +194,21 @@ class StreamFilter:
             block, self._pending = data[:end], data[end:]
         self.events += block.count(EVENT_END)
         if _USAGE_KEY in block:
+            if self._strip and _server_forces_usage(block):
+                return self._stop_stripping(block)
             block = self._inspect(block)
         if not self._strip:
             return chunk
         return self._release(block)
+
+    def _stop_stripping(self, block: bytes) -> bytes:
+        """The server sends usage on every chunk whatever the client asked (``--enable-force-include-usage``):
+        the client gets it without the tap too, so nothing may be stripped. Relay all we have not relayed."""
+        self._strip = False
+        out = self._held + block + self._pending  # the partial event stays pending, for observation only
+        self._held = b""
+        self._inspect(block)
+        return out
 
     def finish(self) -> bytes:
         """Whatever is still held when the upstream ends (a stream cut short, or one without a usage chunk)."""
@@ -243,6 +255,14 @@ class StreamFilter:
             else:
                 kept.append(event + EVENT_END)
         return b"".join(kept)
+
+
+def _server_forces_usage(block: bytes) -> bool:
+    """A chunk that carries choices also carries a usage object: continuous usage the client did not ask for."""
+    for event in block.split(EVENT_END):
+        if any(m in event for m in _USAGE_OBJECT) and not any(m in event for m in _EMPTY_CHOICES):
+            return True
+    return False
 
 
 def _usage_chunk(event: bytes) -> dict[str, Any] | None:

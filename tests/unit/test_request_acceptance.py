@@ -259,3 +259,12 @@ def test_the_chunk_estimate_recovers_the_replay_engines_exact_acceptance() -> No
     assert estimate is not None
     assert estimate.accepted_tokens == facts.spec.accepted_tokens
     assert estimate.draft_tokens == facts.spec.draft_tokens
+
+
+def test_a_server_that_forces_usage_on_every_chunk_keeps_it_because_the_client_would_get_it_anyway() -> None:
+    usage = b',"usage":{"prompt_tokens":3,"total_tokens":4,"completion_tokens":1}}'
+    forced = sse(ROLE[:-1] + usage, TOKEN[:-1] + usage, LAST + usage, USAGE, b"[DONE]")
+    for cuts in ([], [10], [len(sse(ROLE[:-1] + usage)) + 5, 600]):
+        stream = StreamFilter(strip_usage=True)
+        assert feed_all(stream, split_at(forced, cuts)) == forced
+        assert facts_from_payload(stream.usage).spec == SpecCounts(8, 2)
