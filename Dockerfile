@@ -11,9 +11,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # The wheel first (build isolation fetches setuptools), then the venv the final stage copies as a whole.
+# Trimmed for size: the sidecar uses the kubernetes client's sync API only (its asyncio twin, kubernetes/aio, is
+# half of the package), and nothing installs packages at run time (no pip or setuptools in the final venv).
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install /wheels/spec_sidecar-*.whl \
+ && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio \
+ && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
+ && /opt/venv/bin/python -c "import sidecar.adapters.kube, sidecar.app" \
  && /opt/venv/bin/spec-sidecar --help >/dev/null
 
 FROM ${BASE_IMAGE}
