@@ -63,6 +63,7 @@ class ProbePlan:
     model: str | None
     thresholds: Thresholds
     timeout: float
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,8 @@ async def _run_temperature(
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
+            if plan.ignore_eos:
+                body["ignore_eos"] = True
             results.append(await stream_completion(client, base, body, plan.timeout))
             on_request(temperature)
 
@@ -329,6 +332,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--prompt-file", type=Path, help="Prompts, one per line (default: a few built-in prompts)")
     p.add_argument("--max-tokens", type=_positive_int, default=64, help="max_tokens per request (default 64)")
     p.add_argument("--model", help="Model to ask for (default: the first one /v1/models lists)")
+    p.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="Ask vLLM to generate exactly --max-tokens per request (vLLM's ignore_eos extension)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="Seconds one request may take (default 120)")
     defaults = Thresholds()
     p.add_argument("--threshold", type=float, default=defaults.disable_below, help="Verdict disable below (0.5)")
@@ -398,7 +406,7 @@ def _plan(args: argparse.Namespace) -> ProbePlan:
     thresholds = Thresholds(args.threshold, args.keep_threshold, args.min_draft_tokens)
     return ProbePlan(
         args.url, args.temperatures, args.requests, args.concurrency, prompts, args.max_tokens, args.model,
-        thresholds, args.timeout,
+        thresholds, args.timeout, args.ignore_eos,
     )  # fmt: skip
 
 

