@@ -113,3 +113,19 @@ def test_an_unreadable_target_is_counted_and_the_loop_goes_on(tmp_path: Path) ->
     assert controller.actuator_errors()["not_found"] == 1
     path.write_text(LIST_MANIFEST)
     assert controller.step(stats(0.3), T0 + 60) is not None
+
+
+def test_the_controller_is_built_from_the_sidecars_own_settings(tmp_path: Path) -> None:
+    from sidecar.control import build_controller, policy_config
+    from sidecar.settings import Settings
+
+    path = tmp_path / "deploy.yaml"
+    path.write_text(LIST_MANIFEST)
+    settings = Settings(deployment_file=str(path), threshold=0.4, trip_windows=5, cooldown=30, dry_run=True)
+    config = policy_config(settings)
+    assert (config.threshold, config.trip_windows, config.cooldown, config.dry_run) == (0.4, 5, 30.0, True)
+    assert config.window_seconds == settings.window and config.min_draft_tokens == settings.min_draft_tokens
+    controller = build_controller(settings)
+    assert controller is not None and isinstance(controller.actuator, ManifestActuator)
+    assert controller.actuator.read().speculation
+    assert build_controller(Settings()) is None  # no target: measure only
