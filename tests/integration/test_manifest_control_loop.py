@@ -121,11 +121,13 @@ def test_the_controller_is_built_from_the_sidecars_own_settings(tmp_path: Path) 
 
     path = tmp_path / "deploy.yaml"
     path.write_text(LIST_MANIFEST)
-    settings = Settings(deployment_file=str(path), threshold=0.4, trip_windows=5, cooldown=30, dry_run=True)
+    settings = Settings.model_validate(
+        {"deployment_file": str(path), "threshold": 0.4, "trip_windows": 5, "cooldown": 30, "dry_run": True}
+    )
     config = policy_config(settings)
     assert (config.threshold, config.trip_windows, config.cooldown, config.dry_run) == (0.4, 5, 30.0, True)
     assert config.window_seconds == settings.window and config.min_draft_tokens == settings.min_draft_tokens
     controller = build_controller(settings)
     assert controller is not None and isinstance(controller.actuator, ManifestActuator)
     assert controller.actuator.read().speculation
-    assert build_controller(Settings()) is None  # no target: measure only
+    assert build_controller(Settings.model_validate({})) is None  # no target: measure only
