@@ -31,6 +31,9 @@ _UNESCAPE = {"n": "\n", "\\": "\\", '"': '"'}
 _MAX_EXAMPLES = 5
 # Distinct label-name sequences are few (one per family layout); the bound only guards against hostile input.
 _MAX_LAYOUTS = 4096
+# The blob cache is bounded in entries and characters, whatever the engine sends.
+_MAX_BLOBS = 1 << 17
+_MAX_BLOB_CHARS = 1 << 24
 
 
 class Sample(NamedTuple):
@@ -78,24 +81,35 @@ class SampleParser:
         names = _trie_pattern(self._canonical) or r"(?!x)x"
         # Groups: name, label blob, value; the last one takes a candidate line that is not well formed (the
         # value group is then empty), so it is counted rather than skipped.
-        self._line = re.compile(
-            rf"\n[ \t]*({names})(?=[ \t{{\r\n])"
-            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n)|([^\n]*))"
+        line = (
+            rf"[ \t]*({names})(?=[ \t{{\r\n]|\Z)"
+            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n|\Z)|([^\n]*))"
         )
+        # Every line but the first starts after a '\n': a one-character literal prefix the regex engine scans for
+        # in C. The first line gets its own anchored pattern rather than a copy of the text with '\n' in front.
+        self._line = re.compile("\n" + line)
+        self._first_line = re.compile(line)
         self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # Label blob → labels. An engine writes the same label sets at every scrape, and histograms of one engine
+        # share them within a scrape (same le, same engine), so most blobs are parsed once per process.
+        self._blobs: dict[str, Labels | None] = {}
+        self._blob_chars = 0
 
     def parse(self, text: str) -> ParseResult:
-        padded = "\n" + text + "\n"
         # Tens of thousands of small tuples are made and kept here; the cyclic collector would walk them again
         # and again (a third of the time on a big payload) although none can be part of a cycle.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            samples, bad = self._samples(self._line.findall(padded))
+            first = self._first_line.match(text)
+            matches = self._line.findall(text)
+            if first:
+                matches.insert(0, first.groups())
+            samples, bad = self._samples(matches)
         finally:
             if collecting:
                 gc.enable()
-        return ParseResult(tuple(samples), len(bad), self._examples(padded, bad))
+        return ParseResult(tuple(samples), len(bad), self._examples(text, bad))
 
     def _samples(self, matches: list[tuple[str, str, str, str]]) -> tuple[list[Sample], list[int]]:
         samples: list[Sample] = []
@@ -103,8 +117,10 @@ class SampleParser:
         new = tuple.__new__
         bad: list[int] = []
         canonical = self._canonical
-        # Histograms of one engine share label sets (same le, same engine), so a label blob repeats a lot.
-        seen: dict[str, Labels | None] = {}
+        seen = self._blobs
+        if len(seen) > _MAX_BLOBS or self._blob_chars > _MAX_BLOB_CHARS:
+            seen.clear()
+            self._blob_chars = 0
         for index, (name, blob, raw, _rest) in enumerate(matches):
             if not blob:
                 labels: Labels | None = ()
@@ -112,6 +128,7 @@ class SampleParser:
                 labels = seen[blob]
             else:
                 labels = seen[blob] = self._labels(blob)
+                self._blob_chars += len(blob)
             # Python's float() also takes '1_000', blanks and non-ASCII digits; the format does not.
             if labels is not None and raw and "_" not in raw and raw.isascii():
                 try:
@@ -122,43 +139,49 @@ class SampleParser:
             bad.append(index)
         return samples, bad
 
-    def _examples(self, padded: str, bad: list[int]) -> tuple[str, ...]:
+    def _examples(self, text: str, bad: list[int]) -> tuple[str, ...]:
         if not bad:
             return ()
         wanted = set(bad[:_MAX_EXAMPLES])
-        found = (m.group(0).strip("\n\r")[:200] for i, m in enumerate(self._line.finditer(padded)) if i in wanted)
+        first = self._first_line.match(text)
+        lines = itertools.chain([first] if first else [], self._line.finditer(text))
+        found = (m.group(0).strip("\n\r")[:200] for i, m in enumerate(lines) if i in wanted)
         return tuple(itertools.islice(found, len(wanted)))
 
     def _labels(self, blob: str) -> Labels | None:
         if "\\" in blob:
             return _parse_escaped_labels(blob)
-        # Without a backslash every '"' opens or closes a value: the blob splits into key, value, key, ...
+        # Without a backslash every '"' opens or closes a value: the blob splits into key, value, key, value,
+        # ..., tail. What stands between the values (names, commas, blanks) is the layout, shared by many lines.
         parts = ("," + blob).split('"')
-        if len(parts) % 2 == 0:
+        if not len(parts) & 1:
             return None
-        keys = tuple(parts[0:-1:2])
+        between = tuple(parts[::2])
         try:
-            layout = self._layouts[keys]
+            layout = self._layouts[between]
         except KeyError:
-            layout = self._remember(keys)
-        after_last = parts[-1]
-        if layout is None or (after_last and not _AFTER_LAST.fullmatch(after_last)):
+            layout = self._remember(between)
+        if layout is None:
             return None
         names, order = layout
         values = parts[1::2]
-        if order is None:
-            return tuple(zip(names, values, strict=True))
-        return tuple(zip(names, [values[i] for i in order], strict=True))
+        if order is not None:
+            values = [values[i] for i in order]
+        return tuple(zip(names, values, strict=False))  # as many values as names, by construction
 
-    def _remember(self, keys: tuple[str, ...]) -> _Layout:
-        layout = _layout(keys)
+    def _remember(self, between: tuple[str, ...]) -> _Layout:
+        layout = _layout(between)
         if len(self._layouts) >= _MAX_LAYOUTS:
             self._layouts.clear()
-        self._layouts[keys] = layout
+        self._layouts[between] = layout
         return layout
 
 
-def _layout(keys: tuple[str, ...]) -> _Layout:
+def _layout(between: tuple[str, ...]) -> _Layout:
+    """Label names (sorted) and value order from the text around the values; None if not a valid label set."""
+    *keys, tail = between
+    if not _AFTER_LAST.fullmatch(tail):
+        return None
     names: list[str] = []
     for key in keys:
         m = _KEY.fullmatch(key)
