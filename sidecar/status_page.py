@@ -316,10 +316,11 @@ def _decisions_section(page: StatusPage) -> str:
     if not page.decisions:
         return title + '<div class="card muted">No decisions yet.</div>'
     rows = "".join(
-        f"<tr><td>{_utc(d.at)}</td><td>{_e(str(d.action))}</td><td>{_e(str(d.reason))}</td><td>{_e(d.detail)}</td></tr>"
+        f"<tr><td>{_utc(d.at)}</td><td>{_e(str(d.action))}</td><td>{_e(str(d.reason))}</td><td>{_e(d.detail)}</td>"
+        f"<td>{_e(getattr(d, 'outcome', '') or '—')}</td></tr>"
         for d in sorted(page.decisions, key=lambda d: d.at, reverse=True)
     )
-    head = "<tr><th>time (UTC)</th><th>action</th><th>reason</th><th>detail</th></tr>"
+    head = "<tr><th>time (UTC)</th><th>action</th><th>reason</th><th>detail</th><th>outcome</th></tr>"
     return f"{title}<table><thead>{head}</thead><tbody>{rows}</tbody></table>"
 
 
@@ -362,6 +363,41 @@ def _count(value: float | None) -> str:
 
 
 # --- gathering the data from a running sidecar -----------------------------------------------------------------
+
+
+class TargetLike(Protocol):
+    @property
+    def target(self) -> str: ...
+    @property
+    def speculation(self) -> bool: ...
+
+
+class DecidedLike(Protocol):
+    @property
+    def detail(self) -> str: ...
+
+
+class ControllerLike(Protocol):
+    """What /status reads from the decision loop (sidecar.control.Controller), without importing it."""
+
+    @property
+    def view(self) -> TargetLike | None: ...
+    @property
+    def last(self) -> DecidedLike | None: ...
+    @property
+    def actuator(self) -> object: ...
+    def decision_state(self) -> str | None: ...
+
+
+def actuator_state_of(controller: ControllerLike, *, dry_run: bool = False) -> ActuatorState:
+    """The decision loop's target and state, for the ``actuator_state`` provider of install_status."""
+    view, last = controller.view, controller.last
+    suffix = " (dry run: nothing is written)" if dry_run else ""
+    if view is None:
+        target = str(getattr(controller.actuator, "target", "?"))
+        return ActuatorState(target, None, "unknown" + suffix, "the target has not been read yet")
+    state = (controller.decision_state() or "unknown") + suffix
+    return ActuatorState(view.target, view.speculation, state, last.detail if last is not None else "")
 
 
 class BucketSource(Protocol):
