@@ -425,21 +425,19 @@ VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red",
 
 
 def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Console) -> None:
-    table = Table(title=f"probe: {model} at {url}", title_justify="left")
-    for column in (
-        "temperature",
-        "requests",
-        "draft",
-        "accepted",
-        "acceptance",
-        "TTFT p50",
-        "TPOT p50",
-        "verdict",
-        "source",
-    ):
-        table.add_column(column, justify="left" if column in {"verdict", "source"} else "right")
+    sources = {r.source for r in rows}
+    one_source = len(sources) == 1
+    caption = "TTFT and TPOT: medians over each temperature's requests"
+    if one_source:
+        caption += f"; acceptance source: {next(iter(sources))}"
+    table = Table(title=f"probe: {model} at {url}", title_justify="left", caption=caption, caption_justify="left")
+    # Short headers: the table fits an 80-column terminal.
+    for column in ("temp", "reqs", "draft", "accepted", "ratio", "TTFT ms", "TPOT ms", "verdict"):
+        table.add_column(column, justify="left" if column == "verdict" else "right", no_wrap=True)
+    if not one_source:
+        table.add_column("source", no_wrap=True)
     for r in rows:
-        table.add_row(
+        cells = [
             f"{r.temperature:g}",
             str(r.requests),
             _count(r.draft_tokens),
@@ -448,8 +446,8 @@ def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Con
             _ms(r.ttft_seconds),
             _ms(r.tpot_seconds),
             f"[{VERDICT_STYLE[r.verdict.value]}]{r.verdict.value}[/]",
-            r.source,
-        )
+        ]
+        table.add_row(*cells, *([] if one_source else [r.source]))
     console.print(table)
 
 
@@ -458,4 +456,4 @@ def _count(value: float | None) -> str:
 
 
 def _ms(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds * 1000:.1f} ms"
+    return "—" if seconds is None else f"{seconds * 1000:.1f}"
