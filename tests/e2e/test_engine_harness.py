@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,7 +21,7 @@ from tests.engine import (
     fetch_metrics,
     plain_flavour,
 )
-from tests.engine.workload import run_workload, spec_totals
+from tests.engine.workload import OPENMETRICS_TEXT, run_workload, spec_totals
 
 pytestmark = pytest.mark.engine
 
@@ -86,6 +87,15 @@ def test_the_spec_engine_exposes_the_four_v1_counters_with_model_and_engine_labe
         assert all(label["model_name"] == spec_engine.model and label["engine"] == "0" for label in labels)
     positions = sorted(dict(key)["position"] for (sample, key) in found if sample == PER_POSITION)
     assert positions == ["0", "1", "2", "3"]  # num_speculative_tokens = 4
+
+
+def test_an_openmetrics_accept_header_still_gets_the_classic_text_format(spec_engine: Engine) -> None:
+    # vLLM 0.32 serves /metrics through prometheus-fastapi-instrumentator, which ignores Accept: the
+    # `vllm:` sample names come back unchanged (no `vllm_` rewrite, no `# EOF`).
+    response = httpx.get(f"{spec_engine.url}/metrics", headers={"Accept": OPENMETRICS_TEXT}, timeout=30.0)
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert f'{DRAFTS}{{engine="0",model_name="{spec_engine.model}"}}' in response.text
+    assert "# EOF" not in response.text
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -1,10 +1,14 @@
-"""At most one running engine at a time: the machine has 2 cores and each server binds both."""
+"""At most one running engine at a time: the machine has 2 cores and each server binds both.
+
+Within a process the manager stops the previous engine before starting another; across processes (other
+pytest sessions, the capture script) it holds a machine-wide file lock while its engine runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tests.engine.flavours import Flavour
+from tests.engine.machine_lock import MachineEngineLock
 from tests.engine.server import Engine
 
 
@@ -12,6 +16,7 @@ class EngineManager:
     def __init__(self, log_dir: Path | None = None) -> None:
         self._log_dir = log_dir
         self._current: Engine | None = None
+        self._lock = MachineEngineLock()
 
     @property
     def current(self) -> Engine | None:
@@ -22,9 +27,14 @@ class EngineManager:
         current = self._current
         if current is not None and current.flavour == flavour and current.running:
             return current
-        self.stop()
+        self._stop_engine()
+        self._lock.acquire()
         engine = Engine(flavour, self._log_dir)
-        engine.start()
+        try:
+            engine.start()
+        except BaseException:
+            self._lock.release()
+            raise
         self._current = engine
         return engine
 
@@ -32,10 +42,14 @@ class EngineManager:
         """A fresh process for the current flavour: counters start again from 0."""
         assert self._current is not None, "nothing to restart"
         flavour = self._current.flavour
-        self.stop()
+        self._stop_engine()  # keeps the machine lock: no other process slips in between
         return self.get(flavour)
 
     def stop(self) -> None:
+        self._stop_engine()
+        self._lock.release()
+
+    def _stop_engine(self) -> None:
         if self._current is not None:
             self._current.stop()
             self._current = None

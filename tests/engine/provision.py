@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT_SECONDS = 1800  # a cold install downloads ~3.5 GB of wheels
 MODEL_TIMEOUT_SECONDS = 600
+
+
+def cache_root() -> Path:
+    """$SPEC_SIDECAR_CACHE, with the same default as scripts/install-vllm.sh."""
+    configured = os.environ.get("SPEC_SIDECAR_CACHE")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "spec-sidecar"
 
 
 @functools.cache
