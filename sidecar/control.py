@@ -7,7 +7,8 @@ read per ``read_every`` seconds, and always after a write or a refusal); the in-
 carries over between steps and restarts from zero whenever the target changed under us.
 
 Wiring (in the app): ``controller = build_controller(settings, baseline_for)``; if not None,
-``monitor.add_listener(controller.on_stats)`` and ``registry.register(ControlCollector(controller))``.
+``monitor.add_listener(controller.on_stats)``, ``registry.register(ControlCollector(controller))``, and
+``await asyncio.to_thread(controller.close)`` when the app stops (hands the Lease over).
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ class Controller:
         model: str | None = None,
         baseline_for: Baseline | None = None,
         read_every: float = 15.0,
+        renew_every: float = 5.0,
         keep: int = 50,
         error_backoff: tuple[float, float] = (5.0, 300.0),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.actuator, self.config, self.model = actuator, config, model
-        self.baseline_for, self.read_every, self.clock = baseline_for, read_every, clock
+        self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
+        self._renewed_at: float | None = None
         self.state: PolicyState | None = None
         self.view: TargetView | None = None
         self.last: Decision | None = None
@@ -78,6 +81,7 @@ class Controller:
         await asyncio.to_thread(self.step, stats, self.clock())
 
     def step(self, stats: Stats | None, now: float, *, engine_up: bool = True) -> Decision | None:
+        self._renew(now)
         view = self._target(now)
         if view is None:
             return None
@@ -104,7 +108,21 @@ class Controller:
         self._after(decision, state, result, now)
         return decision
 
+    def close(self) -> None:
+        """On shutdown: hand the Lease over at once (the pod is going away, often because of our own toggle)."""
+        elector = getattr(self.actuator, "elector", None)
+        if elector is not None:
+            elector.release()
+
     # --- internals ---------------------------------------------------------------------------------------
+
+    def _renew(self, now: float) -> None:
+        """Keep the Lease while alive, so the leader stays the leader between toggles (and the metric is true)."""
+        elector = getattr(self.actuator, "elector", None)
+        if elector is None or (self._renewed_at is not None and now - self._renewed_at < self.renew_every):
+            return
+        elector.acquire_or_renew()
+        self._renewed_at = now
 
     def _target(self, now: float) -> TargetView | None:
         if self.view is not None and self._read_at is not None and now - self._read_at < self.read_every:

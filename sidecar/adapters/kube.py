@@ -414,6 +414,42 @@ class LeaseElector:
             self.is_leader = False
         return self.is_leader
 
+    def release(self) -> None:
+        """Give the lease up on shutdown (every toggle restarts the pod), so a successor need not wait it out."""
+        if not self.is_leader:
+            return
+        try:
+            lease = self._call(
+                f"GET lease {self.name}",
+                lambda: _json(
+                    self._api.read_namespaced_lease(
+                        self.name, self.namespace, _preload_content=False, _request_timeout=self.retry.timeout
+                    )
+                ),
+            )
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.identity:
+                return
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(
+                    name=self.name, namespace=self.namespace, resource_version=lease["metadata"]["resourceVersion"]
+                ),
+                spec=client.V1LeaseSpec(
+                    lease_duration_seconds=spec.get("leaseDurationSeconds"),
+                    lease_transitions=spec.get("leaseTransitions"),
+                ),
+            )
+            self._call(
+                f"PUT lease {self.name}",
+                lambda: self._api.replace_namespaced_lease(
+                    self.name, self.namespace, body, _preload_content=False, _request_timeout=self.retry.timeout
+                ),
+            )
+        except KubeError as exc:  # it will expire on its own
+            log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
+        finally:
+            self.is_leader = False
+
     def _try(self) -> bool:
         now = self.clock()
         try:

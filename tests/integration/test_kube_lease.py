@@ -165,3 +165,51 @@ def test_without_a_lease_the_guarded_patch_still_lets_only_one_racer_write(serve
     assert sorted(r.outcome for r in results) == sorted([Outcome.CHANGED, Outcome.UNCHANGED])
     assert len(server.applied_patches()) == 1
     assert [r.status for r in server.requests if r.method == "PATCH"].count(422) == 1
+
+
+def test_a_released_lease_is_taken_at_once_by_the_next_sidecar(server: KubeAPI) -> None:
+    clock = Clock(T0)
+    a, b = elector(server, "pod-a", clock), elector(server, "pod-b", clock)
+    assert a.acquire_or_renew()
+    a.release()
+    assert not a.is_leader
+    assert b.acquire_or_renew()  # no need to wait for the 15 s expiry
+    assert server.leases[(NAMESPACE, f"{NAME}-spec-sidecar")]["spec"]["holderIdentity"] == "pod-b"
+
+
+def test_releasing_a_lease_someone_else_holds_changes_nothing(server: KubeAPI) -> None:
+    clock = Clock(T0)
+    a, b = elector(server, "pod-a", clock), elector(server, "pod-b", clock)
+    a.acquire_or_renew()
+    clock.now += 16
+    b.acquire_or_renew()  # took over the expired lease; pod-a still believes it leads
+    a.release()
+    assert server.leases[(NAMESPACE, f"{NAME}-spec-sidecar")]["spec"]["holderIdentity"] == "pod-b"
+
+
+def test_the_controller_keeps_the_lease_while_alive_and_hands_it_over_on_close(server: KubeAPI) -> None:
+    from sidecar.control import ControlCollector, Controller
+    from sidecar.core.policy import PolicyConfig
+
+    server.add_deployment(list_deployment())
+    clock = Clock(T0)
+    act = KubeActuator(
+        api_client(host=server.url),
+        namespace=NAMESPACE,
+        deployment=NAME,
+        container="vllm",
+        identity="pod-a",
+        elector=elector(server, "pod-a", clock),
+        retry=FAST,
+        clock=clock,
+    )
+    controller = Controller(act, PolicyConfig(), clock=clock)
+    rival = elector(server, "pod-b", clock)
+    for _ in range(6):  # a minute of scrapes, 10 s apart: longer than the 15 s lease
+        controller.step(None, clock.now)
+        assert not rival.acquire_or_renew()
+        clock.now += 10
+    leader = next(f for f in ControlCollector(controller).collect() if f.name == "specdecode_leader")
+    assert [s.value for s in leader.samples] == [1.0]
+    controller.close()
+    assert rival.acquire_or_renew()
