@@ -45,6 +45,8 @@ def type_name(annotation: object) -> str:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         parts = [a for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(type_name(a) for a in parts) + " (optional)"
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in typing.get_args(annotation))
     if typing.get_origin(annotation) is typing.Annotated:
         return type_name(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) is dict:
