@@ -16,11 +16,15 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from sidecar.control import ControlCollector, Controller, build_controller
+from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
+from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.exporter import ScrapeCollector
-from sidecar.report import report_json
+from sidecar.report import bucket_json, report_json
 from sidecar.runtime import Monitor
 from sidecar.settings import Settings
+from sidecar.status_page import actuator_state_of, install_status
 from sidecar.tap import TapConfig, install_tap
 from sidecar.tap_metrics import TapRecorder
 
@@ -33,6 +37,7 @@ class Sidecar:
     monitor: Monitor
     registry: CollectorRegistry
     recorder: TapRecorder
+    controller: Controller | None = None
 
     def speculative_tokens(self) -> int | None:
         """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
@@ -48,7 +53,15 @@ def build_sidecar(settings: Settings) -> Sidecar:
     registry.register(ScrapeCollector(lambda: monitor.view))
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
-    return Sidecar(settings, monitor, registry, recorder)
+    controller = build_controller(settings, lambda model: _baseline(monitor, model))
+    if controller is not None:
+        monitor.add_listener(controller.on_stats)
+        registry.register(ControlCollector(controller))
+    return Sidecar(settings, monitor, registry, recorder, controller)
+
+
+def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
+    return {metric: monitor.view.baseline.ratio(model, metric) for metric in LATENCY_METRICS}
 
 
 def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
@@ -102,10 +115,23 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         """The current window in the `report --json` shape, plus health: for scripts, the demo and /status."""
         view = sc.monitor.view
         body = report_json(view.stats) if view.stats is not None else {"engine": None, "models": []}
+        summaries = sc.recorder.bucket_summary()
+        if view.stats is not None:
+            config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
+            body["advice"] = [advice_json(a) for a in advise_stats(view.stats, summaries, config)]
+        body["buckets"] = [bucket_json(b) for b in summaries]
         body["target_up"] = view.target_up
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
         return JSONResponse(body)
 
+    controller = sc.controller
+    install_status(
+        app,
+        sc,
+        recorder=sc.recorder,
+        decisions=lambda: tuple(controller.decisions) if controller else (),
+        actuator_state=lambda: actuator_state_of(controller, dry_run=settings.dry_run) if controller else None,
+    )
     # Last: the tap takes every path not routed above (/v1/* observed, everything else passed through).
     install_tap(app, tap_config(settings, sc), sc.recorder)
     return app

@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from sidecar import __version__
+from sidecar import __version__, control_commands, probe
 from sidecar.settings import Settings, host_port
 
-REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout")
+REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,17 +73,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from sidecar.advice_render import render_advice
+    from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
     from sidecar.core.stats import compute_stats
     from sidecar.report import render, report_json
 
     settings = settings_from_args(args)
     snapshots = [_load_source(source, settings) for source in args.sources]
     stats = compute_stats(snapshots, settings.analysis_config())
+    config = AdviceConfig(thresholds=settings.analysis_config().thresholds, slo=slo_from(settings.slo))
+    advice = advise_stats(stats, (), config)
     if args.json:
-        print(json.dumps(report_json(stats), indent=2))
-    else:
-        title = "since engine start" if len(snapshots) == 1 else "window between the two sources"
-        render(stats, Console(), title)
+        body = report_json(stats)
+        body["advice"] = [advice_json(a) for a in advice]
+        print(json.dumps(body, indent=2))
+        return 0
+    console = Console()
+    render(stats, console, "since engine start" if len(snapshots) == 1 else "window between the two sources")
+    for item in advice:
+        render_advice(item, console)
     return 0
 
 
@@ -130,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Other modules (probe, actuator commands) add their subcommands here: register(subparsers) -> None.
-COMMANDS: list[Callable[[Any], None]] = []
+# Subcommands that live in their own modules: register(subparsers) -> None.
+COMMANDS: list[Callable[[Any], None]] = [probe.register, control_commands.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.stats import ModelStats, Stats
+from sidecar.tap_metrics import BucketSummary
 
 VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
 
@@ -55,6 +56,23 @@ def _model_json(m: ModelStats) -> dict[str, Any]:
         "generation_tokens_per_second": _finite(m.generation_tokens_per_second),
         "comparable_with_v1": m.comparable,
         "verdict": m.verdict.value,
+    }
+
+
+def bucket_json(b: BucketSummary) -> dict[str, Any]:
+    """One temperature bucket as the tap saw it (window values; totals since the sidecar started)."""
+    return {
+        "model_name": b.model_name,
+        "temperature_bucket": b.bucket,
+        "window_requests": b.window_requests,
+        "window_draft_tokens": b.window_draft_tokens,
+        "window_accepted_tokens": b.window_accepted_tokens,
+        "acceptance_ratio": _finite(b.acceptance),
+        "p10": _finite(b.p10),
+        "p50": _finite(b.p50),
+        "p90": _finite(b.p90),
+        "requests_total": b.requests,
+        "sources": dict(b.sources),
     }
 
 

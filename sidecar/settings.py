@@ -7,7 +7,7 @@ flags from these fields, and docs/configuration.md is generated from them, so th
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     )
     bucket_window: float = Field(
         300.0, gt=0, description="Seconds of requests behind the per-temperature-bucket gauges (P10/P50/P90)."
+    )
+
+    slo: Literal["ttft", "tpot", "e2e"] | None = Field(
+        None,
+        description=(
+            "Which latency your SLO is on. Speculation helps TPOT and can hurt TTFT and the tail; the advice in "
+            "report and /status weighs the divergence of this metric."
+        ),
     )
 
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")

@@ -29,18 +29,45 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
     return rows
 
 
-def exported_by_a_busy_sidecar() -> dict[str, tuple[str, frozenset[str]]]:
-    """A sidecar fed two scrapes of an engine with traffic in between, so every scrape-derived family has data."""
-    sidecar = build_sidecar(Settings(baseline_p99_p50={"ttft": 2.0}))
+MANIFEST = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: llm
+spec:
+  template:
+    spec:
+      containers:
+        - name: vllm
+          image: vllm/vllm-openai
+          args: ["--model", "m", "--speculative-config", '{"method":"ngram","num_speculative_tokens":4}']
+"""
+
+
+def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """A sidecar fed two scrapes of an engine with traffic in between, requests through its tap, and a
+    controller acting on a real manifest file, so that every family has data."""
+    manifest = tmp_path / "deploy.yaml"
+    manifest.write_text(MANIFEST)
+    settings = Settings(
+        baseline_p99_p50={"ttft": 2.0}, deployment_file=str(manifest), trip_windows=1, min_draft_tokens=100, window=10
+    )
+    sidecar = build_sidecar(settings)
     full = (("0.1", 0.0), ("1.0", 0.0), ("+Inf", 0.0))
     grown = (("0.1", 50.0), ("1.0", 90.0), ("+Inf", 100.0))
     before = vllm_payload(drafts=0, draft_tokens=0, accepted=0, per_position=(0, 0), ttft_buckets=full)
-    after = vllm_payload(drafts=100, draft_tokens=200, accepted=120, per_position=(70, 50), ttft_buckets=grown)
+    after = vllm_payload(drafts=100, draft_tokens=200, accepted=60, per_position=(40, 20), ttft_buckets=grown)
     after += 'vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25\n'
     after += 'vllm:generation_tokens_total{engine="0",model_name="tiny"} 500\n'
     for taken_at, text in ((1000.0, before), (1010.0, after)):
         snapshot, _, _ = parse_payload(text, taken_at)
         sidecar.monitor.observe(ScrapeResult("success", snapshot, 0.01), taken_at)
+    assert sidecar.controller is not None and sidecar.monitor.view.stats is not None
+    decision = sidecar.controller.step(sidecar.monitor.view.stats, 1010.0)
+    assert decision is not None and str(decision.action) == "disable", decision
+    sidecar.controller.step(sidecar.monitor.view.stats, 1011.0)  # reads the target back: the toggle's record
+    manifest.write_text("{ not: [valid")  # the next read of the target fails: an actuator error
+    sidecar.controller.step(sidecar.monitor.view.stats, 1100.0)
     for draft, accepted in ((40, 30), (40, 10), (20, 20)):
         record = RequestRecord("tiny", "0", SOURCE_METRICS, SpecCounts(draft, accepted), 0.05, 0.01)
         sidecar.recorder.record(record)
@@ -49,19 +76,21 @@ def exported_by_a_busy_sidecar() -> dict[str, tuple[str, frozenset[str]]]:
         if not family.name.startswith("specdecode_"):
             continue
         name = family.name + ("_total" if family.type == "counter" else "")
+        if not family.samples:  # a counter with no series yet: its labels cannot be seen
+            continue
         labels = frozenset(k for s in family.samples for k in s.labels if k not in {"le"})
         out[name] = (family.type, labels)
     return out
 
 
-def test_every_exported_family_is_documented_with_its_type_and_labels() -> None:
+def test_every_exported_family_is_documented_with_its_type_and_labels(tmp_path: Path) -> None:
     docs = documented()
-    for name, (kind, labels) in exported_by_a_busy_sidecar().items():
+    for name, (kind, labels) in exported_by_a_busy_sidecar(tmp_path).items():
         assert name in docs, f"{name} is exported but not in docs/metrics.md"
         assert docs[name] == (kind, labels), f"{name}: doc says {docs[name]}, exporter gives {(kind, labels)}"
 
 
-def test_every_documented_family_is_exported_when_there_is_data() -> None:
-    exported = exported_by_a_busy_sidecar()
+def test_every_documented_family_is_exported_when_there_is_data(tmp_path: Path) -> None:
+    exported = exported_by_a_busy_sidecar(tmp_path)
     missing = [name for name in documented() if name not in exported]
     assert not missing, f"documented but never exported: {missing}"
