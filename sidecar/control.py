@@ -27,8 +27,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.actuator import ActResult, Actuator, Outcome, TargetView
-from sidecar.core.policy import Action, Decision, PolicyConfig, PolicyState, Reason, decide, observation_from_stats
+from sidecar.core.policy import (
+    Action,
+    Decision,
+    PolicyConfig,
+    PolicyState,
+    Reason,
+    TrialConfig,
+    decide,
+    observation_from_stats,
+)
 from sidecar.core.stats import ModelStats, Stats
+from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.control")
 
@@ -260,19 +270,28 @@ class ControlCollector(Collector):
 # --- building it from settings ---------------------------------------------------------------------------
 
 
-def policy_config(settings: Any) -> PolicyConfig:
-    """Settings (the lead's pydantic model) onto the pure config; fields it lacks keep their defaults."""
-    defaults = PolicyConfig()
+def policy_config(settings: Settings) -> PolicyConfig:
+    """The sidecar's Settings onto the pure policy config."""
+    trial = (
+        TrialConfig(after=settings.trial_after, max_tries=settings.trial_max_tries)
+        if settings.trial_after is not None
+        else None
+    )
     return PolicyConfig(
         threshold=settings.threshold,
+        evidence_z=settings.evidence_z,
+        hysteresis=settings.hysteresis,
         min_draft_tokens=float(settings.min_draft_tokens),
         trip_windows=settings.trip_windows,
         window_seconds=settings.window,
         cooldown=settings.cooldown,
+        manual_grace=settings.manual_grace,
+        flap_budget=settings.flap_budget,
+        flap_period=settings.flap_period,
+        breakeven_rule=settings.breakeven_rule,
+        divergence_factor=settings.divergence_factor,
+        trial=trial,
         dry_run=settings.dry_run,
-        evidence_z=getattr(settings, "evidence_z", defaults.evidence_z),
-        breakeven_rule=getattr(settings, "breakeven_rule", defaults.breakeven_rule),
-        divergence_factor=getattr(settings, "divergence_factor", defaults.divergence_factor),
     )
 
 
@@ -304,7 +323,7 @@ def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
     )
 
 
-def build_controller(settings: Any, baseline_for: Baseline | None = None) -> Controller | None:
+def build_controller(settings: Settings, baseline_for: Baseline | None = None) -> Controller | None:
     actuator = build_actuator(settings, elect=True)
     if actuator is None:
         return None

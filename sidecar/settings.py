@@ -84,6 +84,41 @@ class Settings(BaseSettings):
         600.0, ge=0, description="Seconds after any toggle during which no other automatic toggle happens."
     )
     dry_run: bool = Field(False, description="Decide and report everything, write nothing.")
+    evidence_z: float = Field(
+        1.5,
+        ge=0,
+        description=(
+            "A window fails only when its ratio is below the threshold by more than this many standard errors "
+            "(estimated from the window); 0 compares bare ratios. Keeps noise from tripping the rule."
+        ),
+    )
+    hysteresis: float = Field(
+        0.05, ge=0, le=1, description="A trial keeps speculation on only at acceptance >= threshold + this."
+    )
+    breakeven_rule: bool = Field(
+        False, description="Also count a window as failing when L < 1 + k*c (needs --draft-cost-ratio)."
+    )
+    divergence_factor: float | None = Field(
+        None,
+        gt=1,
+        description="Also count a window as failing when TPOT or e2e P99/P50 exceeds this factor times the baseline.",
+    )
+    flap_budget: int = Field(
+        4, ge=1, description="Automatic toggles allowed per --flap-period; one more latches and waits for a human."
+    )
+    flap_period: float = Field(6 * 3600.0, gt=0, description="Seconds over which --flap-budget counts toggles.")
+    manual_grace: float = Field(
+        3600.0, ge=0, description="Seconds a manual enable is left alone before the policy may act again."
+    )
+    trial_after: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Timed trial: seconds after an automatic disable to re-enable and re-measure (backs off x2 after each "
+            "failed trial, stops after --trial-max-tries). Off when unset."
+        ),
+    )
+    trial_max_tries: int = Field(3, ge=1, description="Failed trials in a row before trials stop.")
     deployment: str | None = Field(None, description="Kubernetes Deployment to act on (with --namespace).")
     namespace: str | None = Field(None, description="Namespace of --deployment; defaults to the pod's own.")
     container: str = Field("vllm", description="Name of the vLLM container inside --deployment.")
