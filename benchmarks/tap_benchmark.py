@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.tap_upstream import MODEL  # noqa: E402
+from tests.support.tap_upstream import MODEL, RECORDED, load_recorded  # noqa: E402
 
 NGINX_CONF = """
 daemon off;
@@ -201,8 +201,14 @@ def main() -> None:
     parser.add_argument("--requests-per-stream", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--step-rate", type=float, default=40.0, help="engine steps (SSE events) per second per stream")
+    parser.add_argument(
+        "--synthesized",
+        action="store_true",
+        help="replay synthesized vLLM-shaped streams even when real captures exist (they are the default)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    args.replay = "synthesized" if args.synthesized or load_recorded() is None else "recorded"
 
     nginx_bin = subprocess.run(
         ["bash", str(ROOT / "scripts/install-nginx.sh")], check=True, capture_output=True, text=True
@@ -212,7 +218,8 @@ def main() -> None:
     try:
         upstream_port, tap_port, nginx_port = free_port(), free_port(), free_port()
         upstream_cmd = [sys.executable, "-m", "tests.support.tap_upstream", "--port", str(upstream_port)]
-        procs.append(subprocess.Popen([*upstream_cmd, "--step-rate", str(args.step_rate)], cwd=ROOT))
+        upstream_cmd += ["--step-rate", str(args.step_rate)] + (["--recorded"] if args.replay == "recorded" else [])
+        procs.append(subprocess.Popen(upstream_cmd, cwd=ROOT, stdout=subprocess.DEVNULL))
         wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
         tap_cmd = [sys.executable, "-m", "sidecar.cli", "run", "--vllm-url", f"http://127.0.0.1:{upstream_port}"]
         tap = subprocess.Popen([*tap_cmd, "--listen", f"127.0.0.1:{tap_port}"], cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -263,11 +270,14 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
             "chunks": t.chunks,
         }
     load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
+    replay = f"{args.replay} ({RECORDED.relative_to(ROOT)})" if args.replay == "recorded" else args.replay
     if args.json:
-        summary = {"streams": args.streams, "step_rate": args.step_rate, "load_average_1m": load, "results": rows}
+        summary = {"streams": args.streams, "step_rate": args.step_rate, "replay": replay, "load_average_1m": load}
+        summary["results"] = rows
         print(json.dumps(summary, indent=2))
         return
     print(f"{args.streams} concurrent streams, {args.step_rate:g} SSE events/s each, {args.rounds} rounds")
+    print(f"upstream replays {replay} vLLM streams")
     print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
     print(f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'CPU/1k ch/s':>13}")
     for name, r in rows.items():

@@ -22,10 +22,12 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FINGERPRINT = "vllm-0.32.0-5f8c2a1e"
@@ -150,11 +152,52 @@ def json_body(x: Exchange) -> bytes:
     return _dump(body)
 
 
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "vllm" / "responses" / "draft_model"
+RECORDED_ID = b"cmpl-recorded"
+RECORDED_CREATED = b"1763800000"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Real vLLM responses (greedy, same prompt), with id and created made equal across the captures so the
+    with-usage and without-usage streams of one kind differ only where vLLM makes them differ."""
+
+    streams: dict[tuple[bool, bool], list[bytes]]  # (chat, include_usage) → SSE events
+    bodies: dict[bool, bytes]  # chat → JSON body
+
+
+def _same_identity(raw: bytes) -> bytes:
+    raw = re.sub(rb'"id":"[^"]*"', b'"id":"' + RECORDED_ID + b'"', raw)
+    return re.sub(rb'"created":\d+', b'"created":' + RECORDED_CREATED, raw)
+
+
+def load_recorded(directory: Path = RECORDED) -> Recorded | None:
+    names = {(True, True): "chat_stream_usage.sse", (True, False): "chat_stream.sse"}
+    names |= {(False, True): "completion_stream_usage.sse", (False, False): "completion_stream.sse"}
+    if not all((directory / n).is_file() for n in [*names.values(), "chat.json", "completion.json"]):
+        return None
+    streams = {}
+    for key, name in names.items():
+        raw = _same_identity((directory / name).read_bytes())
+        streams[key] = [event + b"\n\n" for event in raw.split(b"\n\n") if event]
+    bodies = {chat: _same_identity((directory / f"{name}.json").read_bytes()) for chat, name in
+              ((True, "chat"), (False, "completion"))}  # fmt: skip
+    return Recorded(streams, bodies)
+
+
 class TapUpstream:
     """The server. ``step_rate`` paces streams: events (engine steps of 1 + accepted tokens) per second per
-    stream; 0 means no pacing."""
+    stream; 0 means no pacing. With ``recorded``, every generation request gets the real vLLM response of its
+    kind (chat or not, stream or not, usage or not) instead of a synthesized one."""
 
-    def __init__(self, step_rate: float = 0.0, per_request_metrics: bool = True, non_stream_delay: float = 0.0):
+    def __init__(
+        self,
+        step_rate: float = 0.0,
+        per_request_metrics: bool = True,
+        non_stream_delay: float = 0.0,
+        recorded: Recorded | None = None,
+    ):
+        self.recorded = recorded
         self.step_rate = step_rate
         self.per_request_metrics = per_request_metrics
         self.non_stream_delay = non_stream_delay
@@ -230,6 +273,9 @@ class TapUpstream:
             status = int(model[-3:])
             await _respond(writer, status, _error(f"replayed {status}", status))
             return
+        if self.recorded is not None:
+            await self._replay(reader, writer, request, chat=chat)
+            return
         x = synthesize(request, chat=chat, per_request_metrics=self.per_request_metrics)
         if not request.get("stream"):
             if self.non_stream_delay and await _client_left(reader, self.non_stream_delay):
@@ -245,6 +291,21 @@ class TapUpstream:
         first_step = 1 if chat else 0
         paced = range(first_step + 1, first_step + len(x.steps))
         await self._stream(reader, writer, events, paced)
+
+    async def _replay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any], *, chat: bool
+    ) -> None:
+        assert self.recorded is not None
+        if not request.get("stream"):
+            await _respond(writer, 200, self.recorded.bodies[chat])
+            self.seen.completed += 1
+            return
+        usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        events = self.recorded.streams[(chat, usage)]
+        # Token events: all but chat's role chunk, the usage chunk and [DONE]; the first rides with the prefill.
+        first_step = 1 if chat else 0
+        last_step = len(events) - (2 if usage else 1)
+        await self._stream(reader, writer, events, range(first_step + 1, last_step))
 
     async def _stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, events: list[bytes], paced: range
@@ -348,10 +409,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--step-rate", type=float, default=0.0)
+    parser.add_argument("--recorded", action="store_true", help="serve the real captures in tests/fixtures/vllm")
     args = parser.parse_args()
+    recorded = load_recorded() if args.recorded else None
+    if args.recorded and recorded is None:
+        parser.error(f"no captured responses under {RECORDED}")
 
     async def serve() -> None:
-        upstream = TapUpstream(step_rate=args.step_rate)
+        upstream = TapUpstream(step_rate=args.step_rate, recorded=recorded)
         await upstream.start(args.port)
         print(upstream.port, flush=True)
         await asyncio.Event().wait()
