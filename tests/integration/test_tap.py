@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.replay import free_port
 from tests.support.sidecar_process import wait_until
 from tests.support.tap_server import TapServer, tap_server
-from tests.support.tap_upstream import MODEL, TapUpstream, running_upstream
+from tests.support.tap_upstream import MODEL, TapUpstream, load_recorded, running_upstream
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -62,9 +62,9 @@ def tap(upstream: TapUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @pytest.fixture(autouse=True)
 def unpaced(upstream: TapUpstream) -> Iterator[None]:
-    upstream.token_rate, upstream.non_stream_delay = 0.0, 0.0
+    upstream.step_rate, upstream.non_stream_delay = 0.0, 0.0
     yield
-    upstream.token_rate, upstream.non_stream_delay = 0.0, 0.0
+    upstream.step_rate, upstream.non_stream_delay = 0.0, 0.0
 
 
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
@@ -97,7 +97,7 @@ def test_a_json_response_reaches_the_client_byte_for_byte_with_its_length(
 def test_stream_chunks_are_relayed_as_they_come_not_after_the_stream_ends(
     upstream: TapUpstream, tap: TapServer
 ) -> None:
-    upstream.token_rate = 10.0  # an event every 100 ms
+    upstream.step_rate = 10.0  # an event every 100 ms
     arrivals = []
     with httpx.stream("POST", tap.url + COMPLETIONS, json=body(COMPLETIONS, stream=True, max_tokens=40)) as r:
         for _ in r.iter_raw():
@@ -224,7 +224,7 @@ def test_an_unreachable_upstream_gives_a_502_json_error(tmp_path: Path) -> None:
 
 
 def test_a_client_that_leaves_a_stream_cancels_the_upstream_request(upstream: TapUpstream, tap: TapServer) -> None:
-    upstream.token_rate = 20.0  # 200 tokens → many seconds of stream
+    upstream.step_rate = 20.0  # 200 tokens → many seconds of stream
     cut, completed = upstream.seen.cut_short, upstream.seen.completed
     with httpx.stream("POST", tap.url + CHAT, json=body(CHAT, stream=True, max_tokens=200)) as r:
         next(r.iter_raw())
@@ -303,7 +303,7 @@ def test_soak_200_concurrent_streams_lose_no_byte_keep_health_answering_and_memo
         path = CHAT if i % 2 else COMPLETIONS
         request = body(path, stream=True, temperature=(i % 3) / 2, max_tokens=16 + i % 7)
         expected[i] = httpx.post(upstream.url + path, json=request).content
-    upstream.token_rate = 25.0
+    upstream.step_rate = 25.0
     poller = subprocess.Popen(
         [sys.executable, "-c", POLLER, tap.url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -320,3 +320,22 @@ def test_soak_200_concurrent_streams_lose_no_byte_keep_health_answering_and_memo
     # The first round warms pools and caches; after it, memory must not keep growing round over round.
     growth_kib = rss[-1] - rss[1]
     assert growth_kib < 4 * 1024, f"RSS per round (KiB): {rss}"
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+@pytest.mark.parametrize(("stream", "client_asked_usage"), [(True, False), (True, True), (False, False)])
+def test_real_vllm_responses_reach_the_client_byte_for_byte(
+    tmp_path: Path, path: str, stream: bool, client_asked_usage: bool
+) -> None:
+    recorded = load_recorded()
+    assert recorded is not None, "captured vLLM responses missing under tests/fixtures/vllm"
+    request = body(path, stream=stream, temperature=0)
+    if client_asked_usage:
+        request["stream_options"] = {"include_usage": True}
+    with running_upstream(recorded=recorded) as real, tap_server(tmp_path, real.url) as server:
+        direct = httpx.post(real.url + path, json=request)
+        relayed = httpx.post(server.url + path, json=request)
+        assert relayed.content == direct.content
+        assert real.seen.requests[-1].get("stream_options") == ({"include_usage": True} if stream else None)
+        source = {"source": "per_request_metrics"}
+        assert bucket_value(server, "specdecode_tapped_requests_total", "0", **source) == 1
