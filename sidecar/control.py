@@ -42,6 +42,8 @@ from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.control")
 
+# Outcomes after which the next step may simply decide again (on a fresh read).
+RETRY_NOW = frozenset({Outcome.CONFLICT, Outcome.NOT_LEADER, Outcome.ROLLOUT_PENDING, Outcome.UNCHANGED})
 STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "pinned")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 Baseline = Callable[[str], Mapping[str, float | None]]
@@ -179,13 +181,16 @@ class Controller:
             log.info("%s: %s (%s)", decision.action, decision.reason, decision.detail)
             return
         self.state = before  # not applied: decide again on a fresh read
+        if result.outcome in RETRY_NOW:
+            if result.outcome is not Outcome.NOT_LEADER:
+                log.info("%s not applied (%s): %s", decision.action, result.outcome, result.detail)
+            return
+        # An error, or a refusal that asking again will not change (not restorable, pinned, latched): back off.
         if result.outcome is Outcome.ERROR:
             self.errors["write_failed"] += 1
-            self._backoff = min(max(self._backoff * 2, self._backoff_min), self._backoff_max)
-            self._hold_until = now + self._backoff
-            log.warning("%s failed: %s; next attempt in %.0fs", decision.action, result.detail, self._backoff)
-        elif result.outcome is not Outcome.NOT_LEADER:
-            log.info("%s not applied (%s): %s", decision.action, result.outcome, result.detail)
+        self._backoff = min(max(self._backoff * 2, self._backoff_min), self._backoff_max)
+        self._hold_until = now + self._backoff
+        log.warning("%s %s: %s; next attempt in %.0fs", decision.action, result.outcome, result.detail, self._backoff)
 
     def _remember(self, decision: Decision, now: float, outcome: str) -> None:
         self.decisions.append(DecisionRecord(now, str(decision.action), str(decision.reason), decision.detail, outcome))

@@ -131,3 +131,20 @@ def test_the_controller_is_built_from_the_sidecars_own_settings(tmp_path: Path) 
     assert controller is not None and isinstance(controller.actuator, ManifestActuator)
     assert controller.actuator.read().speculation
     assert build_controller(Settings.model_validate({})) is None  # no target: measure only
+
+
+def test_a_refusal_that_will_not_change_backs_off_instead_of_retrying_every_scrape(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yaml"
+    pinned = LIST_MANIFEST.replace("    team: ml\n", "    team: ml\n    spec-sidecar.io/pin: 'on'\n")
+    act = ManifestActuator(path, container="vllm", clock=lambda: T0)
+    path.write_text(pinned)
+    assert act.disable("x").outcome.value == "pinned"  # a human may not either, while pinned on
+    # Pinned on, but the flags are gone and nothing records them: every attempt would be refused the same way.
+    lines = pinned.splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if "speculative" not in line and "per-request" not in line))
+    controller = Controller(act, PolicyConfig(), read_every=0.0, error_backoff=(60.0, 600.0))
+    for i in range(4):  # one scrape every 15 s
+        controller.step(stats(0.9, speculation=False), T0 + 15 * i)
+    assert [r.outcome for r in controller.decisions] == ["not_restorable"]  # tried once, then backing off
+    controller.step(stats(0.9, speculation=False), T0 + 61)
+    assert [r.outcome for r in controller.decisions] == ["not_restorable", "not_restorable"]
