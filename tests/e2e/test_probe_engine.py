@@ -95,3 +95,14 @@ def test_probe_falls_back_to_metrics_deltas_when_the_engine_gives_no_per_request
         if row["draft_tokens"]:
             assert row["acceptance_ratio"] == pytest.approx(row["accepted_tokens"] / row["draft_tokens"])
         assert row["ttft_seconds"] > 0
+
+
+def test_probe_against_an_engine_without_speculation_says_no_data_but_still_times_it(
+    plain_engine: Engine, tmp_path: Path
+) -> None:
+    rows = probe_json(plain_engine, tmp_path, "0")
+    (row,) = rows
+    assert row["requests"] == REQUESTS
+    assert (row["draft_tokens"], row["accepted_tokens"], row["acceptance_ratio"]) == (None, None, None)
+    assert row["verdict"] == "no-data"
+    assert row["ttft_seconds"] > 0 and row["tpot_seconds"] > 0
