@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy.tooling import RULES, tools
+from tests.deploy.tooling import RULES, documents, one, render, tools
 from tests.support.payloads import vllm_payload
 from tests.support.replay import MetricsReplay, free_port, metrics_replay
 from tests.support.sidecar_process import SidecarProcess, run_sidecar
@@ -68,23 +68,27 @@ def webhook() -> Iterator[Webhook]:
 
 
 class BusyEngine:
-    """Counters that grow on every scrape: 400 draft tokens per step, accepted at the given ratio."""
+    """Counters that grow on every scrape: 400 draft tokens per step, accepted at `acceptance` (changeable)."""
 
     def __init__(self, replay: MetricsReplay, acceptance: float) -> None:
         self.replay = replay
         self.acceptance = acceptance
-        self.steps = 0
+        self.drafts = self.draft_tokens = self.accepted = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            self.steps += 1
-            drafts = 100.0 * self.steps
-            draft_tokens = 400.0 * self.steps
-            accepted = draft_tokens * self.acceptance
+            self.drafts += 100.0
+            self.draft_tokens += 400.0
+            self.accepted += 400.0 * self.acceptance
             self.replay.serve(
-                vllm_payload(drafts=drafts, draft_tokens=draft_tokens, accepted=accepted, per_position=(accepted, 0))
+                vllm_payload(
+                    drafts=self.drafts,
+                    draft_tokens=self.draft_tokens,
+                    accepted=self.accepted,
+                    per_position=(self.accepted, 0),
+                )
             )
 
     def __enter__(self) -> BusyEngine:
@@ -152,6 +156,12 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path, webhook: Webhook) -> Iterator[Stack]:
+    with _stack(tmp_path, webhook) as running:
+        yield running
+
+
+@contextmanager
+def _stack(tmp_path: Path, webhook: Webhook, *sidecar_flags: str) -> Iterator[Stack]:
     tools()  # Debian prometheus + alertmanager (scripts/install-prometheus.sh)
     am_port, prom_port = free_port(), free_port()
     (tmp_path / "am.yml").write_text(
@@ -172,7 +182,7 @@ def stack(tmp_path: Path, webhook: Webhook) -> Iterator[Stack]:
     ]
     with (
         metrics_replay() as engine,
-        run_sidecar(tmp_path, "--vllm-url", engine.url, *SIDECAR_FLAGS) as sidecar,
+        run_sidecar(tmp_path, "--vllm-url", engine.url, *SIDECAR_FLAGS, *sidecar_flags) as sidecar,
         _server(alertmanager, f"http://127.0.0.1:{am_port}/-/ready", tmp_path / "am.log"),
     ):
         sidecar_target = sidecar.url.removeprefix("http://")
@@ -249,3 +259,26 @@ def test_a_sidecar_that_stops_answering_pages_as_sidecar_down(stack: Stack) -> N
     stack.sidecar.process.wait(timeout=15)
     _wait(lambda: bool(stack.webhook.firing("SpecSidecarDown")), 90, "SpecSidecarDown at the webhook")
     assert stack.webhook.firing("SpecSidecarDown")[0]["labels"]["severity"] == "critical"
+
+
+def test_the_sidecar_turning_speculation_off_in_the_charts_deployment_reaches_the_webhook(
+    tmp_path: Path, webhook: Webhook
+) -> None:
+    # The sidecar acts on the chart's own rendered Deployment through its manifest actuator.
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text(yaml.safe_dump(one(documents(render()), "Deployment"), sort_keys=False))
+    acting = ("--deployment-file", str(manifest), "--container", "vllm", "--trip-windows", "1", "--cooldown", "0")
+    with _stack(tmp_path, webhook, *acting) as stack, BusyEngine(stack.engine, acceptance=0.8) as engine:
+        _wait(lambda: bool(stack.query('specdecode_decision_state{state="on"} == 1')), 60, "state on in Prometheus")
+        time.sleep(4)
+        assert stack.webhook.firing("SpecDecodeAutoDisabled") == []
+        engine.acceptance = 0.2
+        _wait(
+            lambda: bool(stack.webhook.firing("SpecDecodeAutoDisabled")), 120, "SpecDecodeAutoDisabled at the webhook"
+        )
+    alert = stack.webhook.firing("SpecDecodeAutoDisabled")[0]
+    assert alert["labels"]["severity"] == "info"
+    assert alert["labels"]["state"] == "off"
+    vllm = next(c for c in yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"])
+    assert vllm["name"] == "vllm"
+    assert "--speculative-config" not in vllm["args"]
