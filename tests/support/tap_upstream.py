@@ -196,8 +196,10 @@ class TapUpstream:
         per_request_metrics: bool = True,
         non_stream_delay: float = 0.0,
         recorded: Recorded | None = None,
+        recorded_steps: int = 0,
     ):
         self.recorded = recorded
+        self.recorded_steps = recorded_steps  # stretch recorded streams to this many token events (0: as captured)
         self.step_rate = step_rate
         self.per_request_metrics = per_request_metrics
         self.non_stream_delay = non_stream_delay
@@ -304,7 +306,14 @@ class TapUpstream:
         events = self.recorded.streams[(chat, usage)]
         # Token events: all but chat's role chunk, the usage chunk and [DONE]; the first rides with the prefill.
         first_step = 1 if chat else 0
-        last_step = len(events) - (2 if usage else 1)
+        last_step = len(events) - (2 if usage else 1)  # the terminal chunk (finish_reason) is events[last_step - 1]
+        if self.recorded_steps > last_step - first_step:
+            # Longer streams from real bytes: the middle token events again, in order, before the terminal one.
+            middle = events[first_step + 1 : last_step - 1] or events[first_step : first_step + 1]
+            extra = self.recorded_steps - (last_step - first_step)
+            filler = [middle[i % len(middle)] for i in range(extra)]
+            events = events[: last_step - 1] + filler + events[last_step - 1 :]
+            last_step += extra
         await self._stream(reader, writer, events, range(first_step + 1, last_step))
 
     async def _stream(
@@ -410,13 +419,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--step-rate", type=float, default=0.0)
     parser.add_argument("--recorded", action="store_true", help="serve the real captures in tests/fixtures/vllm")
+    parser.add_argument("--recorded-steps", type=int, default=0, help="stretch recorded streams to N token events")
     args = parser.parse_args()
     recorded = load_recorded() if args.recorded else None
     if args.recorded and recorded is None:
         parser.error(f"no captured responses under {RECORDED}")
 
     async def serve() -> None:
-        upstream = TapUpstream(step_rate=args.step_rate, recorded=recorded)
+        upstream = TapUpstream(step_rate=args.step_rate, recorded=recorded, recorded_steps=args.recorded_steps)
         await upstream.start(args.port)
         print(upstream.port, flush=True)
         await asyncio.Event().wait()
