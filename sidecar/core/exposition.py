@@ -106,10 +106,10 @@ class SampleParser:
             if first:
                 matches.insert(0, first.groups())
             samples, bad = self._samples(matches)
+            return ParseResult(tuple(samples), len(bad), self._examples(text, bad))
         finally:
             if collecting:
                 gc.enable()
-        return ParseResult(tuple(samples), len(bad), self._examples(text, bad))
 
     def _samples(self, matches: list[tuple[str, str, str, str]]) -> tuple[list[Sample], list[int]]:
         samples: list[Sample] = []
