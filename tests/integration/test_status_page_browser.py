@@ -18,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.integration.test_manifest_actuator import LIST_MANIFEST
 from tests.support.fake_vllm import FakeVllm, fake_vllm
 from tests.support.sidecar_process import SidecarProcess, run_sidecar, wait_until
 from tests.support.tap_upstream import MODEL
@@ -150,3 +151,29 @@ def test_status_page_screenshot_is_a_real_picture(live: tuple[FakeVllm, SidecarP
     want = badge[seed_rule(engine.draft_tokens, engine.accepted_tokens)]
     near = sum(count for count, colour in colours if sum(abs(a - b) for a, b in zip(colour, want, strict=True)) <= 12)
     assert near > 200
+
+
+def test_status_page_shows_the_actuator_and_the_decisions_of_the_real_loop(tmp_path: Path) -> None:
+    manifest = tmp_path / "deploy.yaml"
+    manifest.write_text(LIST_MANIFEST)
+    loop = ("--deployment-file", str(manifest), "--container", "vllm", "--window", "2", "--trip-windows", "1")
+    flags = ("--scrape-interval", "0.3", "--min-draft-tokens", "100", "--cooldown", "0", *loop)
+    with fake_vllm() as engine, run_sidecar(tmp_path, "--vllm-url", engine.url, *flags) as sidecar:
+        with httpx.Client(base_url=sidecar.url, timeout=30) as client:
+
+            def disabled() -> bool:
+                _send(client, temperature=1.0, count=4)  # acceptance far below 0.5: the loop must act
+                return "<td>changed</td>" in client.get("/status").text
+
+            wait_until(disabled, 60, sidecar.log)
+        wait_until(lambda: "speculation</dt><dd>off" in httpx.get(sidecar.url + "/status").text, 10, sidecar.log)
+        done = headless(tmp_path, "--dump-dom", sidecar.url + "/status")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = _Text()
+    dom.feed(done.stdout)
+    text = " | ".join(dom.parts)
+    assert "actuator: not configured" not in text
+    assert f"target | file:{manifest} container=vllm" in text
+    assert "speculation | off" in text  # read back from the rewritten manifest
+    decision = dom.parts.index("disable", dom.parts.index("Decision history"))
+    assert dom.parts[decision + 1] == "low_acceptance" and "changed" in dom.parts[decision + 2 : decision + 4]
