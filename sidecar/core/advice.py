@@ -26,6 +26,8 @@ from typing import Any, Protocol
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds
 
+NO_TAP = "No per-temperature data: only requests sent through the sidecar's tap carry their temperature."
+
 
 class Status(StrEnum):
     OK = "ok"
@@ -186,26 +188,22 @@ def _acceptance(model: ModelStats, config: AdviceConfig) -> Finding:
         return Finding(Condition.ACCEPTANCE, Status.UNKNOWN, "No acceptance ratio could be computed.")
     if ratio >= t.keep_from:
         return Finding(
-            Condition.ACCEPTANCE, Status.OK, f"Acceptance {ratio:.2f} is at or above {t.keep_from:g}: likely a win."
+            Condition.ACCEPTANCE, Status.OK, f"Acceptance {_r(ratio)} is at or above {t.keep_from:g}: likely a win."
         )
     if ratio >= t.disable_below:
         return Finding(
             Condition.ACCEPTANCE,
             Status.WARN,
-            f"Acceptance {ratio:.2f} is borderline ({t.disable_below:g}-{t.keep_from:g}): measure P99 under load.",
+            f"Acceptance {_r(ratio)} is borderline ({t.disable_below:g}-{t.keep_from:g}): measure P99 under load.",
         )
     return Finding(
-        Condition.ACCEPTANCE, Status.BAD, f"Acceptance {ratio:.2f} is below {t.disable_below:g}: net-negative."
+        Condition.ACCEPTANCE, Status.BAD, f"Acceptance {_r(ratio)} is below {t.disable_below:g}: net-negative."
     )
 
 
 def _temperature(shares: _Shares, config: AdviceConfig) -> Finding:
     if shares.total == 0:
-        return Finding(
-            Condition.TEMPERATURE,
-            Status.UNKNOWN,
-            "No requests seen by the tap: send traffic through the sidecar to see temperatures.",
-        )
+        return Finding(Condition.TEMPERATURE, Status.UNKNOWN, NO_TAP)
     top = max(shares.buckets, key=lambda b: b.requests)
     top_share = shares.of(top)
     median = _median_bucket(shares)
@@ -227,6 +225,8 @@ def _temperature(shares: _Shares, config: AdviceConfig) -> Finding:
 
 
 def _bucket_p10(judged: Sequence[BucketInput], shares: _Shares, config: AdviceConfig) -> Finding:
+    if shares.total == 0:
+        return Finding(Condition.BUCKET_P10, Status.UNKNOWN, NO_TAP)
     real = [b for b in judged if shares.of(b) >= config.real_share and b.p10 is not None]
     if not real:
         return Finding(
@@ -237,7 +237,7 @@ def _bucket_p10(judged: Sequence[BucketInput], shares: _Shares, config: AdviceCo
     worst = min(real, key=lambda b: b.p10 if b.p10 is not None else math.inf)
     p10 = worst.p10 if worst.p10 is not None else math.nan
     t = config.thresholds
-    text = f"Worst: {_name(worst.bucket)} ({shares.of(worst):.0%} of requests) has P10 {p10:.2f}"
+    text = f"Worst: {_name(worst.bucket)} ({shares.of(worst):.0%} of requests) has P10 {_r(p10)}"
     if p10 >= t.keep_from:
         return Finding(Condition.BUCKET_P10, Status.OK, f"{text}: even the slowest tenth of requests gain.")
     if p10 >= t.disable_below:
@@ -250,17 +250,19 @@ def _bucket_p10(judged: Sequence[BucketInput], shares: _Shares, config: AdviceCo
 
 
 def _mixed(model: ModelStats, judged: Sequence[BucketInput], shares: _Shares, config: AdviceConfig) -> Finding:
+    if shares.total == 0:
+        return Finding(Condition.MIXED, Status.UNKNOWN, NO_TAP)
     if not judged or model.acceptance_ratio is None:
         return Finding(Condition.MIXED, Status.UNKNOWN, "Not enough per-bucket data to look for the trap.")
     low = _trap_buckets(judged, shares, config)
     if model.acceptance_ratio >= config.thresholds.disable_below and low:
         names = ", ".join(
-            f"{_name(b.bucket)} ({shares.of(b):.0%} of requests, acceptance {_ratio(b):.2f})" for b in low
+            f"{_name(b.bucket)} ({shares.of(b):.0%} of requests, acceptance {_r(_ratio(b))})" for b in low
         )
         return Finding(
             Condition.MIXED,
             Status.BAD,
-            f"The aggregate {model.acceptance_ratio:.2f} looks healthy, but {names} "
+            f"The aggregate {_r(model.acceptance_ratio)} looks healthy, but {names} "
             f"{'is' if len(low) == 1 else 'are'} below {config.thresholds.disable_below:g}.",
         )
     return Finding(
@@ -276,13 +278,18 @@ def _kv(model: ModelStats, config: AdviceConfig) -> Finding:
         return Finding(
             Condition.KV_CACHE,
             Status.BAD,
-            f"KV cache {usage:.0%} full: batches are large, verification is no longer free and drafts compete for KV.",
+            f"KV cache {usage:.0%} full at the last scrape: batches are large, verification is no longer free "
+            "and drafts compete for KV.",
         )
     if usage >= config.kv_warn:
         return Finding(
-            Condition.KV_CACHE, Status.WARN, f"KV cache {usage:.0%} full: little headroom; check real TPOT under load."
+            Condition.KV_CACHE,
+            Status.WARN,
+            f"KV cache {usage:.0%} full at the last scrape: little headroom; check real TPOT under load.",
         )
-    return Finding(Condition.KV_CACHE, Status.OK, f"KV cache {usage:.0%} full: room for the draft tokens' KV.")
+    return Finding(
+        Condition.KV_CACHE, Status.OK, f"KV cache {usage:.0%} full at the last scrape: room for the draft tokens' KV."
+    )
 
 
 def _slo(model: ModelStats, config: AdviceConfig) -> Finding:
@@ -360,6 +367,11 @@ class _Shares:
 
     def of_label(self, label: str) -> float:
         return sum(self.of(b) for b in self.buckets if b.bucket == label)
+
+
+def _r(ratio: float) -> str:
+    """Two decimals, three below 0.01 so a tiny ratio does not read as zero."""
+    return f"{ratio:.3f}" if 0 < ratio < 0.01 else f"{ratio:.2f}"
 
 
 def _name(label: str) -> str:

@@ -251,3 +251,15 @@ def test_advise_stats_gives_each_model_its_own_buckets() -> None:
 )
 def test_slo_setting_values_map_to_slo_or_none(value: object, slo: Slo | None) -> None:
     assert slo_from(value) is slo
+
+
+def test_without_any_tap_data_the_per_bucket_readings_say_where_the_data_comes_from() -> None:
+    advice = advise(model(), [], TPOT)
+    for condition in (Condition.TEMPERATURE, Condition.BUCKET_P10, Condition.MIXED):
+        finding = advice.finding(condition)
+        assert finding.status is Status.UNKNOWN and "tap" in finding.says
+
+
+def test_a_tiny_ratio_does_not_read_as_zero() -> None:
+    says = advise(model(acceptance_ratio=0.004), [], TPOT).finding(Condition.ACCEPTANCE).says
+    assert "0.004" in says and "0.00 " not in says
