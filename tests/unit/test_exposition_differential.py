@@ -155,6 +155,12 @@ def test_our_samples_equal_prometheus_clients_on_every_fixture(case: str) -> Non
     assert our_samples(text) == theirs
 
 
+def test_the_real_vllm_captures_are_part_of_the_comparison() -> None:
+    # The captures are committed with the repo; without them this file would prove the parser on prose only.
+    assert len(REAL_CAPTURES) >= 3, f"expected the real vLLM captures in {REAL_CAPTURES}"
+    assert all("vllm:" in p.read_text() for p in REAL_CAPTURES)
+
+
 def test_samples_are_compared_for_names_both_sides_saw() -> None:
     # Guards the comparison itself: a wanted name the reference finds is one we report, value for value.
     text = HAND_WRITTEN["vllm-v1-two-engines"]
