@@ -96,6 +96,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def runqueue_wait_seconds(pids: list[int]) -> float:
+    """Time the processes' threads were runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
+    total = 0.0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[1]) / 1e9
+    return total
+
+
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -175,6 +184,7 @@ class Totals:
     chunk_added: list[float] = field(default_factory=list)
     chunks: int = 0
     cpu: float = 0.0
+    waited: float = 0.0  # seconds runnable but not running (CPU contention)
     mismatched: int = 0
     requests: int = 0
 
@@ -249,9 +259,10 @@ def main() -> None:
         for _ in range(args.rounds):
             direct = asyncio.run(run_round(upstream_port, plan))
             for name, (port, pids) in targets.items():
-                before = cpu_seconds(pids)
+                before, waited = cpu_seconds(pids), runqueue_wait_seconds(pids)
                 via = asyncio.run(run_round(port, plan))
                 totals[name].cpu += cpu_seconds(pids) - before
+                totals[name].waited += runqueue_wait_seconds(pids) - waited
                 compare(direct, via, totals[name])
         report(args, totals, load_before, os.getloadavg()[0])
     finally:
@@ -276,6 +287,7 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
             "added_ms_per_chunk_p99": 1000 * quantile(t.chunk_added, 0.99),
             "cpu_cores_per_1000_chunks_per_s": 1000 * t.cpu / t.chunks if t.chunks else None,
             "chunks": t.chunks,
+            "runqueue_wait_ms_per_request": 1000 * t.waited / t.requests if t.requests else None,
         }
     load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
     replay = args.replay
@@ -289,7 +301,8 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
     print(f"{args.streams} concurrent streams, {args.step_rate:g} SSE events/s each, {args.rounds} rounds")
     print(f"upstream replays {replay} vLLM streams")
     print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
-    print(f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'CPU/1k ch/s':>13}")
+    head = f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'CPU/1k ch/s':>13}"
+    print(head + f"{'CPU wait/req':>14}")
     for name, r in rows.items():
         cpu = r["cpu_cores_per_1000_chunks_per_s"]
         print(
@@ -297,6 +310,7 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
             f"{r['added_ms_per_request_p50']:>8.2f}ms{r['added_ms_per_request_p99']:>8.2f}ms"
             f"{r['added_ms_per_chunk_p50']:>9.2f}ms{r['added_ms_per_chunk_p99']:>9.2f}ms"
             f"{'-' if cpu is None else f'{cpu:.3f} cores':>13}"
+            f"{r['runqueue_wait_ms_per_request']:>12.2f}ms"
         )
 
 
