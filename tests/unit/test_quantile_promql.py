@@ -17,10 +17,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.core.catalog import openmetrics_aliases, wanted_sample_names
+from sidecar.core.exposition import SampleParser
 from sidecar.core.quantile import histogram_quantile, promql_histogram_quantile
+from sidecar.core.snapshot import build_snapshot
+from sidecar.core.stats import QUANTILES, AnalysisConfig, compute_stats
 
 REPO = Path(__file__).resolve().parents[2]
+PARSER = SampleParser(wanted_sample_names(), openmetrics_aliases(wanted_sample_names()))
 
 
 @dataclass(frozen=True)
@@ -217,3 +223,55 @@ def cases(draw: st.DrawFn) -> Case:
 @given(batch=st.lists(cases(), min_size=40, max_size=40))
 def test_drawn_cases_equal_promql(promtool: str, tmp_path: Path, batch: list[Case]) -> None:
     assert_matches_promql(promtool, batch, tmp_path)
+
+
+FIXTURES = REPO / "tests" / "fixtures" / "vllm"
+WINDOWS = [
+    ("draft_model_startup.txt", "draft_model_after_t0.txt"),
+    ("draft_model_after_t0.txt", "draft_model_after_t1.txt"),
+    ("ngram_after_t0.txt", "ngram_after_t1.txt"),
+]
+FAMILIES = {
+    "ttft": "vllm:time_to_first_token_seconds_bucket",
+    "tpot": "vllm:request_time_per_output_token_seconds_bucket",
+    "itl": "vllm:inter_token_latency_seconds_bucket",
+    "e2e": "vllm:e2e_request_latency_seconds_bucket",
+}
+
+
+def _buckets(path: Path, family: str) -> dict[str, float]:
+    """le → cumulative count, read with prometheus_client's parser (not ours)."""
+    return {
+        s.labels["le"]: float(s.value)
+        for f in text_string_to_metric_families(path.read_text())
+        for s in f.samples
+        if s.name == family
+    }
+
+
+def test_latency_quantiles_of_real_windows_equal_promql_over_the_bucket_increases(
+    promtool: str, tmp_path: Path
+) -> None:
+    cases: list[Case] = []
+    ours: list[float | None] = []
+    for first, last in WINDOWS:
+        snapshots = [
+            build_snapshot(PARSER.parse((FIXTURES / n).read_text()).samples, 10.0 * i)
+            for i, n in enumerate((first, last))
+        ]
+        (model,) = compute_stats(snapshots, AnalysisConfig()).models
+        for metric, family in FAMILIES.items():
+            before, after = _buckets(FIXTURES / first, family), _buckets(FIXTURES / last, family)
+            deltas = tuple((le, after[le] - before.get(le, 0.0)) for le in after)
+            quantiles = model.latency[metric].as_dict()
+            for q, key in zip(QUANTILES, ("p50", "p90", "p95", "p99"), strict=True):
+                cases.append(Case(q, deltas))
+                ours.append(quantiles[key])
+    theirs = promql_answers(promtool, cases, tmp_path)
+    assert any(value is not None for value in ours), "the real windows must hold observations"
+    for case, mine, promql in zip(cases, ours, theirs, strict=True):
+        assert promql is not None
+        if math.isnan(promql):
+            assert mine is None, case
+        else:
+            assert mine == pytest.approx(promql, rel=1e-9), case
