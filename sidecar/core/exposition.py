@@ -81,16 +81,19 @@ class SampleParser:
                 self._canonical[alias] = canonical
         names = _trie_pattern(self._canonical) or r"(?!x)x"
         # Groups: name, label blob, value; the last one takes a candidate line that is not well formed (the
-        # value group is then empty), so it is counted rather than skipped.
+        # value group is then empty), so it is counted rather than skipped. A value is ASCII letters, digits,
+        # sign and dot: Python's float() would also take '1_000' and non-ASCII digits, the format does not.
         line = (
             rf"[ \t]*({names})(?=[ \t{{\r\n]|\Z)"
-            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([^ \t\r\n]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n|\Z)|([^\n]*))"
+            r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([-+.0-9a-zA-Z]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n|\Z)|([^\n]*))"
         )
         # Every line but the first starts after a '\n': a one-character literal prefix the regex engine scans for
         # in C. The first line gets its own anchored pattern rather than a copy of the text with '\n' in front.
         self._line = re.compile("\n" + line)
         self._first_line = re.compile(line)
         self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # Consecutive lines usually share a layout (the buckets of one histogram): checked before the dict.
+        self._last_layout: tuple[list[str], _Layout] = ([], None)
         # Label blob → labels. An engine writes the same label sets at every scrape, and histograms of one engine
         # share them within a scrape (same le, same engine), so most blobs are parsed once per process.
         self._blobs: dict[str, Labels | None] = {}
@@ -122,7 +125,7 @@ class SampleParser:
         if len(seen) > _MAX_BLOBS or self._blob_chars > _MAX_BLOB_CHARS:
             seen.clear()
             self._blob_chars = 0
-        for index, (name, blob, raw, _rest) in enumerate(matches):
+        for name, blob, raw, _rest in matches:
             if not blob:
                 labels: Labels | None = ()
             elif blob in seen:
@@ -130,14 +133,13 @@ class SampleParser:
             else:
                 labels = seen[blob] = self._labels(blob)
                 self._blob_chars += len(blob)
-            # Python's float() also takes '1_000', blanks and non-ASCII digits; the format does not.
-            if labels is not None and raw and "_" not in raw and raw.isascii():
+            if labels is not None and raw:
                 try:
                     append(new(Sample, (canonical[name], labels, float(raw))))
                     continue
                 except ValueError:
                     pass
-            bad.append(index)
+            bad.append(len(samples) + len(bad))  # every match before this one is a sample or a bad line
         return samples, bad
 
     def _examples(self, text: str, bad: list[int]) -> tuple[str, ...]:
@@ -157,11 +159,14 @@ class SampleParser:
         parts = ("," + blob).split('"')
         if not len(parts) & 1:
             return None
-        between = tuple(parts[::2])
-        try:
-            layout = self._layouts[between]
-        except KeyError:
-            layout = self._remember(between)
+        between = parts[::2]
+        last_between, layout = self._last_layout  # one attribute, so a pair from two threads never mixes
+        if between != last_between:
+            try:
+                layout = self._layouts[tuple(between)]
+            except KeyError:
+                layout = self._remember(tuple(between))
+            self._last_layout = (between, layout)
         if layout is None:
             return None
         names, order = layout
