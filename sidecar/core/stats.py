@@ -153,7 +153,7 @@ def _model_stats(
         num_speculative_tokens=k,
         position_acceptance=position_rates,
         breakeven_acceptance_length=acceptance.breakeven_acceptance_length(k, config.draft_cost_ratio),
-        expected_speedup=acceptance.expected_speedup(length, k, config.draft_cost_ratio),
+        expected_speedup=acceptance.expected_speedup(length if speculation else None, k, config.draft_cost_ratio),
         latency=latency,
         latency_observations=observations,
         kv_cache_usage=max(kv) if kv else None,
@@ -172,7 +172,8 @@ def _position_index(raw: str) -> int:
 
 
 def _gauge_mean(history: Sequence[ModelSnapshot], role: Role) -> float | None:
-    values = [v for snap in history for v in snap.gauges.get(role, ()) if not math.isnan(v)]
+    # Only scrapes taken with speculation on: SGLang writes 0 while it is off, which is no acceptance at all.
+    values = [v for snap in history if snap.speculation for v in snap.gauges.get(role, ()) if not math.isnan(v)]
     return fmean(values) if values else None
 
 

@@ -274,6 +274,17 @@ def test_sglang_with_speculation_off_writes_zero_gauges_and_is_no_data() -> None
     _assert_nothing_made_up(m)
 
 
+def test_sglang_scrapes_taken_with_speculation_off_do_not_drag_the_average_down() -> None:
+    texts = [
+        SGLANG_TEXT.format(rate=0.0, length=0.0, generated=1000),  # off; then restarted with speculation
+        SGLANG_TEXT.format(rate=0.6, length=2.5, generated=200),
+        SGLANG_TEXT.format(rate=0.8, length=3.5, generated=900),
+    ]
+    m = only_model(stats_of(*texts))
+    assert m.acceptance_ratio == pytest.approx(0.7)
+    assert m.mean_acceptance_length == pytest.approx(3.0)
+
+
 def test_generation_rate_needs_two_timed_snapshots() -> None:
     text = SGLANG_TEXT.format(rate=0.7, length=3.0, generated=1000)
     assert only_model(stats_of(text)).generation_tokens_per_second is None
