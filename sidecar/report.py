@@ -72,6 +72,8 @@ def bucket_json(b: BucketSummary) -> dict[str, Any]:
         "p50": _finite(b.p50),
         "p90": _finite(b.p90),
         "requests_total": b.requests,
+        "draft_tokens_total": b.draft_tokens,
+        "accepted_tokens_total": b.accepted_tokens,
         "sources": dict(b.sources),
     }
 
