@@ -6,6 +6,7 @@ an exception: the scrape loop must keep running whatever the engine does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -67,25 +68,13 @@ async def scrape(client: httpx.AsyncClient, base_url: str, timeout: float, max_b
 
 
 def scrape_sync(base_url: str, timeout: float, max_bytes: int) -> ScrapeResult:
-    """The same for one-shot commands (report): no event loop needed."""
-    started = time.monotonic()
-    try:
-        with (
-            httpx.Client() as client,
-            client.stream("GET", metrics_url(base_url), headers={"Accept": ACCEPT}, timeout=timeout) as response,
-        ):
-            if response.status_code != 200:
-                return _failed("http_error", started, f"HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    return _failed("too_large", started, f"more than {max_bytes} bytes")
-    except httpx.TimeoutException as exc:
-        return _failed("timeout", started, type(exc).__name__)
-    except httpx.HTTPError as exc:
-        return _failed("unreachable", started, f"{type(exc).__name__}: {exc}")
-    return _parsed(bytes(body), started)
+    """The same for one-shot commands (report, probe) that have no event loop of their own."""
+
+    async def once() -> ScrapeResult:
+        async with httpx.AsyncClient() as client:
+            return await scrape(client, base_url, timeout, max_bytes)
+
+    return asyncio.run(once())
 
 
 def _parsed(body: bytes, started: float) -> ScrapeResult:
