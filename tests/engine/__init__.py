@@ -8,17 +8,19 @@
 from tests.engine.flavours import Flavour, draft_model_flavour, ngram_flavour, plain_flavour
 from tests.engine.manager import EngineManager
 from tests.engine.server import Engine, EngineStartError
-from tests.engine.workload import RequestResult, fetch_metrics, run_workload
+from tests.engine.workload import Request, RequestResult, fetch_metrics, run_workload, spec_totals
 
 __all__ = [
     "Engine",
     "EngineManager",
     "EngineStartError",
     "Flavour",
+    "Request",
     "RequestResult",
     "draft_model_flavour",
     "fetch_metrics",
     "ngram_flavour",
     "plain_flavour",
     "run_workload",
+    "spec_totals",
 ]

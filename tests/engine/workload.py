@@ -19,16 +19,6 @@ OPENMETRICS_TEXT = "application/openmetrics-text; version=1.0.0"
 REQUEST_TIMEOUT_SECONDS = 120.0
 
 
-@dataclass(frozen=True)
-class RequestResult:
-    request: Request
-    status: int
-    text: str
-    completion_tokens: int | None
-    spec: dict[str, Any] | None  # the response's `metrics.speculative_decoding`, if the engine sent it
-    raw: bytes  # the body exactly as received (SSE bytes when streaming)
-
-
 def fetch_metrics(url: str, accept: str = PROMETHEUS_TEXT) -> str:
     response = httpx.get(f"{url}/metrics", headers={"Accept": accept}, timeout=30.0)
     response.raise_for_status()
@@ -71,6 +61,16 @@ class Request:
         else:
             body["prompt"] = self.prompt
         return body
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    request: Request
+    status: int
+    text: str
+    completion_tokens: int | None
+    spec: dict[str, Any] | None  # the response's `metrics.speculative_decoding`, if the engine sent it
+    raw: bytes  # the body exactly as received (SSE bytes when streaming)
 
 
 def parse_sse(raw: bytes) -> list[dict[str, Any]]:
