@@ -73,6 +73,10 @@ _REQUEST_DROP = _HOP_BY_HOP | {b"host", b"content-length"}
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 
 
+# Pass-through bodies up to this size are read before forwarding (a streamed body needs a fresh connection).
+_SMALL_BODY_BYTES = 1 << 20
+
+
 def _unknown_k() -> int | None:
     return None
 
@@ -202,6 +206,12 @@ class Tap:
             headers.append((b"content-length", length))
         if length is None and _header(raw, b"transfer-encoding") is None:
             await self._until_disconnect(exchange, self._exchange(exchange, headers, None))
+            return
+        if length is not None and length.isdigit() and int(length) <= _SMALL_BODY_BYTES:
+            # Small bodies are read first: the request can then go out on a kept-alive connection.
+            body = await _read_body(exchange.receive)
+            if body is not None:
+                await self._until_disconnect(exchange, self._exchange(exchange, headers, body))
             return
         # A streamed body: the client is still sending while we forward, so watch for a disconnect after.
         with contextlib.suppress(ClientGoneError):
@@ -381,6 +391,18 @@ async def _watch_disconnect(exchange: _Exchange, task: asyncio.Task[Any]) -> Non
     if not exchange.finished:
         exchange.cancelled_by_client = True
         task.cancel()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client left while sending it."""
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 async def _body_stream(receive: Receive) -> AsyncIterator[bytes]:

@@ -215,6 +215,15 @@ def test_a_pass_through_body_streamed_without_a_length_arrives_whole(upstream: T
     assert echo["body"] == "".join(f"{i:04d}" for i in range(50))
 
 
+def test_a_large_pass_through_body_with_a_length_is_streamed_through_whole(
+    upstream: TapUpstream, tap: TapServer
+) -> None:
+    payload = bytes(range(256)) * (3 * 4096)  # 3 MiB: above what the tap reads before forwarding
+    echo = httpx.post(tap.url + "/echo/big", content=payload, timeout=30).json()
+    assert echo["body"].encode("latin-1") == payload
+    assert ["content-length", str(len(payload))] in echo["headers"]
+
+
 def test_an_unreachable_upstream_gives_a_502_json_error(tmp_path: Path) -> None:
     with tap_server(tmp_path, f"http://127.0.0.1:{free_port()}") as server:
         response = httpx.post(server.url + COMPLETIONS, json=body(COMPLETIONS))
