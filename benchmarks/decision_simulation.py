@@ -10,7 +10,7 @@ Traffic models per window of N draft tokens:
             the draft-model workloads in tests/fixtures/vllm/), mixing a high- and a low-acceptance set
             (temperature 0 and 1.0) in the share that gives p: runs within a request and differences
             between requests are vLLM's own. Skipped when the file is absent; ratios it cannot reach too.
-Two measurements, for the default PolicyConfig and for the bare rule (evidence_z = 0):
+Two measurements, for the default PolicyConfig, with a warm-up of 5 windows, and for the bare rule (no margin):
   false toggles     disables over 10,000 stationary windows with true ratio >= threshold + 0.05 (target 0)
   detection delay   windows from a sustained drop (0.70 -> p) to the disable, over many runs
 
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         default=CAPTURED,
         help="per-request captures of a real engine (two labels: high and low acceptance); skipped if absent",
     )
+    parser.add_argument("--models", default="binomial,prefix,captured", help="traffic models to run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     models = dict(MODELS)
@@ -248,9 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             pools.values(), key=lambda pool: -sum(r.accepted for r in pool) / sum(r.tokens for r in pool)
         )[:2]
         models["captured"] = captured_window(high, low)
+    models = {name: make for name, make in models.items() if name in args.models.split(",")}
     volumes = [int(v) for v in args.volumes.split(",")]
     default = PolicyConfig()
-    configs = {"default": default, "bare rule (z=0)": replace(default, evidence_z=0.0)}
+    configs = {
+        "default": default,
+        "warm-up 5": replace(default, spread_min=5),
+        "bare rule (z=0)": replace(default, evidence_z=0.0),
+    }
     started = time.perf_counter()
     rng = random.Random(args.seed)
 
@@ -294,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "threshold": default.threshold,
             "evidence_z": default.evidence_z,
+            "spread_windows": default.spread_windows,
             "min_draft_tokens": default.min_draft_tokens,
             "trip_windows": default.trip_windows,
             "window_seconds": default.window_seconds,

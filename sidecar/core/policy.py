@@ -17,6 +17,7 @@ Every decision carries a :class:`Reason` (a Prometheus label value) and a senten
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ class Reason(StrEnum):
     NO_DATA = "no_data"
     SMALL_WINDOW = "small_window"
     WINDOW_FILLING = "window_filling"
+    WARMING_UP = "warming_up"  # not enough earlier windows to know the noise yet
     AWAITING_WINDOW = "awaiting_window"  # this window overlaps the last one counted
     # no action: judged
     HEALTHY = "healthy"
@@ -87,7 +89,13 @@ class PolicyConfig:
     threshold: float = 0.5  # acceptance ratio below which a window fails
     # A window fails only when its ratio is below the threshold by more than this many standard errors of
     # the ratio (estimated from the window itself); 0 is the bare comparison. See docs/policy.md.
-    evidence_z: float = 1.5
+    evidence_z: float = 2.0
+    # The standard error is at least the spread of the ratios of the last spread_windows windows: it sees
+    # what the counters cannot, requests that differ from each other (a temperature mix). It is estimated
+    # from successive differences and taken as of the last passing window, so a drop does not widen it.
+    # Optional warm-up: until spread_min windows have been seen after a start, no window can fail.
+    spread_windows: int = 30
+    spread_min: int = 0
     hysteresis: float = 0.05  # a trial keeps speculation only at >= threshold + hysteresis
     min_draft_tokens: float = 200.0  # a window with fewer draft tokens is no evidence either way
     trip_windows: int = 3  # consecutive failing windows before disabling
@@ -157,6 +165,8 @@ class PolicyState:
     trip_count: int = 0
     trip_reason: Reason | None = None
     last_window_at: float | None = None  # when the last counted window ended
+    recent: tuple[float, ...] = ()  # acceptance ratios of the last counted windows, oldest first
+    spread: float | None = None  # window_spread(recent) as of the last passing window
     trial_passes: int = 0
     trial_failed: bool = False
     trial_done: bool = False
@@ -218,6 +228,7 @@ class _Window:
     state: PolicyState  # with this window counted: trip_count/trip_reason advanced, reset or held
     keeps: bool  # passes every rule at threshold + hysteresis (what a trial needs)
     inconclusive: bool  # below the threshold, but within the noise of a window this size
+    warming: bool = False  # ... or the noise is not known yet
 
 
 def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: float) -> _Window | Decision:
@@ -235,25 +246,39 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
         return _hold(state, Reason.SMALL_WINDOW, f"{tokens:.0f} draft tokens < {config.min_draft_tokens:.0f}")
     if state.last_window_at is not None and now - state.last_window_at < 0.99 * config.window_seconds:
         return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
-    failing = failing_rules(obs, config, config.threshold, z=config.evidence_z)
-    keep_failing = failing_rules(obs, config, config.threshold + config.hysteresis, z=0.0)
-    keeps = not keep_failing
-    counted = replace(state, last_window_at=now)
+    warming = len(state.recent) < config.spread_min
+    spread = state.spread  # as of the last passing window; before one, only the window's own counters count
+    margin = config.evidence_z * max(ratio_standard_error(obs) or 0.0, spread or 0.0)
+    failing = () if warming else failing_rules(obs, config, config.threshold, margin=margin)
+    keeps = not failing_rules(obs, config, config.threshold + config.hysteresis, margin=0.0)
+    recent = (*state.recent, obs.acceptance_ratio)[-max(config.spread_windows, 2) :]
+    counted = replace(state, last_window_at=now, recent=recent)
     if failing:
         return _Window(replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keeps, False)
-    if failing_rules(obs, config, config.threshold, z=0.0):
-        return _Window(counted, keeps, True)  # neither trips nor clears: too little evidence either way
-    return _Window(replace(counted, trip_count=0, trip_reason=None), keeps, False)
+    if failing_rules(obs, config, config.threshold, margin=0.0):
+        # Below the threshold, but within the noise (or the noise is not known yet): neither trips nor clears.
+        return _Window(counted, keeps, True, warming)
+    passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent))
+    return _Window(passed, keeps, False)
 
 
-def failing_rules(obs: Observation, config: PolicyConfig, threshold: float, *, z: float) -> tuple[Reason, ...]:
+def window_spread(ratios: tuple[float, ...]) -> float | None:
+    """The standard deviation of one window's ratio, from successive differences (von Neumann):
+    sqrt(sum((x[i+1] - x[i])²) / (2(n-1))). A level shift adds one large difference, not n large deviations."""
+    if len(ratios) < 2:
+        return None
+    squares = sum((b - a) ** 2 for a, b in itertools.pairwise(ratios))
+    return math.sqrt(squares / (2 * (len(ratios) - 1)))
+
+
+def failing_rules(obs: Observation, config: PolicyConfig, threshold: float, *, margin: float) -> tuple[Reason, ...]:
     """Every enabled rule this window breaks, most important first.
 
-    The acceptance rule asks for the ratio to be below ``threshold`` by more than ``z`` standard errors.
+    The acceptance rule asks for the ratio to be below ``threshold`` by more than ``margin``.
     """
     failing: list[Reason] = []
     ratio = obs.acceptance_ratio
-    if ratio is not None and ratio + z * (ratio_standard_error(obs) or 0.0) < threshold:
+    if ratio is not None and ratio + margin < threshold:
         failing.append(Reason.LOW_ACCEPTANCE)
     length, breakeven = obs.mean_acceptance_length, obs.breakeven_acceptance_length
     if config.breakeven_rule and length is not None and breakeven is not None and length < breakeven:
@@ -301,6 +326,9 @@ def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool
 
 def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
     state = window.state
+    if window.warming and state.trip_count < config.trip_windows:
+        detail = f"below {config.threshold}, but {len(state.recent)} windows are too few to know the noise"
+        return _hold(state, Reason.WARMING_UP, detail)
     if window.inconclusive and state.trip_count < config.trip_windows:
         detail = (
             f"below {config.threshold} but within {config.evidence_z} standard errors; count stays {state.trip_count}"

@@ -18,6 +18,7 @@ from sidecar.core.policy import (
     TrialConfig,
     decide,
     ratio_standard_error,
+    window_spread,
 )
 
 T0 = 1_800_000_000.0
@@ -63,8 +64,11 @@ def test_three_consecutive_low_windows_disable_on_the_third() -> None:
     assert decisions[-1].write
 
 
+QUIET = PolicyState(speculation=True, recent=(0.3,) * 10, spread=0.02)  # a known, small window-to-window noise
+
+
 def test_a_passing_window_resets_the_count() -> None:
-    decisions = run([window(0.3), window(0.3), window(0.6), window(0.3), window(0.3)])
+    decisions = run([window(0.3), window(0.3), window(0.6), window(0.3), window(0.3)], QUIET)
     assert Action.DISABLE not in [d.action for d in decisions]
     assert decisions[-1].state.trip_count == 2
 
@@ -283,6 +287,47 @@ def test_a_window_just_below_the_threshold_fails_only_with_enough_evidence() -> 
 
 def test_an_inconclusive_window_neither_trips_nor_clears_the_count() -> None:
     low, unsure = window(0.3), window(0.47, tokens=200)
-    decisions = run([low, unsure, low, low])
+    decisions = run([low, unsure, low, low], QUIET)
     assert decisions[1].reason is Reason.INCONCLUSIVE and decisions[1].state.trip_count == 1
     assert actions(decisions) == ["none", "none", "none", "disable"]
+
+
+def test_with_a_warm_up_no_window_fails_until_the_noise_is_known() -> None:
+    decisions = run([window(0.3)] * 8, config=PolicyConfig(spread_min=5))
+    assert [d.reason for d in decisions[:5]] == [Reason.WARMING_UP] * 5
+    assert actions(decisions) == ["none"] * 7 + ["disable"]
+
+
+def test_a_noisy_history_widens_the_margin_and_a_quiet_one_does_not() -> None:
+    quiet_windows, noisy_windows = (0.70, 0.71, 0.69, 0.70, 0.70, 0.71), (0.95, 0.20, 0.90, 0.30, 0.85, 0.60)
+    quiet = PolicyState(speculation=True, recent=quiet_windows, spread=window_spread(quiet_windows))
+    noisy = PolicyState(speculation=True, recent=noisy_windows, spread=window_spread(noisy_windows))
+    below = window(0.40, tokens=5000)
+    assert decide(below, quiet, PolicyConfig(), T0).state.trip_count == 1
+    held = decide(below, noisy, PolicyConfig(), T0)
+    assert held.reason is Reason.INCONCLUSIVE and held.state.trip_count == 0
+
+
+def test_the_spread_of_windows_barely_sees_a_level_shift() -> None:
+    shifted = (0.7,) * 15 + (0.3,) * 15
+    spread = window_spread(shifted)
+    assert spread is not None and spread < 0.06  # the plain standard deviation would be 0.2
+    alternating = (0.2, 0.8) * 10
+    assert window_spread(alternating) == pytest.approx((0.36 * 19 / (2 * 19)) ** 0.5)
+    assert window_spread((0.5,)) is None
+
+
+def test_the_spread_is_kept_from_the_last_passing_window_through_a_drop() -> None:
+    state = PolicyState(speculation=True, recent=(0.70, 0.72, 0.68, 0.70, 0.71))
+    decisions = run([window(0.71, tokens=5000)] + [window(0.3, tokens=5000)] * 3, state, config=PolicyConfig())
+    frozen = decisions[0].state.spread
+    assert frozen is not None and frozen < 0.05
+    assert all(d.state.spread == frozen for d in decisions[1:3])  # the disable starts a fresh state
+    assert decisions[-1].action is Action.DISABLE
+
+
+def test_the_spread_is_learned_at_passing_windows() -> None:
+    decisions = run([window(0.8, tokens=5000), window(0.6, tokens=5000), window(0.3, tokens=5000)])
+    assert decisions[0].state.spread is None  # one window: no spread yet
+    assert decisions[1].state.spread == pytest.approx(((0.8 - 0.6) ** 2 / 2) ** 0.5)
+    assert decisions[2].state.spread == decisions[1].state.spread  # a failing window does not move it

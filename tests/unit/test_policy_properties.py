@@ -39,6 +39,7 @@ STEPS = st.builds(
 CONFIGS = st.builds(
     PolicyConfig,
     trip_windows=st.integers(1, 4),
+    spread_min=st.sampled_from([0, 5]),
     cooldown=st.sampled_from([0.0, 120.0, 600.0]),
     flap_budget=st.integers(1, 4),
     flap_period=st.sampled_from([600.0, 6 * 3600.0]),
@@ -121,5 +122,6 @@ def test_every_automatic_disable_follows_trip_windows_failing_windows_or_a_faile
 def test_the_generated_histories_do_toggle() -> None:
     """Guard against vacuous properties: a plain bad stretch must toggle under every generated config shape."""
     steps = [Step(61.0, Observation(True, True, 0.1, 5000.0, window_seconds=60.0))] * 20
-    decisions = [d for _, d, _ in simulate(PolicyConfig(trip_windows=2, cooldown=0.0, flap_budget=2), steps)]
+    config = PolicyConfig(trip_windows=2, cooldown=0.0, flap_budget=2, spread_min=0)
+    decisions = [d for _, d, _ in simulate(config, steps)]
     assert sum(d.toggles for d in decisions) == 1  # off once; then off stays off (no trial configured)
