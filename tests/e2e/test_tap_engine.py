@@ -28,18 +28,9 @@ BUCKETS = {0.0: "0", 1.0: "[1,+Inf)"}
 
 
 @pytest.fixture(scope="module")
-def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """The suite's shared speculative engine when conftest provides one, else one of our own."""
-    try:
-        shared: Engine = request.getfixturevalue("spec_engine")
-    except pytest.FixtureLookupError:
-        manager = EngineManager(tmp_path_factory.mktemp("engine"))
-        try:
-            yield manager.get(draft_model_flavour())
-        finally:
-            manager.stop()
-        return
-    yield shared
+def engine(engine_manager: EngineManager) -> Engine:
+    """The suite's draft-model engine (k=4, per-request metrics), held for this module's tests."""
+    return engine_manager.get(draft_model_flavour())
 
 
 @pytest.fixture(scope="module")
