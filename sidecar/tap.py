@@ -83,7 +83,7 @@ def _unknown_k() -> int | None:
 
 @dataclass(frozen=True)
 class TapConfig:
-    """How the tap forwards and what it records. The lead's settings map onto these fields."""
+    """How the tap forwards and what it records (sidecar/app.py maps the settings onto it)."""
 
     upstream_url: str  # vLLM base URL, e.g. http://127.0.0.1:8000
     max_body_bytes: int = 16 * 1024 * 1024  # cap on observed request bodies (they are buffered to be read)
