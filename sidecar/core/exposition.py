@@ -34,6 +34,7 @@ _MAX_LAYOUTS = 4096
 # The blob cache is bounded in entries and characters, whatever the engine sends.
 _MAX_BLOBS = 1 << 17
 _MAX_BLOB_CHARS = 1 << 24
+_UNSEEN: Labels = (("", ""),)  # a sentinel no parse can produce (label names are never empty)
 
 
 class Sample(NamedTuple):
@@ -128,11 +129,12 @@ class SampleParser:
         for name, blob, raw, _rest in matches:
             if not blob:
                 labels: Labels | None = ()
-            elif blob in seen:
-                labels = seen[blob]
             else:
-                labels = seen[blob] = self._labels(blob)
-                self._blob_chars += len(blob)
+                # One get, not 'in' then '[]': another thread may clear the cache in between.
+                labels = seen.get(blob, _UNSEEN)
+                if labels is _UNSEEN:
+                    labels = seen[blob] = self._labels(blob)
+                    self._blob_chars += len(blob)
             if labels is not None and raw:
                 try:
                     append(new(Sample, (canonical[name], labels, float(raw))))
