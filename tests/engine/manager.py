@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.engine.flavours import Flavour
 from tests.engine.machine_lock import MachineEngineLock
-from tests.engine.server import Engine
+from tests.engine.server import Engine, EngineStartError
 
 
 class EngineManager:
@@ -29,14 +29,22 @@ class EngineManager:
             return current
         self._stop_engine()
         self._lock.acquire()
-        engine = Engine(flavour, self._log_dir)
         try:
-            engine.start()
+            engine = self._start(flavour)
         except BaseException:
             self._lock.release()
             raise
         self._current = engine
         return engine
+
+    def _start(self, flavour: Flavour) -> Engine:
+        # The free port is picked before vLLM binds it; if another process took it meanwhile, pick again once.
+        try:
+            return Engine(flavour, self._log_dir).start()
+        except EngineStartError as error:
+            if "address already in use" not in str(error).lower():
+                raise
+            return Engine(flavour, self._log_dir).start()
 
     def restart(self) -> Engine:
         """A fresh process for the current flavour: counters start again from 0."""
