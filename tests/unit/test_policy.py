@@ -22,7 +22,8 @@ from sidecar.core.policy import (
 )
 
 T0 = 1_800_000_000.0
-CONFIG = PolicyConfig()  # threshold 0.5, 200 tokens, 3 windows of 60 s, cooldown 600 s
+# threshold 0.5, 200 tokens, 3 windows of 60 s, cooldown 600 s; no warm-up, so the mechanics show from window 1
+CONFIG = PolicyConfig(spread_min=0)
 
 
 def window(ratio: float | None, tokens: float = 1000.0, **extra: object) -> Observation:
@@ -292,8 +293,8 @@ def test_an_inconclusive_window_neither_trips_nor_clears_the_count() -> None:
     assert actions(decisions) == ["none", "none", "none", "disable"]
 
 
-def test_with_a_warm_up_no_window_fails_until_the_noise_is_known() -> None:
-    decisions = run([window(0.3)] * 8, config=PolicyConfig(spread_min=5))
+def test_after_a_start_no_window_fails_until_the_noise_is_known() -> None:
+    decisions = run([window(0.3)] * 8, config=PolicyConfig())  # the default warm-up: 5 windows
     assert [d.reason for d in decisions[:5]] == [Reason.WARMING_UP] * 5
     assert actions(decisions) == ["none"] * 7 + ["disable"]
 
@@ -303,8 +304,8 @@ def test_a_noisy_history_widens_the_margin_and_a_quiet_one_does_not() -> None:
     quiet = PolicyState(speculation=True, recent=quiet_windows, spread=window_spread(quiet_windows))
     noisy = PolicyState(speculation=True, recent=noisy_windows, spread=window_spread(noisy_windows))
     below = window(0.40, tokens=5000)
-    assert decide(below, quiet, PolicyConfig(), T0).state.trip_count == 1
-    held = decide(below, noisy, PolicyConfig(), T0)
+    assert decide(below, quiet, CONFIG, T0).state.trip_count == 1
+    held = decide(below, noisy, CONFIG, T0)
     assert held.reason is Reason.INCONCLUSIVE and held.state.trip_count == 0
 
 
@@ -319,7 +320,7 @@ def test_the_spread_of_windows_barely_sees_a_level_shift() -> None:
 
 def test_the_spread_is_kept_from_the_last_passing_window_through_a_drop() -> None:
     state = PolicyState(speculation=True, recent=(0.70, 0.72, 0.68, 0.70, 0.71))
-    decisions = run([window(0.71, tokens=5000)] + [window(0.3, tokens=5000)] * 3, state, config=PolicyConfig())
+    decisions = run([window(0.71, tokens=5000)] + [window(0.3, tokens=5000)] * 3, state)
     frozen = decisions[0].state.spread
     assert frozen is not None and frozen < 0.05
     assert all(d.state.spread == frozen for d in decisions[1:3])  # the disable starts a fresh state
