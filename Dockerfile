@@ -8,14 +8,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# Dependencies first, from pyproject.toml alone: this layer is rebuilt only when the dependencies change.
 COPY pyproject.toml README.md ./
-COPY sidecar ./sidecar
-# The wheel first (build isolation fetches setuptools), then the venv the final stage copies as a whole.
-# Trimmed for size: the sidecar uses the kubernetes client's sync API only (its asyncio twin, kubernetes/aio, is
-# half of the package), and nothing installs packages at run time (no pip or setuptools in the final venv).
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install /wheels/spec_sidecar-*.whl \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > /tmp/requirements.txt \
+ && /opt/venv/bin/pip install --requirement /tmp/requirements.txt
+COPY sidecar ./sidecar
+# Then the wheel (build isolation fetches setuptools) without dependencies, and the venv is trimmed for size:
+# the sidecar uses the kubernetes client's sync API only (its asyncio twin, kubernetes/aio, is half of the
+# package), and nothing installs packages at run time (no pip or setuptools in the final venv).
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
+ && /opt/venv/bin/pip install --no-deps /wheels/spec_sidecar-*.whl \
  && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
  && /opt/venv/bin/python -c "import sidecar.adapters.kube, sidecar.app" \

@@ -9,6 +9,7 @@ a tmpfs on /tmp; it scrapes a stand-in engine on 127.0.0.1 (host network) and mu
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -49,6 +50,14 @@ def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def docker_env() -> Iterator[dict[str, str]]:
     tools()  # installs docker.io and debootstrap when missing
+    # One dockerd per data root: a second test session on this machine waits here instead of sharing it.
+    (CACHE / "docker").mkdir(parents=True, exist_ok=True)
+    with (CACHE / "docker" / "data.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _dockerd()
+
+
+def _dockerd() -> Iterator[dict[str, str]]:
     workdir = Path(tempfile.mkdtemp(prefix="dk-"))  # short: containerd's socket paths must fit in 108 bytes
     socket_path = workdir / "docker.sock"
     env = {**os.environ, "DOCKER_HOST": f"unix://{socket_path}", "DOCKER_BUILDKIT": "0"}
@@ -113,9 +122,10 @@ def image(docker_env: dict[str, str]) -> str:
     )
     assert made.returncode == 0 and made.stdout.strip() == BASE, made.stderr
     # Host networking only for the build's pip (the engine has no bridge); the image itself needs none.
-    _docker(
-        docker_env, "build", "--quiet", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}", "-t", IMAGE, str(ROOT)
-    )
+    build = ("build", "--quiet", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE}")
+    # The build stage gets a tag too, so pruning keeps its dependency layer cached for the next run.
+    _docker(docker_env, *build, "--target", "build", "-t", IMAGE + "-build-stage", str(ROOT))
+    _docker(docker_env, *build, "-t", IMAGE, str(ROOT))
     _docker(docker_env, "image", "prune", "--force")  # drop the previous build's layers: vfs copies every layer
     return IMAGE
 
