@@ -138,20 +138,17 @@ def test_rbac_names_the_one_deployment_and_lease_and_has_no_wildcards() -> None:
     assert grants == {
         ("apps", "deployments", "get", (deployment,)),
         ("apps", "deployments", "patch", (deployment,)),
-        ("coordination.k8s.io", "leases", "get", ("llama-spec-sidecar-leader",)),
-        ("coordination.k8s.io", "leases", "update", ("llama-spec-sidecar-leader",)),
+        ("coordination.k8s.io", "leases", "get", (deployment + "-spec-sidecar",)),
+        ("coordination.k8s.io", "leases", "update", (deployment + "-spec-sidecar",)),
         ("coordination.k8s.io", "leases", "create", ()),
         ("", "events", "create", ()),
     }
 
 
-def test_the_sidecar_is_told_the_lease_the_role_allows_and_the_deployment_it_runs_in() -> None:
+def test_the_sidecar_is_told_the_deployment_it_runs_in_and_its_own_pod() -> None:
     docs = documents(render(release="llama", namespace="ml"))
     deployment = one(docs, "Deployment")
     sidecar = container(deployment, "spec-sidecar")
-    env = {e["name"]: e.get("value") for e in sidecar["env"]}
-    leases = [r for r in _role_rules(docs) if r["resources"] == ["leases"] and r.get("resourceNames")]
-    assert leases[0]["resourceNames"] == [env["SPEC_SIDECAR_LEASE_NAME"]]
     args = sidecar["args"]
     assert args[args.index("--deployment") + 1] == deployment["metadata"]["name"]
     assert args[args.index("--namespace") + 1] == "ml"

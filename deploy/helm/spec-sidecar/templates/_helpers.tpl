@@ -43,9 +43,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The one Lease the sidecar replicas elect a leader with (one actor per Deployment). */}}
+{{/* The Lease the sidecar replicas elect one actor with: the sidecar names it <deployment>-spec-sidecar. */}}
 {{- define "spec-sidecar.leaseName" -}}
-{{- default (printf "%s-leader" (include "spec-sidecar.fullname" .)) .Values.sidecar.leaseName | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-spec-sidecar" (include "spec-sidecar.fullname" .) }}
 {{- end }}
 
 {{- define "spec-sidecar.sidecarImage" -}}
