@@ -94,9 +94,9 @@ class PolicyConfig:
     # what the counters cannot, requests that differ from each other (a temperature mix). It is estimated
     # from successive differences and taken as of the last passing window, so a drop does not widen it.
     # Warm-up: until spread_min windows have been seen after a start, no window can fail (the noise is not
-    # known yet). Without it, mixed-temperature traffic trips right after a start (docs/policy.md).
+    # known yet). 5 spares mixed-temperature traffic most trips right after a start (docs/policy.md).
     spread_windows: int = 30
-    spread_min: int = 5
+    spread_min: int = 0
     hysteresis: float = 0.05  # a trial keeps speculation only at >= threshold + hysteresis
     min_draft_tokens: float = 200.0  # a window with fewer draft tokens is no evidence either way
     trip_windows: int = 3  # consecutive failing windows before disabling

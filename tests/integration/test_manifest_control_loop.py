@@ -48,7 +48,6 @@ def setup(tmp_path: Path, **config: object) -> tuple[Path, Controller]:
     path = tmp_path / "deploy.yaml"
     path.write_text(LIST_MANIFEST)
     actuator = ManifestActuator(path, container="vllm", clock=lambda: T0)
-    config = {"spread_min": 0, **config}  # no warm-up: the loop acts from the first windows
     return path, Controller(actuator, replace(PolicyConfig(), **config), read_every=0.0)  # type: ignore[arg-type]
 
 
@@ -143,7 +142,7 @@ def test_a_refusal_that_will_not_change_backs_off_instead_of_retrying_every_scra
     # Pinned on, but the flags are gone and nothing records them: every attempt would be refused the same way.
     lines = pinned.splitlines(keepends=True)
     path.write_text("".join(line for line in lines if "speculative" not in line and "per-request" not in line))
-    controller = Controller(act, PolicyConfig(spread_min=0), read_every=0.0, error_backoff=(60.0, 600.0))
+    controller = Controller(act, PolicyConfig(), read_every=0.0, error_backoff=(60.0, 600.0))
     for i in range(4):  # one scrape every 15 s
         controller.step(stats(0.9, speculation=False), T0 + 15 * i)
     assert [r.outcome for r in controller.decisions] == ["not_restorable"]  # tried once, then backing off

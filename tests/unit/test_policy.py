@@ -22,8 +22,7 @@ from sidecar.core.policy import (
 )
 
 T0 = 1_800_000_000.0
-# threshold 0.5, 200 tokens, 3 windows of 60 s, cooldown 600 s; no warm-up, so the mechanics show from window 1
-CONFIG = PolicyConfig(spread_min=0)
+CONFIG = PolicyConfig()  # threshold 0.5, 200 tokens, 3 windows of 60 s, cooldown 600 s, no warm-up
 
 
 def window(ratio: float | None, tokens: float = 1000.0, **extra: object) -> Observation:
@@ -293,8 +292,8 @@ def test_an_inconclusive_window_neither_trips_nor_clears_the_count() -> None:
     assert actions(decisions) == ["none", "none", "none", "disable"]
 
 
-def test_after_a_start_no_window_fails_until_the_noise_is_known() -> None:
-    decisions = run([window(0.3)] * 8, config=PolicyConfig())  # the default warm-up: 5 windows
+def test_with_a_warm_up_no_window_fails_until_the_noise_is_known() -> None:
+    decisions = run([window(0.3)] * 8, config=PolicyConfig(spread_min=5))
     assert [d.reason for d in decisions[:5]] == [Reason.WARMING_UP] * 5
     assert actions(decisions) == ["none"] * 7 + ["disable"]
 
