@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
+from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
 
 from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, check_decision, plan, view_of, wall_clock
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
@@ -155,7 +156,7 @@ def _apply(loaded: _Loaded, planned: Plan) -> None:
     annotations = metadata.get("annotations")
     wanted = to_annotations(planned.record)
     if annotations is None:
-        present = {k: v for k, v in wanted.items() if v is not None}
+        present = {k: _string_scalar(v) for k, v in wanted.items() if v is not None}
         if present:
             metadata["annotations"] = CommentedMap(present)
         return
@@ -163,7 +164,7 @@ def _apply(loaded: _Loaded, planned: Plan) -> None:
         if value is None:
             annotations.pop(key, None)
         elif annotations.get(key) != value:
-            annotations[key] = value
+            annotations[key] = _string_scalar(value)
 
 
 def _edit_list(container: CommentedMap, field: str, new: list[str] | None) -> None:
@@ -194,7 +195,19 @@ def _styled_like(previous: Any, text: str) -> Any:
         return LiteralScalarString(text)
     if isinstance(previous, FoldedScalarString):
         return FoldedScalarString(text)
-    return text
+    return _string_scalar(text)
+
+
+def _string_scalar(text: str) -> Any:
+    """A string that stays a string for every reader. ruamel writes YAML 1.2, where ``off``, ``yes`` or ``on``
+    are plain strings, but kubectl and the API server read YAML 1.1, where they are booleans (and an
+    annotation or an arg must be a string): quote whatever a YAML 1.1 reader would not read back as itself."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not a plain scalar at all: ruamel quotes it as needed
+    # Single quotes: what ruamel itself uses for strings that need quoting, so restored args keep their bytes.
+    return text if isinstance(loaded, str) else SingleQuotedScalarString(text)
 
 
 def _yaml(text: str) -> YAML:
