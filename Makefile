@@ -48,6 +48,7 @@ test: lint vllm tools prometheus chromium
 
 bench: install
 	$(PY) benchmarks/parse_benchmark.py
+	$(PY) benchmarks/decision_simulation.py
 
 # The request tap vs direct vs nginx (scripts/install-nginx.sh unpacks Debian's nginx into the cache).
 tap-bench: install

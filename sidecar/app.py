@@ -89,6 +89,9 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
             finally:
                 stop.set()
                 await asyncio.wait_for(task, timeout=settings.scrape_timeout + 5)
+                if sc.controller is not None:
+                    # Hand the Lease over now: a toggle restarts this pod, and the successor should not wait.
+                    await asyncio.to_thread(sc.controller.close)
 
     app = FastAPI(title="spec-sidecar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sidecar = sc

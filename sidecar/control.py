@@ -285,6 +285,7 @@ def policy_config(settings: Settings) -> PolicyConfig:
     return PolicyConfig(
         threshold=settings.threshold,
         evidence_z=settings.evidence_z,
+        spread_min=settings.warmup_windows,
         hysteresis=settings.hysteresis,
         min_draft_tokens=float(settings.min_draft_tokens),
         trip_windows=settings.trip_windows,

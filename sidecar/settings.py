@@ -85,11 +85,20 @@ class Settings(BaseSettings):
     )
     dry_run: bool = Field(False, description="Decide and report everything, write nothing.")
     evidence_z: float = Field(
-        1.5,
+        2.0,
         ge=0,
         description=(
-            "A window fails only when its ratio is below the threshold by more than this many standard errors "
-            "(estimated from the window); 0 compares bare ratios. Keeps noise from tripping the rule."
+            "A window fails only when its ratio is below the threshold by more than this many standard errors; "
+            "the error is the larger of the window's own (from its counters) and the spread between recent "
+            "windows, so bursty all-or-nothing traffic cannot trip the rule. 0 compares bare ratios."
+        ),
+    )
+    warmup_windows: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Windows after a start during which no window can fail, while the spread between windows is "
+            "learned (docs/policy.md measures 5 against false toggles on bursty traffic)."
         ),
     )
     hysteresis: float = Field(
