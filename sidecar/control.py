@@ -173,6 +173,8 @@ class Controller:
     def _after(self, decision: Decision, before: PolicyState, result: ActResult, now: float) -> None:
         self._remember(decision, now, str(result.outcome))
         self._read_at = None  # whatever happened, the next step reads the target afresh
+        if result.view is not None:
+            self.view = result.view  # what /status and the metrics show until then
         if result.outcome is Outcome.CHANGED:
             self.state = decision.state
             self._backoff = 0.0
