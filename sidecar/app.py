@@ -21,6 +21,7 @@ from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_fro
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.exporter import ScrapeCollector
+from sidecar.fleet import FleetCollector, FleetSource, install_fleet_api
 from sidecar.report import bucket_json, report_json
 from sidecar.runtime import Monitor
 from sidecar.settings import Settings
@@ -38,6 +39,7 @@ class Sidecar:
     registry: CollectorRegistry
     recorder: TapRecorder
     controller: Controller | None = None
+    fleet: FleetSource | None = None  # fleet mode (--prometheus-url): the controller's source of Stats
 
     def speculative_tokens(self) -> int | None:
         """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
@@ -54,10 +56,13 @@ def build_sidecar(settings: Settings) -> Sidecar:
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
     controller = build_controller(settings, lambda model: _baseline(monitor, model))
+    fleet = FleetSource(settings) if settings.prometheus_url else None
+    if fleet is not None:
+        registry.register(FleetCollector(fleet))
     if controller is not None:
-        monitor.add_listener(controller.on_stats)
+        (fleet or monitor).add_listener(controller.on_stats)
         registry.register(ControlCollector(controller))
-    return Sidecar(settings, monitor, registry, recorder, controller)
+    return Sidecar(settings, monitor, registry, recorder, controller, fleet)
 
 
 def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
@@ -83,12 +88,14 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         async with httpx.AsyncClient() as client:
-            task = asyncio.create_task(sc.monitor.run(client, stop), name="scrape-loop")
+            tasks = [asyncio.create_task(sc.monitor.run(client, stop), name="scrape-loop")]
+            if sc.fleet is not None:
+                tasks.append(asyncio.create_task(sc.fleet.run(client, stop), name="fleet-loop"))
             try:
                 yield
             finally:
                 stop.set()
-                await asyncio.wait_for(task, timeout=settings.scrape_timeout + 5)
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=settings.scrape_timeout + 5)
                 if sc.controller is not None:
                     # Hand the Lease over now: a toggle restarts this pod, and the successor should not wait.
                     await asyncio.to_thread(sc.controller.close)
@@ -127,6 +134,8 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
         return JSONResponse(body)
 
+    if sc.fleet is not None:
+        install_fleet_api(app, sc.fleet)
     controller = sc.controller
     install_status(
         app,

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     prometheus_url: str | None = Field(
         None, description="Prometheus to read fleet-wide rates from; the leader then judges all replicas as one."
     )
+    prometheus_selector: str | None = Field(
+        None,
+        description=(
+            "PromQL label matchers (no braces) picking the Deployment's pods in --prometheus-url; default "
+            'namespace="NS",pod=~"DEPLOYMENT-[a-z0-9]+-[a-z0-9]+" from --namespace and --deployment.'
+        ),
+    )
 
     # --- the tap -------------------------------------------------------------------------------------------
     temperature_buckets: str = Field(
