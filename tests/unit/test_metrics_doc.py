@@ -50,7 +50,12 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
     manifest = tmp_path / "deploy.yaml"
     manifest.write_text(MANIFEST)
     settings = Settings(
-        baseline_p99_p50={"ttft": 2.0}, deployment_file=str(manifest), trip_windows=1, min_draft_tokens=100, window=10
+        baseline_p99_p50={"ttft": 2.0},
+        deployment_file=str(manifest),
+        trip_windows=1,
+        min_draft_tokens=100,
+        window=10,
+        prometheus_url="http://127.0.0.1:9",  # fleet mode's families too (its loop is not started here)
     )
     sidecar = build_sidecar(settings)
     full = (("0.1", 0.0), ("1.0", 0.0), ("+Inf", 0.0))
