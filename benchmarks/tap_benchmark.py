@@ -4,16 +4,19 @@ The upstream (tests/support/tap_upstream.py) replays SSE streams captured from a
 (tests/fixtures/vllm/responses/draft_model; the captures are 8 tokens long, so each stream repeats its middle
 token event to reach --steps events, every byte still vLLM's), at a fixed rate of engine steps per stream;
 --synthesized replays vLLM-shaped streams generated per request instead. The same request set goes to each
-target, rounds interleaved (direct, tap, nginx, direct, ...), so each request through a proxy is compared with
-the same request sent directly:
-- added latency per request: (last byte via proxy - request sent) minus the same for the direct request;
-- added latency per chunk: each SSE event's arrival (relative to its request's start) minus the direct one's;
+target, rounds interleaved (direct, tap, nginx, direct, ...):
+- transit per request: client sent → upstream has the request, plus upstream wrote the last event → client
+  has it; transit per chunk: upstream wrote the event → client read it. "Added" is a proxy's quantile minus
+  the direct quantile (p50, p99);
 - CPU per 1000 chunks/s: the proxy processes' CPU seconds per relayed chunk, times 1000 (cores busy at 1000
   chunks per second);
 - bytes: every body received through a proxy equals the direct body (the tap asks vLLM for usage on these
   streams and strips it again, so this checks the stripping too).
 nginx (Debian's, unpacked by scripts/install-nginx.sh) runs in the foreground as a reference reverse proxy
-with buffering off and upstream keep-alive, one worker like the tap's one process.
+with buffering off and upstream keep-alive, one worker like the tap's one process. Latencies are transit times
+against the upstream's own clock (it logs when each request came in and each event went out; CLOCK_MONOTONIC
+is shared by all processes), so the upstream's pacing jitter does not enter them. The proxies run pinned to
+CPU 1, the upstream and the load generator to CPU 0 (--no-pin to turn off).
 
     .venv/bin/python benchmarks/tap_benchmark.py [--streams 64] [--rounds 4] [--step-rate 40] [--steps 32] [--json]
 """
@@ -70,6 +73,13 @@ http {{
 """
 
 
+def pin(args: argparse.Namespace, cpu: int) -> list[str]:
+    """The proxy under test gets a CPU of its own, as a sidecar container with its own CPU request would; the
+    upstream and the load generator share the other. Without it, on 2 CPUs, the proxy's own CPU use slows the
+    upstream and the client and is counted twice."""
+    return [] if args.no_pin or (os.cpu_count() or 1) < 2 else ["taskset", "-c", str(cpu)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,12 +128,15 @@ class Result:
     body: bytes
     started: float
     ended: float
-    arrivals: list[float]  # per SSE event, perf_counter at the read that completed it
+    arrivals: list[float]  # per SSE event, time.monotonic at the read that completed it
 
 
-async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, payload: bytes) -> Result:
-    head = f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}"
-    started = time.perf_counter()
+async def _request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, payload: bytes, bench_id: str
+) -> Result:
+    head = f"POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nx-bench-id: {bench_id}"
+    head += f"\r\ncontent-length: {len(payload)}"
+    started = time.monotonic()
     writer.write(head.encode() + b"\r\n\r\n" + payload)
     status_and_headers = await reader.readuntil(b"\r\n\r\n")
     if b" 200 " not in status_and_headers.split(b"\r\n", 1)[0]:
@@ -136,10 +149,10 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p
             await reader.readuntil(b"\r\n")
             break
         data = (await reader.readexactly(size + 2))[:-2]
-        now = time.perf_counter()
+        now = time.monotonic()
         parts.append(data)
         arrivals.extend([now] * data.count(b"\n\n"))
-    return Result(b"".join(parts), started, time.perf_counter(), arrivals)
+    return Result(b"".join(parts), started, time.monotonic(), arrivals)
 
 
 def build_requests(streams: int, per_stream: int, seed: int = 7) -> list[list[tuple[str, bytes]]]:
@@ -160,14 +173,19 @@ def build_requests(streams: int, per_stream: int, seed: int = 7) -> list[list[tu
     return plan
 
 
-async def run_round(port: int, plan: list[list[tuple[str, bytes]]]) -> dict[tuple[int, int], Result]:
+async def run_round(
+    port: int, plan: list[list[tuple[str, bytes]]], stagger: float = 0.0, tag: str = "x"
+) -> dict[tuple[int, int], Result]:
+    """Every stream runs its requests back to back; stream s starts s·stagger seconds in, so the streams' engine
+    steps do not all land in the same instant (they would not on a real server either)."""
     results: dict[tuple[int, int], Result] = {}
 
     async def stream(s: int) -> None:
+        await asyncio.sleep(s * stagger)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         try:
             for r, (path, payload) in enumerate(plan[s]):
-                results[(s, r)] = await _request(reader, writer, path, payload)
+                results[(s, r)] = await _request(reader, writer, path, payload, f"{tag}-{s}-{r}")
         finally:
             writer.close()
 
@@ -180,8 +198,12 @@ async def run_round(port: int, plan: list[list[tuple[str, bytes]]]) -> dict[tupl
 
 @dataclass
 class Totals:
-    request_added: list[float] = field(default_factory=list)
-    chunk_added: list[float] = field(default_factory=list)
+    """One target's latencies, measured against the upstream's own clock (same machine, CLOCK_MONOTONIC)."""
+
+    request_legs: list[float] = field(default_factory=list)  # per request: request in + last event out, transit
+    request_in: list[float] = field(default_factory=list)  # client sent → upstream has the request
+    last_out: list[float] = field(default_factory=list)  # upstream wrote the last event → client has it
+    chunk_transit: list[float] = field(default_factory=list)  # per event: upstream wrote it → client read it
     chunks: int = 0
     cpu: float = 0.0
     waited: float = 0.0  # seconds runnable but not running (CPU contention)
@@ -189,23 +211,57 @@ class Totals:
     requests: int = 0
 
 
-def compare(direct: dict[tuple[int, int], Result], via: dict[tuple[int, int], Result], totals: Totals) -> None:
-    for key, d in direct.items():
-        v = via[key]
+def collect(
+    results: dict[tuple[int, int], Result],
+    timings: dict[str, list[float]],
+    tag: str,
+    totals: Totals,
+    expected: dict[tuple[int, int], bytes] | None = None,
+) -> None:
+    """Transit times of one round. timings[id] = [request in at the upstream, each client-visible event out]."""
+    for (s, r), result in results.items():
         totals.requests += 1
-        if v.body != d.body or len(v.arrivals) != len(d.arrivals):
+        times = timings.get(f"{tag}-{s}-{r}", [])
+        mismatch = expected is not None and result.body != expected[(s, r)]
+        if mismatch or len(times) != len(result.arrivals) + 1:
             totals.mismatched += 1
             continue
-        totals.request_added.append((v.ended - v.started) - (d.ended - d.started))
-        totals.chunk_added.extend(
-            (va - v.started) - (da - d.started) for va, da in zip(v.arrivals, d.arrivals, strict=True)
-        )
-        totals.chunks += len(v.arrivals)
+        totals.request_in.append(times[0] - result.started)
+        totals.last_out.append(result.ended - times[-1])
+        totals.request_legs.append(totals.request_in[-1] + totals.last_out[-1])
+        totals.chunk_transit.extend(a - t for a, t in zip(result.arrivals, times[1:], strict=True))
+        totals.chunks += len(result.arrivals)
 
 
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(
+    args: argparse.Namespace,
+    upstream_port: int,
+    targets: dict[str, tuple[int, list[int]]],
+    plan: list[list[tuple[str, bytes]]],
+    stagger: float,
+) -> dict[str, Totals]:
+    """Warm-up, then rounds of direct → each proxy; the upstream's timings are fetched after every round."""
+    totals = {name: Totals() for name in ("direct", *targets)}
+    bench_log = f"http://127.0.0.1:{upstream_port}/bench-log"
+    for port in (upstream_port, *(port for port, _ in targets.values())):  # pools, caches, first imports
+        asyncio.run(run_round(port, plan, stagger))
+    httpx.get(bench_log)
+    for i in range(args.rounds):
+        direct = asyncio.run(run_round(upstream_port, plan, stagger, f"direct{i}"))
+        collect(direct, httpx.get(bench_log).json(), f"direct{i}", totals["direct"])
+        expected = {key: result.body for key, result in direct.items()}
+        for name, (port, pids) in targets.items():
+            before, waited = cpu_seconds(pids), runqueue_wait_seconds(pids)
+            via = asyncio.run(run_round(port, plan, stagger, f"{name}{i}"))
+            totals[name].cpu += cpu_seconds(pids) - before
+            totals[name].waited += runqueue_wait_seconds(pids) - waited
+            collect(via, httpx.get(bench_log).json(), f"{name}{i}", totals[name], expected)
+    return totals
 
 
 def main() -> None:
@@ -222,6 +278,11 @@ def main() -> None:
         action="store_true",
         help="replay synthesized vLLM-shaped streams even when real captures exist (they are the default)",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the proxies to CPU 1 and the upstream and load generator to CPU 0",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.replay = "synthesized" if args.synthesized or load_recorded() is None else "recorded"
@@ -237,33 +298,26 @@ def main() -> None:
         upstream_cmd += ["--step-rate", str(args.step_rate)]
         if args.replay == "recorded":
             upstream_cmd += ["--recorded", "--recorded-steps", str(args.steps)]
-        procs.append(subprocess.Popen(upstream_cmd, cwd=ROOT, stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([*pin(args, 0), *upstream_cmd], cwd=ROOT, stdout=subprocess.DEVNULL))
+        if not args.no_pin:
+            os.sched_setaffinity(0, {0})
         wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
         tap_cmd = [sys.executable, "-m", "sidecar.cli", "run", "--vllm-url", f"http://127.0.0.1:{upstream_port}"]
-        tap = subprocess.Popen([*tap_cmd, "--listen", f"127.0.0.1:{tap_port}"], cwd=ROOT, stderr=subprocess.DEVNULL)
+        tap_cmd += ["--listen", f"127.0.0.1:{tap_port}"]
+        tap = subprocess.Popen([*pin(args, 1), *tap_cmd], cwd=ROOT, stderr=subprocess.DEVNULL)
         procs.append(tap)
         (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=nginx_port))
-        nginx = subprocess.Popen([nginx_bin, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", "stderr"])
+        nginx_cmd = [nginx_bin, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", "stderr"]
+        nginx = subprocess.Popen([*pin(args, 1), *nginx_cmd])
         procs.append(nginx)
         wait_for(f"http://127.0.0.1:{tap_port}/healthz")
         wait_for(f"http://127.0.0.1:{nginx_port}/v1/models")
 
         plan = build_requests(args.streams, args.requests_per_stream)
+        stagger = 1.0 / (args.step_rate * args.streams) if args.step_rate > 0 else 0.0
         load_before = os.getloadavg()[0]
         targets = {"tap": (tap_port, [tap.pid]), "nginx": (nginx_port, [nginx.pid, *children(nginx.pid)])}
-        totals = {name: Totals() for name in targets}
-        for _ in (0,):  # warm-up: connection pools, caches, first-request imports
-            asyncio.run(run_round(upstream_port, plan))
-            for port, _pids in targets.values():
-                asyncio.run(run_round(port, plan))
-        for _ in range(args.rounds):
-            direct = asyncio.run(run_round(upstream_port, plan))
-            for name, (port, pids) in targets.items():
-                before, waited = cpu_seconds(pids), runqueue_wait_seconds(pids)
-                via = asyncio.run(run_round(port, plan))
-                totals[name].cpu += cpu_seconds(pids) - before
-                totals[name].waited += runqueue_wait_seconds(pids) - waited
-                compare(direct, via, totals[name])
+        totals = measure(args, upstream_port, targets, plan, stagger)
         report(args, totals, load_before, os.getloadavg()[0])
     finally:
         for proc in reversed(procs):
@@ -275,20 +329,34 @@ def main() -> None:
                 proc.kill()
 
 
-def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: float, load_after: float) -> None:
-    rows = {}
+def transit_ms(t: Totals) -> dict[str, float]:
+    return {
+        "request_p50": 1000 * statistics.median(t.request_legs),
+        "request_p99": 1000 * quantile(t.request_legs, 0.99),
+        "chunk_p50": 1000 * statistics.median(t.chunk_transit),
+        "chunk_p99": 1000 * quantile(t.chunk_transit, 0.99),
+        "request_in_p50": 1000 * statistics.median(t.request_in),
+        "last_event_p50": 1000 * statistics.median(t.last_out),
+    }
+
+
+def summarize(totals: dict[str, Totals]) -> dict[str, dict[str, object]]:
+    base = transit_ms(totals["direct"])
+    rows: dict[str, dict[str, object]] = {}
     for name, t in totals.items():
-        rows[name] = {
-            "requests": t.requests,
-            "bytes_identical": t.requests - t.mismatched,
-            "added_ms_per_request_p50": 1000 * statistics.median(t.request_added),
-            "added_ms_per_request_p99": 1000 * quantile(t.request_added, 0.99),
-            "added_ms_per_chunk_p50": 1000 * statistics.median(t.chunk_added),
-            "added_ms_per_chunk_p99": 1000 * quantile(t.chunk_added, 0.99),
-            "cpu_cores_per_1000_chunks_per_s": 1000 * t.cpu / t.chunks if t.chunks else None,
-            "chunks": t.chunks,
-            "runqueue_wait_ms_per_request": 1000 * t.waited / t.requests if t.requests else None,
-        }
+        transit = transit_ms(t)
+        row: dict[str, object] = {"requests": t.requests, "bytes_identical": t.requests - t.mismatched}
+        row["transit_ms"] = transit
+        if name != "direct":
+            row["added_ms"] = {key: transit[key] - base[key] for key in transit}
+            row["cpu_cores_per_1000_chunks_per_s"] = 1000 * t.cpu / t.chunks if t.chunks else None
+            row["runqueue_wait_ms_per_request"] = 1000 * t.waited / t.requests if t.requests else None
+        rows[name] = row
+    return rows
+
+
+def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: float, load_after: float) -> None:
+    rows = summarize(totals)
     load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
     replay = args.replay
     if args.replay == "recorded":
@@ -301,16 +369,29 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
     print(f"{args.streams} concurrent streams, {args.step_rate:g} SSE events/s each, {args.rounds} rounds")
     print(f"upstream replays {replay} vLLM streams")
     print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
-    head = f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'CPU/1k ch/s':>13}"
-    print(head + f"{'CPU wait/req':>14}")
-    for name, r in rows.items():
-        cpu = r["cpu_cores_per_1000_chunks_per_s"]
+    print("transit: request to the upstream + last event back (per request); upstream write → client read (chunk)")
+    print(
+        f"{'':8}{'identical':>12}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}{'(in, out p50)':>17}"
+    )
+    for name, row in rows.items():
+        t = row["transit_ms"]
+        assert isinstance(t, dict)
         print(
-            f"{name:8}{r['bytes_identical']:>6}/{r['requests']:<5}"
-            f"{r['added_ms_per_request_p50']:>8.2f}ms{r['added_ms_per_request_p99']:>8.2f}ms"
-            f"{r['added_ms_per_chunk_p50']:>9.2f}ms{r['added_ms_per_chunk_p99']:>9.2f}ms"
-            f"{'-' if cpu is None else f'{cpu:.3f} cores':>13}"
-            f"{r['runqueue_wait_ms_per_request']:>12.2f}ms"
+            f"{name:8}{row['bytes_identical']:>6}/{row['requests']:<5}{t['request_p50']:>8.2f}ms{t['request_p99']:>8.2f}ms"
+            f"{t['chunk_p50']:>9.2f}ms{t['chunk_p99']:>9.2f}ms   ({t['request_in_p50']:.2f}, {t['last_event_p50']:.2f})"
+        )
+    print(
+        f"{'added':8}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}"
+        f"{'CPU/1k ch/s':>13}{'wait/req':>11}"
+    )
+    for name, row in rows.items():
+        added = row.get("added_ms")
+        if not isinstance(added, dict):
+            continue
+        print(
+            f"{name:8}{added['request_p50']:>8.2f}ms{added['request_p99']:>8.2f}ms"
+            f"{added['chunk_p50']:>9.2f}ms{added['chunk_p99']:>9.2f}ms"
+            f"{row['cpu_cores_per_1000_chunks_per_s']:>7.3f} cores{row['runqueue_wait_ms_per_request']:>9.2f}ms"
         )
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import random
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from typing import Any
 FINGERPRINT = "vllm-0.32.0-5f8c2a1e"
 MODEL = "tiny-llama"
 K = 4
+_TIMINGS: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("timings", default=None)
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n"
 WORDS = ("the", " cat", " sat", " on", " a", " mat", ",", " and", " then", " it", " slept", ".", " é", " 猫", ' "q"')
 
@@ -204,6 +207,9 @@ class TapUpstream:
         self.per_request_metrics = per_request_metrics
         self.non_stream_delay = non_stream_delay
         self.seen = Seen()
+        # For the benchmark: per x-bench-id header, when the request was in and when each event the client will
+        # see went out (time.monotonic, comparable across processes); GET /bench-log returns and clears it.
+        self.timings: dict[str, list[float]] = {}
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -245,7 +251,14 @@ class TapUpstream:
         else:
             body = b""
         path, _, query = target.partition("?")
-        if path.startswith("/echo"):
+        timings = self.timings.setdefault(h["x-bench-id"], []) if "x-bench-id" in h else None
+        if timings is not None:
+            timings.append(time.monotonic())  # the request is in
+        _TIMINGS.set(timings)
+        if path == "/bench-log":
+            log, self.timings = self.timings, {}
+            await _respond(writer, 200, _dump(log))
+        elif path.startswith("/echo"):
             echo = {"method": method, "path": path, "query": query, "headers": headers, "body": body.decode("latin-1")}
             await _respond(writer, 200, _dump(echo), extra=[("x-replay", "echo"), ("keep-alive", "timeout=5")])
         elif path.startswith("/status/"):
@@ -330,6 +343,8 @@ class TapUpstream:
                     self.seen.cut_short += 1
                     return
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+                if (timings := _TIMINGS.get()) is not None and b'"choices":[]' not in event:
+                    timings.append(time.monotonic())  # an event the client will see went out
                 await writer.drain()
             writer.write(b"0\r\n\r\n")
             await writer.drain()
