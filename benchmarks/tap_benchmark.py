@@ -203,6 +203,7 @@ class Totals:
     request_legs: list[float] = field(default_factory=list)  # per request: request in + last event out, transit
     request_in: list[float] = field(default_factory=list)  # client sent → upstream has the request
     last_out: list[float] = field(default_factory=list)  # upstream wrote the last event → client has it
+    first_legs: list[float] = field(default_factory=list)  # request_legs of each stream's first request
     chunk_transit: list[float] = field(default_factory=list)  # per event: upstream wrote it → client read it
     chunks: int = 0
     cpu: float = 0.0
@@ -229,6 +230,8 @@ def collect(
         totals.request_in.append(times[0] - result.started)
         totals.last_out.append(result.ended - times[-1])
         totals.request_legs.append(totals.request_in[-1] + totals.last_out[-1])
+        if r == 0:
+            totals.first_legs.append(totals.request_legs[-1])
         totals.chunk_transit.extend(a - t for a, t in zip(result.arrivals, times[1:], strict=True))
         totals.chunks += len(result.arrivals)
 
@@ -337,6 +340,7 @@ def transit_ms(t: Totals) -> dict[str, float]:
         "chunk_p99": 1000 * quantile(t.chunk_transit, 0.99),
         "request_in_p50": 1000 * statistics.median(t.request_in),
         "last_event_p50": 1000 * statistics.median(t.last_out),
+        "first_request_p99": 1000 * quantile(t.first_legs, 0.99),
     }
 
 
@@ -379,6 +383,7 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
         print(
             f"{name:8}{row['bytes_identical']:>6}/{row['requests']:<5}{t['request_p50']:>8.2f}ms{t['request_p99']:>8.2f}ms"
             f"{t['chunk_p50']:>9.2f}ms{t['chunk_p99']:>9.2f}ms   ({t['request_in_p50']:.2f}, {t['last_event_p50']:.2f})"
+            f"{t['first_request_p99']:>10.2f}ms"
         )
     print(
         f"{'added':8}{'req p50':>10}{'req p99':>10}{'chunk p50':>11}{'chunk p99':>11}"
