@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.adapters.prometheus import RESULTS, FleetQuery, FleetResult, query_fleet
+from sidecar.control import _own_namespace
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, Stats, compute_stats
 from sidecar.report import report_json
@@ -51,7 +52,10 @@ def default_selector(deployment: str | None, namespace: str | None) -> str:
 def selector_of(settings: Settings) -> str:
     if settings.prometheus_selector is not None:
         return settings.prometheus_selector
-    return default_selector(settings.deployment, settings.namespace)
+    namespace = settings.namespace
+    if namespace is None and settings.deployment and not settings.deployment_file:
+        namespace = _own_namespace()  # the namespace the Kubernetes actuator acts in
+    return default_selector(settings.deployment, namespace)
 
 
 class FleetSource:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.core.stats import AnalysisConfig
@@ -193,6 +193,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected metric=ratio with metric in {LATENCY_KEYS}, got {item!r}")
             pairs[key.strip()] = float(raw)
         return pairs
+
+    @field_validator("prometheus_selector")
+    @classmethod
+    def _fleet_needs_pods(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a selector or a Deployment to build one from, fleet mode would sum every engine in Prometheus.
+        if info.data.get("prometheus_url") and not (value or "").strip() and not info.data.get("deployment"):
+            raise ValueError("fleet mode (--prometheus-url) needs --prometheus-selector or --deployment")
+        return value
 
     @field_validator("temperature_buckets")
     @classmethod

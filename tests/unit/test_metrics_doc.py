@@ -56,6 +56,7 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
         min_draft_tokens=100,
         window=10,
         prometheus_url="http://127.0.0.1:9",  # fleet mode's families too (its loop is not started here)
+        prometheus_selector='job="vllm"',
     )
     sidecar = build_sidecar(settings)
     full = (("0.1", 0.0), ("1.0", 0.0), ("+Inf", 0.0))

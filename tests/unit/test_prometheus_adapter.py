@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from sidecar import control
 from sidecar.adapters.prometheus import (
     FleetQuery,
     FleetResult,
@@ -76,6 +79,22 @@ def test_the_default_selector_takes_only_the_deployments_pods_in_its_namespace()
 def test_an_explicit_selector_setting_wins_over_the_default() -> None:
     settings = Settings(prometheus_url="http://p:9090", deployment="llm", prometheus_selector='job="vllm"')
     assert FleetSource(settings).query.selector == 'job="vllm"'
+
+
+def test_fleet_mode_without_a_selector_or_a_deployment_is_refused_rather_than_summing_every_engine() -> None:
+    with pytest.raises(ValidationError, match="needs --prometheus-selector or --deployment"):
+        Settings(prometheus_url="http://p:9090", deployment_file="deploy.yaml")
+    assert Settings(prometheus_url="http://p:9090", prometheus_selector='job="vllm"').prometheus_selector
+
+
+def test_without_namespace_the_selector_takes_the_namespace_the_kubernetes_actuator_acts_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / "namespace"
+    own.write_text("inference\n")
+    monkeypatch.setattr(control, "SERVICE_ACCOUNT_NAMESPACE", own)
+    settings = Settings(prometheus_url="http://p:9090", deployment="llm")
+    assert FleetSource(settings).query.selector == 'namespace="inference",pod=~"llm-[a-z0-9]+-[a-z0-9]+"'
 
 
 # --- the API's JSON ------------------------------------------------------------------------------------
@@ -300,7 +319,7 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
 
 
 def test_a_failed_round_leaves_no_stats_and_is_counted_by_result() -> None:
-    fleet = FleetSource(Settings(prometheus_url="http://prom:9090", window=60))
+    fleet = FleetSource(Settings(prometheus_url="http://prom:9090", prometheus_selector=SELECTOR, window=60))
     ok = fleet_round(fake_prometheus(FLEET))
     assert fleet.observe(ok) is not None
     assert fleet.observe(FleetResult("unreachable", None, 0.01, "refused")) is None
