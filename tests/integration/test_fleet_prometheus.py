@@ -303,6 +303,25 @@ def test_a_good_fleet_keeps_speculation_on_although_the_leaders_own_pod_is_bad(f
     assert own["verdict"] == "disable", own  # alone, this pod would have turned speculation off
 
 
+@pytest.mark.parametrize(
+    ("selector", "result"),
+    [('pod=~"chat-("', "http_error"), ('namespace="ml",pod="nobody"', "empty")],
+    ids=["invalid-regex", "no-such-pod"],
+)
+def test_a_selector_prometheus_rejects_or_that_matches_no_pod_decides_nothing(
+    fleet: Fleet, tmp_path: Path, selector: str, result: str
+) -> None:
+    target = manifest(tmp_path / "chat.yaml", "chat")
+    flags = ("--prometheus-url", fleet.prometheus.url, "--prometheus-selector", selector)
+    own = fleet.own("chat").url  # a bad pod: deciding on it would turn speculation off
+    with run_sidecar(tmp_path, *SIDECAR_FLAGS, *flags, "--vllm-url", own, "--deployment-file", str(target)) as sidecar:
+        wait_until(lambda: (sidecar.value("specdecode_fleet_queries_total", result=result) or 0) >= 3, 15, sidecar.log)
+        wait_until(lambda: model(get(sidecar, "/api/report"))["verdict"] == "disable", 15, sidecar.log)
+        assert decisions(sidecar) == {}
+        assert sidecar.value("specdecode_fleet_queries_total", result="success") == 0
+    assert speculation_configured(target)
+
+
 def test_with_prometheus_down_nothing_is_decided_and_the_failed_rounds_are_counted(fleet: Fleet) -> None:
     # Last in this module: it stops the module's Prometheus. The chat sidecar's own pod is bad, so a fallback to
     # local numbers (or zeros read as a fleet) would turn speculation off.
