@@ -147,8 +147,11 @@ class Settings(BaseSettings):
 
     # --- the tap -------------------------------------------------------------------------------------------
     temperature_buckets: str = Field(
-        "0,0.3,0.7,1.0",
-        description="Upper edges of temperature buckets; 0 alone is its own bucket, above the last edge is 'high'.",
+        "0.3,0.7,1.0",
+        description=(
+            "Edges that cut positive temperatures into buckets: '0.3,0.7,1.0' gives (0,0.3), [0.3,0.7), [0.7,1) and "
+            "[1,+Inf). Temperature 0 is always its own bucket '0'; requests that omit it count as 'default'."
+        ),
     )
     tap_max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest request body the tap accepts; larger ones get a 413."
