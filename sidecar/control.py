@@ -313,7 +313,7 @@ def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
         return None
     from sidecar.adapters.kube import KubeActuator, LeaseElector, api_client
 
-    namespace = settings.namespace or _own_namespace()
+    namespace = settings.namespace or own_namespace()
     identity = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "spec-sidecar"
     api = api_client(kubeconfig=getattr(settings, "kubeconfig", None), host=getattr(settings, "kube_host", None))
     elector = (
@@ -338,7 +338,7 @@ def build_controller(settings: Settings, baseline_for: Baseline | None = None) -
     return Controller(actuator, policy_config(settings), baseline_for=baseline_for)
 
 
-def _own_namespace() -> str:
+def own_namespace() -> str:
     try:
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
     except OSError:

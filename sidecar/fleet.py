@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.adapters.prometheus import RESULTS, FleetQuery, FleetResult, query_fleet
-from sidecar.control import _own_namespace
+from sidecar.control import own_namespace
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, Stats, compute_stats
 from sidecar.report import report_json
@@ -54,7 +54,7 @@ def selector_of(settings: Settings) -> str:
         return settings.prometheus_selector
     namespace = settings.namespace
     if namespace is None and settings.deployment and not settings.deployment_file:
-        namespace = _own_namespace()  # the namespace the Kubernetes actuator acts in
+        namespace = own_namespace()  # the namespace the Kubernetes actuator acts in
     return default_selector(settings.deployment, namespace)
 
 
