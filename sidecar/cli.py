@@ -76,23 +76,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sidecar.advice_render import render_advice
     from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
     from sidecar.core.stats import compute_stats
-    from sidecar.report import render, report_json
+    from sidecar.report import bucket_json, render, render_buckets, report_json
 
     settings = settings_from_args(args)
     snapshots = [_load_source(source, settings) for source in args.sources]
     stats = compute_stats(snapshots, settings.analysis_config())
-    config = AdviceConfig(thresholds=settings.analysis_config().thresholds, slo=slo_from(settings.slo))
-    advice = advise_stats(stats, (), config)
+    thresholds = settings.analysis_config().thresholds
+    buckets = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else []
+    advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
         body = report_json(stats)
         body["advice"] = [advice_json(a) for a in advice]
+        body["buckets"] = [bucket_json(b) for b in buckets]
         print(json.dumps(body, indent=2))
         return 0
     console = Console()
     render(stats, console, "since engine start" if len(snapshots) == 1 else "window between the two sources")
+    if buckets:
+        render_buckets(buckets, thresholds, console)
     for item in advice:
         render_advice(item, console)
     return 0
+
+
+def _tap_buckets(sidecar_url: str, timeout: float) -> list[Any]:
+    """The per-temperature buckets a running sidecar's tap has seen (its /api/report)."""
+    import httpx
+
+    from sidecar.report import bucket_from_json
+
+    url = sidecar_url.rstrip("/") + "/api/report"
+    try:
+        response = httpx.get(url, timeout=timeout)
+        response.raise_for_status()
+        return [bucket_from_json(row) for row in response.json()["buckets"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"--tap {sidecar_url}: cannot read the sidecar's buckets ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _load_source(source: str, settings: Settings) -> Any:
@@ -130,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("sources", nargs="+", metavar="SOURCE", help="URL or file of /metrics text ('-' = stdin)")
     report.add_argument("--json", action="store_true", help="Print one JSON object instead of tables.")
+    report.add_argument(
+        "--tap",
+        metavar="SIDECAR_URL",
+        help="A running sidecar (e.g. http://127.0.0.1:8081): add the per-temperature buckets its tap has seen, "
+        "and judge the mixed-workload trap with them.",
+    )
     add_settings_flags(report, REPORT_FIELDS)
     report.set_defaults(handler=cmd_report)
 

@@ -7,6 +7,7 @@ value that cannot be computed is null, never 0 (and never NaN, which is not JSON
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.stats import ModelStats, Stats
+from sidecar.core.verdict import Thresholds, verdict
 from sidecar.tap_metrics import BucketSummary
 
 VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
@@ -76,6 +78,43 @@ def bucket_json(b: BucketSummary) -> dict[str, Any]:
         "accepted_tokens_total": b.accepted_tokens,
         "sources": dict(b.sources),
     }
+
+
+def bucket_from_json(row: dict[str, Any]) -> BucketSummary:
+    """The inverse of bucket_json: a sidecar's /api/report row back into a summary (for `report --tap`)."""
+    return BucketSummary(
+        model_name=str(row["model_name"]),
+        bucket=str(row["temperature_bucket"]),
+        requests=int(row["requests_total"]),
+        draft_tokens=int(row["draft_tokens_total"]),
+        accepted_tokens=int(row["accepted_tokens_total"]),
+        window_requests=int(row["window_requests"]),
+        window_draft_tokens=int(row["window_draft_tokens"]),
+        window_accepted_tokens=int(row["window_accepted_tokens"]),
+        acceptance=row["acceptance_ratio"],
+        p10=row["p10"],
+        p50=row["p50"],
+        p90=row["p90"],
+        sources={str(k): int(v) for k, v in row["sources"].items()},
+    )
+
+
+def render_buckets(summaries: Sequence[BucketSummary], thresholds: Thresholds, console: Console) -> None:
+    """Per temperature bucket over the tap's window: share of requests, acceptance, P10/P50/P90, verdict."""
+    table = Table(title="per temperature bucket (requests seen by the tap, its window)", title_justify="left")
+    for column in ("model", "bucket", "requests", "share", "acceptance", "P10", "P50", "P90", "verdict"):
+        table.add_column(column, justify="left" if column in {"model", "bucket"} else "right")
+    totals: dict[str, int] = {}
+    for b in summaries:
+        totals[b.model_name] = totals.get(b.model_name, 0) + b.window_requests
+    for b in summaries:
+        total = totals[b.model_name]
+        judged = verdict(b.acceptance, float(b.window_draft_tokens), True, thresholds).value
+        table.add_row(
+            b.model_name, b.bucket, str(b.window_requests), f"{b.window_requests / total:.0%}" if total else "—",
+            _fmt(b.acceptance), _fmt(b.p10), _fmt(b.p50), _fmt(b.p90), f"[{VERDICT_STYLE[judged]}]{judged}[/]",
+        )  # fmt: skip
+    console.print(table)
 
 
 def _finite(value: float | None) -> float | None:

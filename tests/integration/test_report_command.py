@@ -115,3 +115,50 @@ def test_unusable_sources_fail_with_one_clear_line(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "unreachable" in refused.stderr
     assert "Traceback" not in missing.stderr + refused.stderr
+
+
+def _bucket(bucket: str, requests: int, draft: int, accepted: int, p10: float) -> dict[str, Any]:
+    return {
+        "model_name": "tiny",
+        "temperature_bucket": bucket,
+        "window_requests": requests,
+        "window_draft_tokens": draft,
+        "window_accepted_tokens": accepted,
+        "acceptance_ratio": accepted / draft,
+        "p10": p10,
+        "p50": accepted / draft,
+        "p90": min(1.0, accepted / draft + 0.1),
+        "requests_total": requests,
+        "draft_tokens_total": draft,
+        "accepted_tokens_total": accepted,
+        "sources": {"per_request_metrics": requests},
+    }
+
+
+def test_with_a_sidecar_tap_report_shows_the_buckets_and_calls_out_the_mixed_workload_trap(tmp_path: Path) -> None:
+    # The engine's aggregate is healthy (0.75) ...
+    engine = tmp_path / "engine.txt"
+    engine.write_text(vllm_payload(drafts=100, draft_tokens=4000, accepted=3000, per_position=(90, 80, 70, 60)))
+    # ... while the tap saw 30 % of requests at temperature >= 1 accepting only 0.2.
+    buckets = [_bucket("0", 70, 3000, 2800, 0.85), _bucket("[1,+Inf)", 30, 1000, 200, 0.05)]
+    with metrics_replay() as sidecar:
+        sidecar.serve(json.dumps({"models": [], "buckets": buckets}))
+        out = report_json("--tap", sidecar.url, str(engine))
+        human = report("--tap", sidecar.url, str(engine))
+    assert [b["temperature_bucket"] for b in out["buckets"]] == ["0", "[1,+Inf)"]
+    (advice,) = out["advice"]
+    trap = next(f for f in advice["findings"] if f["condition"] == "mixed-workload trap")
+    assert trap["status"] == "bad", trap
+    assert "30%" in trap["says"]
+    assert human.returncode == 0, human.stderr
+    assert "per temperature bucket" in human.stdout
+    assert "disable" in human.stdout  # the hot bucket's own verdict
+    assert "looks healthy" in human.stdout
+
+
+def test_an_unreachable_tap_is_one_clear_line(tmp_path: Path) -> None:
+    engine = tmp_path / "engine.txt"
+    engine.write_text(vllm_payload(drafts=1, draft_tokens=4, accepted=1, per_position=(1, 0, 0, 0)))
+    done = report("--tap", "http://127.0.0.1:9", str(engine))
+    assert done.returncode == 2
+    assert "--tap http://127.0.0.1:9: cannot read the sidecar's buckets" in done.stderr
