@@ -308,7 +308,8 @@ def finish(demo: Demo, url: str) -> None:
     )
     demo.console.rule("spec-sidecar report over the speculative engine's life (saved /metrics scrapes)")
     scrapes = [str(demo.logs / "speculative-start.txt"), str(demo.logs / "speculative-end.txt")]
-    subprocess.run([sys.executable, "-m", "sidecar.cli", "report", *scrapes], check=False, cwd=REPO)
+    report = [sys.executable, "-m", "sidecar.cli", "report", "--tap", url, *scrapes]
+    subprocess.run(report, check=False, cwd=REPO)
     page = demo.logs / "status.html"
     page.write_text(httpx.get(url + "/status", timeout=5).text)
     demo.console.print(f"Status page: {url}/status (a copy: {page}); logs in {demo.logs}")
