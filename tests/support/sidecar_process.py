@@ -37,6 +37,12 @@ class SidecarProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
 
 @contextmanager
 def run_sidecar(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[SidecarProcess]:
