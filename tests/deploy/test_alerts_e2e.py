@@ -9,7 +9,6 @@ evaluates the project's rule file; Alertmanager routes what fires to a webhook o
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +24,9 @@ import yaml
 
 from tests.deploy.tooling import RULES, documents, one, render, tools
 from tests.support.payloads import vllm_payload
+from tests.support.prometheus import server_process
 from tests.support.replay import MetricsReplay, free_port, metrics_replay
-from tests.support.sidecar_process import SidecarProcess, run_sidecar
+from tests.support.sidecar_process import SidecarProcess, run_sidecar, wait_until
 
 SIDECAR_FLAGS = ("--scrape-interval", "0.5", "--window", "5", "--min-draft-tokens", "10")
 
@@ -110,36 +110,8 @@ def _fast_rules(path: Path) -> None:
     path.write_text(yaml.safe_dump(rules))
 
 
-@contextmanager
-def _server(cmd: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait(lambda: _answers(ready_url), 60, f"{cmd[0]} at {ready_url}\n{log.read_text(errors='replace')[-2000:]}")
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+    wait_until(condition, seconds, lambda: f"timed out waiting for {what}", interval=0.25)
 
 
 @dataclass
@@ -183,7 +155,7 @@ def _stack(tmp_path: Path, webhook: Webhook, *sidecar_flags: str) -> Iterator[St
     with (
         metrics_replay() as engine,
         run_sidecar(tmp_path, "--vllm-url", engine.url, *SIDECAR_FLAGS, *sidecar_flags) as sidecar,
-        _server(alertmanager, f"http://127.0.0.1:{am_port}/-/ready", tmp_path / "am.log"),
+        server_process(alertmanager, f"http://127.0.0.1:{am_port}/-/ready", tmp_path / "am.log"),
     ):
         sidecar_target = sidecar.url.removeprefix("http://")
         (tmp_path / "prometheus.yml").write_text(
@@ -209,7 +181,7 @@ def _stack(tmp_path: Path, webhook: Webhook, *sidecar_flags: str) -> Iterator[St
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
         ]
-        with _server(prometheus, f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log"):
+        with server_process(prometheus, f"http://127.0.0.1:{prom_port}/-/ready", tmp_path / "prometheus.log"):
             yield Stack(f"http://127.0.0.1:{prom_port}", sidecar, engine, webhook)
 
 
