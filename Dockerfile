@@ -12,8 +12,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python3 -m venv /opt/venv \
  && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-    > /tmp/requirements.txt \
- && /opt/venv/bin/pip install --requirement /tmp/requirements.txt
+    > requirements.txt \
+ && /opt/venv/bin/pip install --requirement requirements.txt
 COPY sidecar ./sidecar
 # Then the wheel (build isolation fetches setuptools) without dependencies, and the venv is trimmed for size:
 # the sidecar uses the kubernetes client's sync API only (its asyncio twin, kubernetes/aio, is half of the
