@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.control import ControlCollector, Controller, build_controller
 from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
@@ -28,6 +29,22 @@ from sidecar.settings import Settings
 from sidecar.status_page import actuator_state_of, install_status
 from sidecar.tap import TapConfig, install_tap
 from sidecar.tap_metrics import TapRecorder
+
+
+class SidecarApp(FastAPI):
+    """FastAPI for the sidecar's own routes; requests under ``/v1/`` (the OpenAI API, never one of ours) go
+    straight to the tap. FastAPI's middleware stack (error and exception handlers, body limit, telemetry checks
+    that read the environment) costs about 0.5 ms per request and wraps every ``send`` of a stream; a proxy
+    whose job is to add nothing cannot carry that on its hot path (docs/benchmarks.md, "Tap")."""
+
+    fast_lane: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.fast_lane
+        if lane is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 @dataclass
@@ -100,7 +117,7 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
                     # Hand the Lease over now: a toggle restarts this pod, and the successor should not wait.
                     await asyncio.to_thread(sc.controller.close)
 
-    app = FastAPI(title="spec-sidecar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = SidecarApp(title="spec-sidecar", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sidecar = sc
 
     @app.get("/metrics")
@@ -145,5 +162,5 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         actuator_state=lambda: actuator_state_of(controller, dry_run=settings.dry_run) if controller else None,
     )
     # Last: the tap takes every path not routed above (/v1/* observed, everything else passed through).
-    install_tap(app, tap_config(settings, sc), sc.recorder)
+    app.fast_lane = install_tap(app, tap_config(settings, sc), sc.recorder)
     return app

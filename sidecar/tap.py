@@ -102,9 +102,10 @@ def recorder_from_config(config: TapConfig) -> TapRecorder:
     return TapRecorder(window_seconds=config.window_seconds)
 
 
-def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder) -> None:
+def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder) -> Tap:
     """Mount the tap behind every route registered so far (call it last). Its upstream client is created on
-    first use and closed when the app's lifespan ends (``close_tap`` does it by hand)."""
+    first use and closed when the app's lifespan ends (``close_tap`` does it by hand). Returns the tap, so the
+    app can also hand it the OpenAI API's paths directly (see ``sidecar.app.SidecarApp``)."""
     tap = Tap(config, recorder)
     app.state.tap = tap
     app.mount("/", tap, name="tap")
@@ -119,6 +120,7 @@ def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder) 
             await tap.aclose()
 
     app.router.lifespan_context = lifespan
+    return tap
 
 
 async def close_tap(app: fastapi.FastAPI) -> None:
