@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -207,3 +208,89 @@ def test_an_upstream_that_goes_silent_mid_stream_times_out_after_what_it_sent() 
         return got
 
     assert asyncio.run(scenario()) == [b"first"]
+
+
+def test_a_response_that_arrives_a_few_bytes_at_a_time_reads_the_same() -> None:
+    wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    wire += chunked([b"data: one\n\n", b"data: two\n\n"])
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for i in range(0, len(wire), 3):
+            writer.write(wire[i : i + 3])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        await reader.read()
+
+    async def scenario() -> tuple[int, bytes]:
+        server, url = await serve(handler)
+        pool = UpstreamPool(url)
+        try:
+            return await body_of(pool)
+        finally:
+            await pool.aclose()
+            server.close()
+
+    assert asyncio.run(scenario()) == (200, b"data: one\n\ndata: two\n\n")
+
+
+def test_bytes_after_a_counted_body_keep_its_connection_out_of_the_pool() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
+            await writer.drain()
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        server, url = await serve(handler)
+        pool = UpstreamPool(url)
+        try:
+            return [await body_of(pool) for _ in range(2)]
+        finally:
+            await pool.aclose()
+            server.close()
+
+    assert asyncio.run(scenario()) == [(200, b"ok")] * 2
+    assert connections == 2  # the first connection carried bytes nobody asked for: never reused
+
+
+def test_a_slow_reader_holds_the_upstream_back_instead_of_buffering_the_body() -> None:
+    size = 64 * 1024 * 1024
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        block = b"x" * (256 * 1024)
+        with contextlib.suppress(ConnectionError):
+            while sent < size:
+                writer.write(block)
+                await writer.drain()  # blocks while the client does not read
+                sent += len(block)
+
+    async def scenario() -> tuple[int, int]:
+        server, url = await serve(handler)
+        pool = UpstreamPool(url)
+        response = await pool.request("GET", b"/", [], None)
+        try:
+            body = response.chunks()
+            received = len(await anext(body))
+            await asyncio.sleep(0.5)  # a client that stopped reading
+            held_back_at = sent
+            async for chunk in body:
+                received += len(chunk)
+            return held_back_at, received
+        finally:
+            await response.aclose()
+            await pool.aclose()
+            server.close()
+
+    held_back_at, received = asyncio.run(scenario())
+    assert received == size
+    # Kernel socket buffers take a few MiB; without paused reading the whole body would be in the tap's memory.
+    assert held_back_at < size // 4
