@@ -73,6 +73,9 @@ http {{
 """
 
 
+MAX_TOKENS = (24, 48)  # drawn per request; with --steps -1 also the number of token events of its stream
+
+
 def pin(args: argparse.Namespace, cpu: int) -> list[str]:
     """The proxy under test gets a CPU of its own, as a sidecar container with its own CPU request would; the
     upstream and the load generator share the other. Without it, on 2 CPUs, the proxy's own CPU use slows the
@@ -162,7 +165,7 @@ def build_requests(streams: int, per_stream: int, seed: int = 7) -> list[list[tu
         row = []
         for r in range(per_stream):
             chat = (s + r) % 2 == 0
-            body: dict[str, object] = {"model": MODEL, "stream": True, "max_tokens": rng.randint(24, 48)}
+            body: dict[str, object] = {"model": MODEL, "stream": True, "max_tokens": rng.randint(*MAX_TOKENS)}
             body["temperature"] = rng.choice([0, 0.7, 1.0])
             if chat:
                 body["messages"] = [{"role": "user", "content": f"request {s}-{r}"}]
@@ -267,6 +270,18 @@ def measure(
     return totals
 
 
+def ramp_seconds(args: argparse.Namespace) -> float:
+    """How long the streams take to start: by default one mean request (token events / step rate), so 64 streams
+    are in flight with their requests starting and ending at different moments, as under steady traffic. A
+    short ramp (one engine step, --ramp 0.025 at 40 steps/s) is the thundering herd of 64 new connections."""
+    if args.ramp is not None:
+        return float(args.ramp)
+    if args.step_rate <= 0:
+        return 0.0
+    mean_events = (MAX_TOKENS[0] + MAX_TOKENS[1]) / 2 if args.steps < 0 else args.steps
+    return float(mean_events / args.step_rate)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Tap overhead vs direct vs nginx")
     parser.add_argument("--streams", type=int, default=64)
@@ -274,7 +289,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--step-rate", type=float, default=40.0, help="engine steps (SSE events) per second per stream")
     parser.add_argument(
-        "--steps", type=int, default=32, help="token events per recorded stream (its middle events repeated)"
+        "--steps",
+        type=int,
+        default=-1,
+        help="token events per recorded stream (its middle events repeated); -1: each request's max_tokens",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=None,
+        help="seconds over which the streams start (default: one mean request; 0.025: all within one step)",
     )
     parser.add_argument(
         "--synthesized",
@@ -317,7 +341,7 @@ def main() -> None:
         wait_for(f"http://127.0.0.1:{nginx_port}/v1/models")
 
         plan = build_requests(args.streams, args.requests_per_stream)
-        stagger = 1.0 / (args.step_rate * args.streams) if args.step_rate > 0 else 0.0
+        stagger = ramp_seconds(args) / args.streams
         load_before = os.getloadavg()[0]
         targets = {"tap": (tap_port, [tap.pid]), "nginx": (nginx_port, [nginx.pid, *children(nginx.pid)])}
         totals = measure(args, upstream_port, targets, plan, stagger)
@@ -364,13 +388,16 @@ def report(args: argparse.Namespace, totals: dict[str, Totals], load_before: flo
     load = {"before": load_before, "after": load_after, "cpus": os.cpu_count()}
     replay = args.replay
     if args.replay == "recorded":
-        replay = f"recorded ({RECORDED.relative_to(ROOT)}, stretched to {args.steps} token events)"
+        length = "each request's max_tokens" if args.steps < 0 else str(args.steps)
+        replay = f"recorded ({RECORDED.relative_to(ROOT)}, stretched to {length} token events)"
     if args.json:
         summary = {"streams": args.streams, "step_rate": args.step_rate, "replay": replay, "load_average_1m": load}
+        summary["ramp_seconds"] = ramp_seconds(args)
         summary["results"] = rows
         print(json.dumps(summary, indent=2))
         return
     print(f"{args.streams} concurrent streams, {args.step_rate:g} SSE events/s each, {args.rounds} rounds")
+    print(f"streams start over {ramp_seconds(args):.3g} s, {args.requests_per_stream} requests each")
     print(f"upstream replays {replay} vLLM streams")
     print(f"1-minute load average {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs")
     print("transit: request to the upstream + last event back (per request); upstream write → client read (chunk)")

@@ -188,6 +188,9 @@ def load_recorded(directory: Path = RECORDED) -> Recorded | None:
     return Recorded(streams, bodies)
 
 
+FROM_MAX_TOKENS = -1  # recorded_steps: each stream as long as its request's max_tokens
+
+
 class TapUpstream:
     """The server. ``step_rate`` paces streams: events (engine steps of 1 + accepted tokens) per second per
     stream; 0 means no pacing. With ``recorded``, every generation request gets the real vLLM response of its
@@ -202,7 +205,9 @@ class TapUpstream:
         recorded_steps: int = 0,
     ):
         self.recorded = recorded
-        self.recorded_steps = recorded_steps  # stretch recorded streams to this many token events (0: as captured)
+        # Stretch recorded streams to this many token events (0: as captured; FROM_MAX_TOKENS: the request's
+        # max_tokens, so that streams differ in length as real ones do).
+        self.recorded_steps = recorded_steps
         self.step_rate = step_rate
         self.per_request_metrics = per_request_metrics
         self.non_stream_delay = non_stream_delay
@@ -320,10 +325,13 @@ class TapUpstream:
         # Token events: all but chat's role chunk, the usage chunk and [DONE]; the first rides with the prefill.
         first_step = 1 if chat else 0
         last_step = len(events) - (2 if usage else 1)  # the terminal chunk (finish_reason) is events[last_step - 1]
-        if self.recorded_steps > last_step - first_step:
+        steps = self.recorded_steps
+        if steps == FROM_MAX_TOKENS:
+            steps = int(request.get("max_tokens") or 0)
+        if steps > last_step - first_step:
             # Longer streams from real bytes: the middle token events again, in order, before the terminal one.
             middle = events[first_step + 1 : last_step - 1] or events[first_step : first_step + 1]
-            extra = self.recorded_steps - (last_step - first_step)
+            extra = steps - (last_step - first_step)
             filler = [middle[i % len(middle)] for i in range(extra)]
             events = events[: last_step - 1] + filler + events[last_step - 1 :]
             last_step += extra
@@ -434,7 +442,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--step-rate", type=float, default=0.0)
     parser.add_argument("--recorded", action="store_true", help="serve the real captures in tests/fixtures/vllm")
-    parser.add_argument("--recorded-steps", type=int, default=0, help="stretch recorded streams to N token events")
+    parser.add_argument(
+        "--recorded-steps",
+        type=int,
+        default=0,
+        help=f"stretch recorded streams to N token events ({FROM_MAX_TOKENS}: to each request's max_tokens)",
+    )
     args = parser.parse_args()
     recorded = load_recorded() if args.recorded else None
     if args.recorded and recorded is None:
