@@ -43,7 +43,7 @@ def window_after(sidecar: SidecarProcess, engine: Engine, temperature: float) ->
 def test_exported_acceptance_equals_the_engines_per_request_counts_and_the_verdict_flips(
     spec_engine: Engine, tmp_path: Path
 ) -> None:
-    verdicts = {}
+    verdicts: dict[float, tuple[str, float]] = {}
     for temperature in (0.0, 1.0):
         # A fresh sidecar per phase: its window starts at its first scrape, so it holds exactly one phase.
         with run_sidecar(tmp_path, "--vllm-url", spec_engine.url, *FLAGS) as sidecar:
@@ -52,6 +52,7 @@ def test_exported_acceptance_equals_the_engines_per_request_counts_and_the_verdi
         assert truth["requests_with_spec"] == REQUESTS
         assert model["window"]["draft_tokens"] == truth["num_draft_tokens"]
         assert model["window"]["accepted_tokens"] == truth["num_accepted_draft_tokens"]
+        assert exported_ratio is not None
         assert exported_ratio == pytest.approx(truth["num_accepted_draft_tokens"] / truth["num_draft_tokens"])
         assert model["num_speculative_tokens"] == 4
         assert model["latency_seconds"]["ttft"]["p50"] is not None

@@ -141,7 +141,10 @@ def test_status_page_screenshot_is_a_real_picture(live: tuple[FakeVllm, SidecarP
     assert done.returncode == 0, done.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (1280, 1600)
-    colours = image.getcolors(maxcolors=1 << 20) or []
+    found = image.getcolors(maxcolors=1 << 20) or []
+    # An RGB image's colours are (r, g, b) tuples; getcolors is typed for single-band images (plain numbers) too.
+    colours = [(count, colour) for count, colour in found if isinstance(colour, tuple)]
+    assert len(colours) == len(found)
     assert len(colours) > 50  # text, badges, chart lines: not a blank or single-colour page
     background = max(colours)[1]
     painted = sum(count for count, colour in colours if colour != background)

@@ -201,7 +201,8 @@ def test_p10_below_the_line_in_a_real_bucket_is_a_warning_naming_it() -> None:
 
 def test_temperature_order_sorts_labels_by_temperature() -> None:
     labels = ["[1,+Inf)", "(0,0.3)", "default", "[0.3,0.7)", "0", "invalid"]
-    ordered = sorted((lab for lab in labels if temperature_order(lab) is not None), key=temperature_order)  # type: ignore[arg-type,return-value]
+    keys = {lab: key for lab in labels if (key := temperature_order(lab)) is not None}
+    ordered = sorted(keys, key=keys.__getitem__)
     assert ordered == ["0", "(0,0.3)", "[0.3,0.7)", "[1,+Inf)"]
 
 

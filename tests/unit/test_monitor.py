@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sidecar.adapters.scrape import ScrapeResult, parse_payload
 from sidecar.runtime import Monitor
 from sidecar.settings import Settings
 from tests.support.payloads import vllm_payload
 
 
-def scrape(now: float, **counters: float) -> ScrapeResult:
-    snapshot, _, _ = parse_payload(vllm_payload(**counters), now)
+def scrape(
+    now: float,
+    *,
+    drafts: float | None = None,
+    draft_tokens: float | None = None,
+    accepted: float | None = None,
+    ttft_buckets: Sequence[tuple[str, float]] = (),
+) -> ScrapeResult:
+    payload = vllm_payload(drafts=drafts, draft_tokens=draft_tokens, accepted=accepted, ttft_buckets=ttft_buckets)
+    snapshot, _, _ = parse_payload(payload, now)
     return ScrapeResult("success", snapshot, 0.01)
 
 

@@ -43,7 +43,7 @@ def page(**changes: object) -> StatusPage:
         decisions=(),
     )
     fields = {**base.__dict__, **changes}
-    return StatusPage(**fields)  # type: ignore[arg-type]
+    return StatusPage(**fields)
 
 
 class _Tags(HTMLParser):
