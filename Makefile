@@ -32,6 +32,7 @@ chromium:
 tools: install
 	bash scripts/install-tools.sh >/dev/null
 
+# mypy is strict over the files pyproject's [tool.mypy] lists: sidecar, tests, scripts and benchmarks.
 lint: install
 	$(VENV)/bin/ruff check sidecar tests benchmarks scripts grafana
 	$(VENV)/bin/ruff format --check sidecar tests benchmarks scripts grafana
