@@ -10,11 +10,14 @@ Traffic models per window of N draft tokens:
             the draft-model workloads in tests/fixtures/vllm/), mixing a high- and a low-acceptance set
             (temperature 0 and 1.0) in the share that gives p: runs within a request and differences
             between requests are vLLM's own. Skipped when the file is absent; ratios it cannot reach too.
-Two measurements, for the default PolicyConfig, with a 5-window warm-up, and for the bare rule (no margin):
+Three measurements, for the default PolicyConfig, with a 15-window warm-up, and for the bare rule (no margin):
   false toggles     disables over 10,000 stationary windows with true ratio >= threshold + 0.05 (target 0)
+  after a start     disables over many fresh starts (--starts, --start-windows each) on stationary traffic at
+                    threshold + 0.05 and at 0.70: the spread between windows is not known yet right after a start
   detection delay   windows from a sustained drop (0.70 -> p) to the disable, over many runs
 
-Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--seed 7] [--json]
+Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--starts 1000] [--seed 7]
+     [--json]
 """
 
 from __future__ import annotations
@@ -204,6 +207,18 @@ def false_toggles(configs: dict[str, PolicyConfig], draw: Window, windows: int, 
     }
 
 
+def start_toggles(
+    configs: dict[str, PolicyConfig], draw: Window, starts: int, windows: int, rng: random.Random
+) -> dict[str, int]:
+    """Disables over ``starts`` fresh starts of ``windows`` windows each (the same windows for every config)."""
+    counts = dict.fromkeys(configs, 0)
+    for _ in range(starts):
+        series = [draw(rng) for _ in range(windows)]
+        for name, config in configs.items():
+            counts[name] += sum(1 for _, action in feed(config, iter(series)) if action is Action.DISABLE)
+    return counts
+
+
 def detection_delay(
     config: PolicyConfig, before: Window, after: Window, rng: random.Random, horizon: int
 ) -> int | None:
@@ -226,11 +241,27 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)])
 
 
+def cases(
+    models: dict[str, Callable[[float, int], Window]], ratios: tuple[float, ...], volumes: list[int]
+) -> Iterator[tuple[str, float, int, Window]]:
+    """(model, true ratio, draft tokens, window) for every combination the model can make."""
+    for model, make in models.items():
+        for p in ratios:
+            for n in volumes:
+                try:
+                    draw = make(p, n)
+                except ValueError:  # the captured requests cannot make this ratio
+                    continue
+                yield model, p, n, draw
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--horizon", type=int, default=100)
+    parser.add_argument("--starts", type=int, default=1000, help="fresh starts per row of the after-a-start count")
+    parser.add_argument("--start-windows", type=int, default=40, help="windows after each start")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--volumes", default="200,1000,4000", help="draft tokens per window")
     parser.add_argument(
@@ -254,22 +285,30 @@ def main(argv: list[str] | None = None) -> int:
     default = PolicyConfig()
     configs = {
         "default": default,
-        "warm-up 5": replace(default, spread_min=5),
+        "warm-up 15": replace(default, spread_min=15),
         "bare rule (z=0)": replace(default, evidence_z=0.0),
     }
     started = time.perf_counter()
     rng = random.Random(args.seed)
 
-    stationary = []
-    for model, make in models.items():
-        for p in (default.threshold + 0.05, 0.65, 0.80):
-            for n in volumes:
-                try:
-                    draw = make(p, n)
-                except ValueError:  # the captured requests cannot make this ratio
-                    continue
-                counts = false_toggles(configs, draw, args.windows, rng)
-                stationary.append({"model": model, "true_ratio": round(p, 2), "draft_tokens": n, **counts})
+    stationary = [
+        {
+            "model": model,
+            "true_ratio": round(p, 2),
+            "draft_tokens": n,
+            **false_toggles(configs, draw, args.windows, rng),
+        }
+        for model, p, n, draw in cases(models, (default.threshold + 0.05, 0.65, 0.80), volumes)
+    ]
+    after_start = [
+        {
+            "model": model,
+            "true_ratio": round(p, 2),
+            "draft_tokens": n,
+            **start_toggles(configs, draw, args.starts, args.start_windows, rng),
+        }
+        for model, p, n, draw in cases(models, (default.threshold + 0.05, 0.70), volumes)
+    ]
 
     delays = []
     for model, make in models.items():
@@ -313,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "seconds": round(elapsed, 1),
         "false_toggles": stationary,
+        "starts": args.starts,
+        "start_windows": args.start_windows,
+        "after_start": after_start,
         "detection": delays,
     }
     if args.json:
@@ -330,6 +372,16 @@ def markdown(report: dict[str, object], names: list[str]) -> str:
         "|---|---|---|" + "---|" * len(names),
     ]
     for row in report["false_toggles"]:  # type: ignore[attr-defined]
+        cells = " | ".join(str(row[n]) for n in names)
+        lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
+    lines += [
+        "",
+        f"False toggles after {report['starts']} fresh starts of {report['start_windows']} windows each:",
+        "",
+        "| model | true ratio | draft tokens/window | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for row in report["after_start"]:  # type: ignore[attr-defined]
         cells = " | ".join(str(row[n]) for n in names)
         lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
     lines += [

@@ -98,7 +98,9 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Windows after a start during which no window can fail, while the spread between windows is "
-            "learned (docs/policy.md measures 5 against false toggles on bursty traffic)."
+            "learned; after it, a spread kept from fewer windows gives way to the spread of all windows so far. "
+            "0 acts from the first windows; 15 spares all-or-nothing (mixed-temperature) traffic the false "
+            "toggles right after a start, at the cost of 15 windows without a disable (docs/policy.md)."
         ),
     )
     hysteresis: float = Field(

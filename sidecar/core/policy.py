@@ -93,9 +93,13 @@ class PolicyConfig:
     # The standard error is at least the spread of the ratios of the last spread_windows windows: it sees
     # what the counters cannot, requests that differ from each other (a temperature mix). It is estimated
     # from successive differences and taken as of the last passing window, so a drop does not widen it.
-    # Warm-up: until spread_min windows have been seen after a start, no window can fail (the noise is not
-    # known yet). 5 spares mixed-temperature traffic most trips right after a start (docs/policy.md).
-    spread_windows: int = 30
+    # 60 rather than 30: from 30 windows of all-or-nothing traffic the estimate is itself too noisy (its
+    # low days let a run of ordinary low windows trip; docs/policy.md measures both).
+    # Warm-up: no window can fail until the spread rests on spread_min windows (a spread kept from a younger
+    # passing window gives way to the spread of every window so far, so a drop right after a start still
+    # trips once enough windows are in). Off by default so that callers act from the first windows;
+    # 15 spares all-or-nothing traffic the trips right after a start (docs/policy.md).
+    spread_windows: int = 60
     spread_min: int = 0
     hysteresis: float = 0.05  # a trial keeps speculation only at >= threshold + hysteresis
     min_draft_tokens: float = 200.0  # a window with fewer draft tokens is no evidence either way
@@ -168,6 +172,7 @@ class PolicyState:
     last_window_at: float | None = None  # when the last counted window ended
     recent: tuple[float, ...] = ()  # acceptance ratios of the last counted windows, oldest first
     spread: float | None = None  # window_spread(recent) as of the last passing window
+    spread_count: int = 0  # how many windows that spread rests on
     trial_passes: int = 0
     trial_failed: bool = False
     trial_done: bool = False
@@ -247,20 +252,33 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
         return _hold(state, Reason.SMALL_WINDOW, f"{tokens:.0f} draft tokens < {config.min_draft_tokens:.0f}")
     if state.last_window_at is not None and now - state.last_window_at < 0.99 * config.window_seconds:
         return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
-    warming = len(state.recent) < config.spread_min
-    spread = state.spread  # as of the last passing window; before one, only the window's own counters count
+    spread, warming = _known_spread(state, config)
     margin = config.evidence_z * max(ratio_standard_error(obs) or 0.0, spread or 0.0)
     failing = () if warming else failing_rules(obs, config, config.threshold, margin=margin)
     keeps = not failing_rules(obs, config, config.threshold + config.hysteresis, margin=0.0)
-    recent = (*state.recent, obs.acceptance_ratio)[-max(config.spread_windows, 2) :]
+    recent = (*state.recent, obs.acceptance_ratio)[-max(config.spread_windows, config.spread_min, 2) :]
     counted = replace(state, last_window_at=now, recent=recent)
     if failing:
         return _Window(replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keeps, False)
     if failing_rules(obs, config, config.threshold, margin=0.0):
         # Below the threshold, but within the noise (or the noise is not known yet): neither trips nor clears.
         return _Window(counted, keeps, True, warming)
-    passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent))
+    passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent), spread_count=len(recent))
     return _Window(passed, keeps, False)
+
+
+def _known_spread(state: PolicyState, config: PolicyConfig) -> tuple[float | None, bool]:
+    """The spread between windows to judge this one with, and whether it is still too young to judge by.
+
+    The spread kept from the last passing window, when it rests on at least ``spread_min`` windows. A younger
+    one would let a few alike windows after a start (all-or-nothing requests make many windows alike) pass
+    for quiet traffic; it gives way to the spread of every window seen so far, which a drop can only widen.
+    Until that rests on ``spread_min`` windows, no window can fail. Before the first passing window, with no
+    warm-up, only the window's own counters count.
+    """
+    if state.spread_count >= config.spread_min:
+        return state.spread, False
+    return window_spread(state.recent), len(state.recent) < config.spread_min
 
 
 def window_spread(ratios: tuple[float, ...]) -> float | None:

@@ -298,6 +298,33 @@ def test_with_a_warm_up_no_window_fails_until_the_noise_is_known() -> None:
     assert actions(decisions) == ["none"] * 7 + ["disable"]
 
 
+ALL_HIGH = [window(0.98, tokens=200), window(0.99, tokens=200), window(0.98, tokens=200)]  # alike by chance
+ONE_LOW_REQUEST = window(0.17, tokens=228)  # one rejected request of 188 draft tokens, one accepted of 40
+
+
+def test_a_spread_from_fewer_windows_than_the_warm_up_does_not_pass_alike_windows_for_quiet_traffic() -> None:
+    warm_up_4 = replace(CONFIG, spread_min=4)
+    old_rule = run(ALL_HIGH + [ONE_LOW_REQUEST] * 4, config=replace(warm_up_4, spread_min=0))
+    assert old_rule[-2].action is Action.DISABLE  # the spread of 3 alike windows (0.006) made every low one fail
+    decisions = run(ALL_HIGH + [ONE_LOW_REQUEST] * 6, config=warm_up_4)
+    assert decisions[2].state.spread_count == 3  # kept at the last passing window, but younger than the warm-up
+    assert Action.DISABLE not in [d.action for d in decisions]
+    assert [d.reason for d in decisions[3:]] == [Reason.WARMING_UP] + [Reason.INCONCLUSIVE] * 5
+
+
+def test_a_drop_right_after_a_start_still_trips_once_the_spread_rests_on_enough_windows() -> None:
+    decisions = run(ALL_HIGH + [ONE_LOW_REQUEST] * 30, config=replace(CONFIG, spread_min=4))
+    disabled = [i for i, d in enumerate(decisions) if d.action is Action.DISABLE]
+    assert disabled and 6 < disabled[0] < 25  # later than without the warm-up, but not never
+
+
+def test_the_spread_between_windows_rests_on_the_last_60_windows() -> None:
+    decisions = run([window(0.7 + 0.01 * (i % 3), tokens=5000) for i in range(70)])
+    assert len(decisions[-1].state.recent) == 60
+    assert decisions[-1].state.spread_count == 60
+    assert decisions[-1].state.spread == pytest.approx(window_spread(decisions[-1].state.recent))
+
+
 def test_a_noisy_history_widens_the_margin_and_a_quiet_one_does_not() -> None:
     quiet_windows, noisy_windows = (0.70, 0.71, 0.69, 0.70, 0.70, 0.71), (0.95, 0.20, 0.90, 0.30, 0.85, 0.60)
     quiet = PolicyState(speculation=True, recent=quiet_windows, spread=window_spread(quiet_windows))
