@@ -14,13 +14,17 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from rich.console import Console
 
 from sidecar import __version__, control_commands, probe
 from sidecar.settings import Settings, host_port
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
+    from sidecar.core.snapshot import Snapshot
+    from sidecar.tap_metrics import BucketSummary
 
 REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
 
@@ -105,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tap_buckets(sidecar_url: str, timeout: float) -> list[Any]:
+def _tap_buckets(sidecar_url: str, timeout: float) -> list[BucketSummary]:
     """The per-temperature buckets a running sidecar's tap has seen (its /api/report)."""
     import httpx
 
@@ -122,7 +126,7 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> list[Any]:
         ) from exc
 
 
-def _load_source(source: str, settings: Settings) -> Any:
+def _load_source(source: str, settings: Settings) -> Snapshot:
     from sidecar.adapters.scrape import parse_payload, scrape_sync
 
     if source.startswith(("http://", "https://")):
@@ -172,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands that live in their own modules: register(subparsers) -> None.
-COMMANDS: list[Callable[[Any], None]] = [probe.register, control_commands.register]
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    probe.register,
+    control_commands.register,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

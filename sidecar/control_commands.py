@@ -17,7 +17,6 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 from sidecar.actuator import ActResult, Actuator, Outcome, TargetView
 from sidecar.control import build_actuator
@@ -25,7 +24,7 @@ from sidecar.control import build_actuator
 OK = (Outcome.CHANGED, Outcome.UNCHANGED)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, help_text in (
         ("status", "Show whether speculation is on for the target, and the sidecar's record on it."),
         ("disable", "Turn speculation off now (removes every speculation flag; recorded as manual)."),

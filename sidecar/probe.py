@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -135,7 +135,7 @@ def summarize(
     )
 
 
-def _median(values: Any) -> float | None:
+def _median(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None and math.isfinite(v)]
     return median(known) if known else None
 
@@ -313,7 +313,7 @@ async def _run_temperature(
 # --- the command --------------------------------------------------------------------------------------------
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "probe",
         help="Measure acceptance, TTFT and TPOT per temperature against a vLLM OpenAI endpoint.",
