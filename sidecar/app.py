@@ -72,10 +72,13 @@ def build_sidecar(settings: Settings) -> Sidecar:
     registry.register(ScrapeCollector(lambda: monitor.view))
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
-    controller = build_controller(settings, lambda model: _baseline(monitor, model))
     fleet = FleetSource(settings) if settings.prometheus_url else None
+    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own.
+    controller = build_controller(settings, fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model))
     if fleet is not None:
         registry.register(FleetCollector(fleet))
+        if controller is not None and controller.elects:
+            fleet.elect_by(controller)  # only the Lease holder queries Prometheus
     if controller is not None:
         (fleet or monitor).add_listener(controller.on_stats)
         registry.register(ControlCollector(controller))

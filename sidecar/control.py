@@ -227,6 +227,23 @@ class Controller:
         elector = getattr(self.actuator, "elector", None)
         return True if elector is None else bool(elector.is_leader)
 
+    # --- leadership, for work only the Lease holder does (fleet mode's Prometheus queries) ----------------
+
+    @property
+    def elects(self) -> bool:
+        """True if this sidecar takes part in a Lease election; without one (a manifest), it alone acts."""
+        return getattr(self.actuator, "elector", None) is not None
+
+    def campaign(self, now: float) -> bool:
+        """Take or keep the Lease if a renewal is due (throttled as in ``step``); True if this sidecar leads."""
+        self._renew(now)
+        return self.is_leader()
+
+    def lease_holder(self) -> str | None:
+        """Who held the Lease at this sidecar's last look (None: nobody, no Lease, or not read yet)."""
+        holder = getattr(getattr(self.actuator, "elector", None), "holder", None)
+        return holder if isinstance(holder, str) else None
+
 
 class ControlCollector(Collector):
     """The control families of DESIGN.md, built from the controller at collection time."""

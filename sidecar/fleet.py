@@ -6,6 +6,15 @@ computes Stats with the same pure core as a local scrape, and hands them to its 
 A round that fails (Prometheus down, an error, a timeout, no series for the selector) hands over nothing: the
 controller then decides nothing, exactly as after a failed scrape. Rounds are counted by result.
 
+Only the Lease holder queries. With a Lease (a Kubernetes target), every replica runs this loop, but a replica
+that does not hold the Lease asks Prometheus nothing: it only tries for the Lease (through the controller,
+throttled to one Lease call per renewal period) every POLL_SECONDS, and the moment it gets the Lease it queries.
+A replica that loses the Lease drops its fleet numbers at once (absent, not stale). Without a Lease (a manifest
+file, or no target at all) the one sidecar queries, as it always did.
+
+In fleet mode the P99/P50 baseline is learned from the fleet's numbers (while the fleet runs without
+speculation), exactly as a pod learns its own: divergence then compares the fleet with the fleet.
+
 The local Monitor keeps scraping the pod's own engine for the exporter and /status; /api/fleet shows the
 numbers the leader decides on.
 """
@@ -18,23 +27,36 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sidecar.adapters.prometheus import RESULTS, FleetQuery, FleetResult, query_fleet
 from sidecar.control import own_namespace
+from sidecar.core.baseline import Baseline, learn
+from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, Stats, compute_stats
 from sidecar.report import report_json
-from sidecar.runtime import StatsListener
+from sidecar.runtime import MIN_BASELINE_OBSERVATIONS, StatsListener
 from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.fleet")
+
+# How often a loop with a Lease looks at its leadership. Cheap: the controller throttles the Lease calls
+# themselves to one per renewal period; this only bounds how late a replica that got the Lease starts querying.
+POLL_SECONDS = 1.0
+
+
+class Leadership(Protocol):
+    """The Lease, as the fleet loop needs it (sidecar.control.Controller): only its holder queries Prometheus."""
+
+    def campaign(self, now: float) -> bool: ...
+    def lease_holder(self) -> str | None: ...
 
 
 def default_selector(deployment: str | None, namespace: str | None) -> str:
@@ -59,11 +81,16 @@ def selector_of(settings: Settings) -> str:
 
 
 class FleetSource:
-    """Owns the fleet's latest Stats; ``observe`` is the whole state transition, easy to drive in tests."""
+    """Owns the fleet's latest Stats and baseline; ``observe`` and ``step_down`` are the whole state transitions,
+    easy to drive in tests.
 
-    def __init__(self, settings: Settings) -> None:
+    ``leadership``: the Lease (``elect_by``, when the controller elects); None: this sidecar queries alone.
+    """
+
+    def __init__(self, settings: Settings, leadership: Leadership | None = None) -> None:
         assert settings.prometheus_url, "fleet mode needs --prometheus-url"
         self.settings = settings
+        self.leadership = leadership
         self.query = FleetQuery(
             settings.prometheus_url, selector_of(settings), settings.window, settings.scrape_timeout
         )
@@ -71,10 +98,17 @@ class FleetSource:
         self.results: Counter[str] = Counter(dict.fromkeys(RESULTS, 0))
         self.last: FleetResult | None = None
         self.stats: Stats | None = None
+        # Configured ratios win over learned ones, as for the pod's own baseline.
+        self.baseline = Baseline(configured=dict(settings.baseline_p99_p50))
+        self.querying = leadership is None  # until the first look at the Lease, a replica with one does not
         self._listeners: list[StatsListener] = []
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
+
+    def elect_by(self, leadership: Leadership) -> None:
+        """Query only while holding this Lease, from the loop's first look at it on."""
+        self.leadership, self.querying = leadership, False
 
     def observe(self, result: FleetResult) -> Stats | None:
         self.results[result.result] += 1
@@ -87,33 +121,82 @@ class FleetSource:
             log.info("fleet numbers from %s for {%s}", self.query.base_url, self.query.selector)
         self.last = result
         self.stats = fleet_stats(result.snapshot, self.query.window, self.config)
+        now = result.snapshot.taken_at or time.time()
+        self.baseline = learn(self.baseline, self.stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
         return self.stats
+
+    def step_down(self) -> None:
+        """Not (or no longer) the Lease holder: stop querying and drop the fleet numbers, so nothing shows stale."""
+        if self.querying:
+            log.info("not the Lease holder (%s leads): no fleet queries", self._holder() or "nobody")
+        self.querying, self.last, self.stats = False, None, None
+
+    def baseline_ratios(self, model: str) -> dict[str, float | None]:
+        """The fleet's P99/P50 baseline per latency metric, for the controller's divergence rule."""
+        return {metric: self.baseline.ratio(model, metric) for metric in LATENCY_METRICS}
 
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         interval = self.settings.scrape_interval
+        poll = interval if self.leadership is None else min(interval, POLL_SECONDS)
+        due = 0.0  # monotonic time of the next round; a replica that just got the Lease queries at once
         while not stop.is_set():
-            started = time.monotonic()
-            stats = self.observe(await query_fleet(client, self.query, time.time()))
-            if stats is not None:
-                for listener in self._listeners:
-                    try:
-                        await listener(stats)
-                    except Exception:  # a broken listener must not stop measuring
-                        log.exception("fleet stats listener failed")
-            delay = max(0.0, interval - (time.monotonic() - started))
+            if not await self._leads():
+                self.step_down()
+                due = 0.0
+            elif time.monotonic() >= due:
+                if not self.querying:
+                    log.info("Lease holder: fleet queries to %s every %gs", self.query.base_url, interval)
+                self.querying = True
+                due = time.monotonic() + interval
+                await self._round(client)
+            now = time.monotonic()
+            delay = max(0.0, min(due, now + poll) - now) if due else poll
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _leads(self) -> bool:
+        leadership = self.leadership
+        if leadership is None:
+            return True
+        try:  # the Kubernetes client blocks
+            return await asyncio.to_thread(leadership.campaign, time.time())
+        except Exception:  # an API server we cannot reach: we cannot know that we lead, so we do not
+            log.exception("Lease campaign failed")
+            return False
+
+    async def _round(self, client: httpx.AsyncClient) -> None:
+        stats = self.observe(await query_fleet(client, self.query, time.time()))
+        if stats is None:
+            return
+        for listener in self._listeners:
+            try:
+                await listener(stats)
+            except Exception:  # a broken listener must not stop measuring
+                log.exception("fleet stats listener failed")
+
+    def _holder(self) -> str | None:
+        return self.leadership.lease_holder() if self.leadership is not None else None
 
     def status(self) -> dict[str, Any]:
         last = self.last
         return {
+            "querying": self.querying,
+            "elected": self.leadership is not None,  # False: no Lease, this sidecar queries alone
+            "lease_holder": self._holder(),
             "prometheus_url": self.query.base_url,
             "selector": self.query.selector,
             "queries": dict(self.results),
             "last_result": last.result if last else None,
             "last_detail": last.detail if last else None,
             "stats": report_json(self.stats) if self.stats is not None else None,
+            "baseline_p99_p50": baseline_json(self.baseline, self.stats),
         }
+
+
+def baseline_json(baseline: Baseline, stats: Stats | None) -> dict[str, dict[str, float | None]]:
+    """model -> latency metric -> the P99/P50 baseline (configured or learned) for the models in the window."""
+    models = [m.model_name for m in stats.models] if stats is not None else sorted(baseline.learned)
+    return {model: {metric: baseline.ratio(model, metric) for metric in LATENCY_METRICS} for model in models}
 
 
 def fleet_stats(increases: Snapshot, window: float, config: AnalysisConfig) -> Stats:
@@ -136,10 +219,17 @@ class FleetCollector(Collector):
         for result, n in sorted(self._fleet.results.items()):
             queries.add_metric([result], float(n))
         yield queries
+        querying = GaugeMetricFamily(
+            "specdecode_fleet_querying",
+            "1 if this replica queries Prometheus for the fleet (it holds the Lease, or there is no Lease), else 0.",
+        )
+        querying.add_metric([], 1.0 if self._fleet.querying else 0.0)
+        yield querying
 
 
 def install_fleet_api(app: FastAPI, fleet: FleetSource) -> None:
     @app.get("/api/fleet")
     def api_fleet() -> JSONResponse:
-        """The numbers the leader decides on (report --json shape under "stats") and the query health."""
+        """The numbers the leader decides on (report --json shape under "stats"), whether this replica is the one
+        that queries (only the Lease holder does; elsewhere "stats" is null) and the query health."""
         return JSONResponse(fleet.status())
