@@ -11,6 +11,9 @@ in steps per second (token volume). Two Deployments in namespace `ml` are judged
 
 Decoys the default selector must leave out: `llm-small-...` (another Deployment whose name starts with `llm`) and
 an `llm-...` pod in namespace `staging`, both greedy and very busy: counted in, they would make `llm` look good.
+
+With a Lease (two replicas of `llm` against the test Kubernetes API server), each sidecar reaches Prometheus
+through its own counting proxy, so the test sees which replica's queries reach Prometheus.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +32,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.kubeapi.manifests import list_deployment, vllm_container
+from tests.kubeapi.server import KubeAPI, kube_api
 from tests.support.prometheus import Prometheus, run_prometheus, static_job
 from tests.support.sidecar_process import SidecarProcess, run_sidecar, wait_until
 
@@ -266,6 +271,9 @@ def test_the_leader_decides_on_token_weighted_sums_over_its_deployments_pods_not
     wait_until(lambda: (get(sidecar, "/api/report")["window_seconds"] or 0) >= 0.9 * WINDOW, 20, sidecar.log)
     status, local = get(sidecar, "/api/fleet"), model(get(sidecar, "/api/report"))
     assert status["selector"] == f'namespace="ml",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
+    # A manifest has no Lease: the one sidecar queries, as before fleet mode knew about leaders.
+    assert (status["querying"], status["elected"], status["lease_holder"]) == (True, False, None)
+    assert sidecar.value("specdecode_fleet_querying") == 1
     numbers = model(status["stats"])
     assert numbers["speculation"] == "on"
     # Prometheus extrapolates each pod's increase to the window's edges (at most one 0.5 s scrape interval in
@@ -320,6 +328,113 @@ def test_a_selector_prometheus_rejects_or_that_matches_no_pod_decides_nothing(
         assert decisions(sidecar) == {}
         assert sidecar.value("specdecode_fleet_queries_total", result="success") == 0
     assert speculation_configured(target)
+
+
+@dataclass
+class CountingProxy:
+    """Forwards /api/v1/query to Prometheus and counts the queries that went through it."""
+
+    upstream: str
+    queries: int = 0
+    url: str = ""
+
+
+@contextmanager
+def counting_proxy(upstream: str) -> Iterator[CountingProxy]:
+    proxy = CountingProxy(upstream)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with lock:
+                proxy.queries += 1
+            answer = httpx.post(
+                proxy.upstream + self.path, content=body, headers={"Content-Type": self.headers["Content-Type"]}
+            )
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(answer.content)
+
+        def log_message(self, *_: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def kubeconfig(path: Path, server: KubeAPI) -> Path:
+    cluster = {"name": "test", "cluster": {"server": server.url}}
+    context = {"name": "test", "context": {"cluster": "test", "user": "test"}}
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster], "users": [{"name": "test", "user": {}}]}
+    path.write_text(yaml.safe_dump({**config, "contexts": [context], "current-context": "test"}))
+    return path
+
+
+def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_over_when_it_stops(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    first, second = MEMBERS["llm"][:2]
+    deployment = list_deployment()
+    deployment["metadata"]["namespace"] = "ml"  # the Deployment of the `llm` pods, with its Lease beside it
+    flags = (*SIDECAR_FLAGS, "--deployment", "llm")
+    with (
+        kube_api() as server,
+        counting_proxy(fleet.prometheus.url) as to_a,
+        counting_proxy(fleet.prometheus.url) as to_b,
+    ):
+        server.add_deployment(deployment)
+        env = {"KUBECONFIG": str(kubeconfig(tmp_path / "kubeconfig", server))}
+        with ExitStack() as a_alive:
+            a = a_alive.enter_context(
+                run_sidecar(tmp_path, *flags, "--prometheus-url", to_a.url, "--vllm-url", fleet.pods[first].url,
+                            env={**env, "POD_NAME": first})
+            )  # fmt: skip
+            wait_until(lambda: get(a, "/api/fleet")["stats"] is not None, 20, a.log)
+            with run_sidecar(
+                tmp_path, *flags, "--prometheus-url", to_b.url, "--vllm-url", fleet.pods[second].url,
+                env={**env, "POD_NAME": second},
+            ) as b:  # fmt: skip
+                wait_until(lambda: get(b, "/api/fleet")["lease_holder"] == first, 15, b.log)
+                asked_by_a = to_a.queries
+                time.sleep(3)  # six of the leader's rounds
+                assert to_b.queries == 0
+                assert to_a.queries > asked_by_a
+                status = get(b, "/api/fleet")
+                assert (status["querying"], status["stats"], status["last_result"]) == (False, None, None), status
+                assert sum(status["queries"].values()) == 0
+                assert b.value("specdecode_fleet_querying") == 0 and a.value("specdecode_fleet_querying") == 1
+                assert (b.value("specdecode_leader"), a.value("specdecode_leader")) == (0, 1)
+                # The leader decided on the fleet, which is bad: speculation went off on the Deployment.
+                wait_until(lambda: "--speculative-config" not in vllm_container(server.deployment("ml", "llm"))["args"],
+                           20, a.log)  # fmt: skip
+                assert b.value("specdecode_toggles_total", action="disable", mode="auto") is None
+
+                a_alive.close()  # the leader's pod goes away: it hands the Lease over on its way out
+                stopped, asked_by_a = time.monotonic(), to_a.queries
+                wait_until(lambda: get(b, "/api/fleet")["stats"] is not None, 15, b.log)
+                took = time.monotonic() - stopped
+                # The Lease is polled once per renewal period (5 s), and the first round goes out at once.
+                assert took < 7, took
+                assert to_b.queries > 0 and to_a.queries == asked_by_a
+                status = get(b, "/api/fleet")
+                assert status["querying"] and status["lease_holder"] == second
+                assert model(status["stats"])["acceptance_ratio"] == pytest.approx(
+                    expected_acceptance(fleet.members("llm")), abs=0.03
+                )
+                assert b.value("specdecode_fleet_querying") == 1 and b.value("specdecode_leader") == 1
+        lease = server.leases[("ml", "llm-spec-sidecar")]["spec"]
+        assert lease["leaseTransitions"] >= 1
 
 
 def test_with_prometheus_down_nothing_is_decided_and_the_failed_rounds_are_counted(fleet: Fleet) -> None:
