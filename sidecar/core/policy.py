@@ -93,8 +93,8 @@ class PolicyConfig:
     # The standard error is at least the spread of the ratios of the last spread_windows windows: it sees
     # what the counters cannot, requests that differ from each other (a temperature mix). It is estimated
     # from successive differences and taken as of the last passing window, so a drop does not widen it.
-    # 60 rather than 30: from 30 windows of all-or-nothing traffic the estimate is itself too noisy (its
-    # low days let a run of ordinary low windows trip; docs/policy.md measures both).
+    # 60 rather than 30: from 30 windows of all-or-nothing traffic the estimate is itself too noisy (when it
+    # comes out low, a run of ordinary low windows trips; docs/policy.md measures both).
     # Warm-up: no window can fail until the spread rests on spread_min windows (a spread kept from a younger
     # passing window gives way to the spread of every window so far, so a drop right after a start still
     # trips once enough windows are in). Off by default so that callers act from the first windows;
