@@ -128,7 +128,7 @@ class FleetSource:
     def step_down(self) -> None:
         """Not (or no longer) the Lease holder: stop querying and drop the fleet numbers, so nothing shows stale."""
         if self.querying:
-            log.info("not the Lease holder (%s leads): no fleet queries", self._holder() or "nobody")
+            log.info("not the Lease holder (%s leads): no fleet queries", self.lease_holder() or "nobody")
         self.querying, self.last, self.stats = False, None, None
 
     def baseline_ratios(self, model: str) -> dict[str, float | None]:
@@ -174,7 +174,8 @@ class FleetSource:
             except Exception:  # a broken listener must not stop measuring
                 log.exception("fleet stats listener failed")
 
-    def _holder(self) -> str | None:
+    def lease_holder(self) -> str | None:
+        """Who held the Lease at the last look; None without a Lease."""
         return self.leadership.lease_holder() if self.leadership is not None else None
 
     def status(self) -> dict[str, Any]:
@@ -182,7 +183,7 @@ class FleetSource:
         return {
             "querying": self.querying,
             "elected": self.leadership is not None,  # False: no Lease, this sidecar queries alone
-            "lease_holder": self._holder(),
+            "lease_holder": self.lease_holder(),
             "prometheus_url": self.query.base_url,
             "selector": self.query.selector,
             "queries": dict(self.results),

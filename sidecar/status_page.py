@@ -2,7 +2,9 @@
 
 It shows, per model, the current verdict and the decision framework's recommendation, acceptance over the last
 hour as a line chart with the threshold lines, the tap's per-temperature-bucket table, the actuator's state, the
-decision history and the scrape health. ``render_status`` is pure (a StatusPage in, a string out); ``install_status``
+decision history and the scrape health. In fleet mode it also shows the fleet's numbers (the Deployment's pods
+summed, from Prometheus: what the controller decides on) next to this pod's, or, on a replica that does not
+hold the Lease, who does. ``render_status`` is pure (a StatusPage in, a string out); ``install_status``
 gathers the data from a running sidecar. Every value that comes from outside (model names, bucket labels, reasons,
 URLs) goes through ``html.escape``: model names are user input.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -84,6 +86,26 @@ class Health:
     scrapes: dict[str, int] = field(default_factory=dict)
 
 
+Ratios = Mapping[str, Mapping[str, float | None]]  # model -> latency metric -> P99/P50
+# The metrics whose P99/P50 the divergence rule compares with a baseline (sidecar.core.policy, by default).
+DIVERGENCE_METRICS = ("tpot", "e2e")
+
+
+@dataclass(frozen=True)
+class FleetPanel:
+    """Fleet mode: the Deployment's numbers from Prometheus, which the controller decides on."""
+
+    source: str  # the Prometheus URL and the selector
+    querying: bool  # False: this replica does not hold the Lease and asks Prometheus nothing
+    lease_holder: str | None
+    last_result: str | None
+    last_detail: str
+    window_seconds: float | None
+    models: tuple[ModelStats, ...]
+    baseline: Ratios  # the fleet's P99/P50 baseline, configured or learned from the fleet
+    pod_baseline: Ratios  # this pod's, for the column next to it
+
+
 @dataclass(frozen=True)
 class StatusPage:
     now: float
@@ -95,6 +117,7 @@ class StatusPage:
     buckets: tuple[BucketRow, ...] | None  # None: no tap recorder in this sidecar
     actuator: ActuatorState | None
     decisions: tuple[DecisionLike, ...]
+    fleet: FleetPanel | None = None  # None: not in fleet mode
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------
@@ -105,6 +128,7 @@ def render_status(page: StatusPage) -> str:
         (
             _header(page),
             _models_section(page),
+            _fleet_section(page),
             _chart_section(page),
             _buckets_section(page),
             _advice_section(page),
@@ -144,8 +168,10 @@ def _header(page: StatusPage) -> str:
 
 
 def _models_section(page: StatusPage) -> str:
+    # In fleet mode the controller does not decide on these: say whose numbers they are.
+    title = "<h2>This pod's engine (not what the controller decides on)</h2>" if page.fleet else "<h2>Verdict</h2>"
     if not page.models:
-        return '<h2>Verdict</h2><div class="card muted">No engine metrics yet: waiting for a good scrape.</div>'
+        return title + '<div class="card muted">No engine metrics yet: waiting for a good scrape.</div>'
     cards = []
     advice = {a.model_name: a.recommendation.value for a in page.advice}
     for m in page.models:
@@ -162,7 +188,59 @@ def _models_section(page: StatusPage) -> str:
             f'<div class="card"><div class="big"><b>{_e(m.model_name or "?")}</b> {_verdict_badge(m.verdict.value)}'
             f"</div><dl>{details}</dl></div>"
         )
-    return f'<h2>Verdict</h2><div class="models">{"".join(cards)}</div>'
+    return f'{title}<div class="models">{"".join(cards)}</div>'
+
+
+def _fleet_section(page: StatusPage) -> str:
+    f = page.fleet
+    if f is None:
+        return ""
+    window = f" over {f.window_seconds:g} s" if f.window_seconds else ""
+    head = (
+        "<h2>Fleet: what the controller decides on</h2>"
+        f'<div class="muted">The Deployment\'s pods summed{window}, from {_e(f.source)}.</div>'
+    )
+    if not f.querying:
+        holder = f.lease_holder or "the Lease holder"
+        return head + (
+            f'<div class="card muted">This replica does not hold the Lease, so it does not query Prometheus and '
+            f"has no fleet numbers: {_e(holder)} does (see its /status).</div>"
+        )
+    if not f.models:
+        last = f"the last round: {f.last_result} {f.last_detail}".strip() if f.last_result else "no round yet"
+        return head + f'<div class="card muted">No fleet numbers ({_e(last)}): nothing is decided.</div>'
+    pods = {m.model_name: m for m in page.models}
+    return head + "".join(_fleet_table(m, pods.get(m.model_name), f) for m in f.models)
+
+
+Cell = Callable[[ModelStats, Ratios], str]  # a model's numbers and its baseline -> the cell's text
+
+
+def _fleet_table(fleet: ModelStats, pod: ModelStats | None, panel: FleetPanel) -> str:
+    """One model: the fleet's numbers (which the controller decides on) beside this pod's, row by row."""
+
+    def both(cell: Cell) -> str:
+        mine = cell(pod, panel.pod_baseline) if pod is not None else "—"
+        return f'<td class="num">{cell(fleet, panel.baseline)}</td><td class="num">{mine}</td>'
+
+    rows: list[tuple[str, Cell]] = [
+        ("verdict", lambda m, _: _verdict_badge(m.verdict.value)),
+        ("speculation", lambda m, _: "on" if m.speculation else "off"),
+        ("acceptance ratio", lambda m, _: _num(m.acceptance_ratio)),
+        ("mean acceptance length", lambda m, _: _num(m.mean_acceptance_length, 2)),
+        ("draft tokens (window)", lambda m, _: _count(m.draft_tokens)),
+    ]
+    rows += [(f"{metric.upper()} P99/P50 (baseline)", _ratio_cell(metric)) for metric in DIVERGENCE_METRICS]
+    body = "".join(f"<tr><td>{_e(label)}</td>{both(cell)}</tr>" for label, cell in rows)
+    head = f"<tr><th>{_e(fleet.model_name or '?')}</th><th>fleet (decides)</th><th>this pod</th></tr>"
+    return f'<div class="card"><table class="fleet"><thead>{head}</thead><tbody>{body}</tbody></table></div>'
+
+
+def _ratio_cell(metric: str) -> Cell:
+    def cell(m: ModelStats, baseline: Ratios) -> str:
+        return f"{_num(m.p99_p50_ratio.get(metric), 2)} ({_num(baseline.get(m.model_name, {}).get(metric), 2)})"
+
+    return cell
 
 
 def _verdict_badge(value: str) -> str:
@@ -458,6 +536,28 @@ def collect(
         buckets=bucket_rows(summaries, thresholds) if summaries is not None else None,
         actuator=actuator_state(),
         decisions=tuple(decisions()),
+        fleet=fleet_panel(sidecar),
+    )
+
+
+def fleet_panel(sidecar: Sidecar) -> FleetPanel | None:
+    """Fleet mode's numbers beside the pod's; None when the sidecar is not in fleet mode."""
+    fleet = sidecar.fleet
+    if fleet is None:
+        return None
+    stats, last, pod = fleet.stats, fleet.last, sidecar.monitor.view
+    models = stats.models if stats is not None else ()
+    names = {m.model_name for m in pod.stats.models} if pod.stats is not None else set()
+    return FleetPanel(
+        source=f"{fleet.query.base_url} {{{fleet.query.selector}}}",
+        querying=fleet.querying,
+        lease_holder=fleet.lease_holder(),
+        last_result=last.result if last else None,
+        last_detail=last.detail if last and last.snapshot is None else "",
+        window_seconds=stats.window_seconds if stats is not None else None,
+        models=tuple(models),
+        baseline={m.model_name: fleet.baseline_ratios(m.model_name) for m in models},
+        pod_baseline={n: {k: pod.baseline.ratio(n, k) for k in DIVERGENCE_METRICS} for n in names},
     )
 
 
