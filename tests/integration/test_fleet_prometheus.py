@@ -46,7 +46,7 @@ WINDOW = 6.0
 SCRAPE = "500ms"
 SIDECAR_FLAGS = (
     "--scrape-interval", "0.5", "--window", str(WINDOW), "--min-draft-tokens", "10", "--trip-windows", "1",
-    "--cooldown", "0", "--container", "vllm", "--namespace", "ml",
+    "--cooldown", "0", "--container", "vllm", "--namespace", "ml", "--warmup-windows", "0",
 )  # fmt: skip
 
 
@@ -415,6 +415,8 @@ def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_ov
                 assert sum(status["queries"].values()) == 0
                 assert b.value("specdecode_fleet_querying") == 0 and a.value("specdecode_fleet_querying") == 1
                 assert (b.value("specdecode_leader"), a.value("specdecode_leader")) == (0, 1)
+                assert "does not hold the Lease" in httpx.get(b.url + "/status", timeout=5).text
+                assert "fleet (decides)" in httpx.get(a.url + "/status", timeout=5).text
                 # The leader decided on the fleet, which is bad: speculation went off on the Deployment.
                 wait_until(lambda: "--speculative-config" not in vllm_container(server.deployment("ml", "llm"))["args"],
                            20, a.log)  # fmt: skip
