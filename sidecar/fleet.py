@@ -102,6 +102,7 @@ class FleetSource:
         self.baseline = Baseline(configured=dict(settings.baseline_p99_p50))
         self.querying = leadership is None  # until the first look at the Lease, a replica with one does not
         self._listeners: list[StatsListener] = []
+        self._campaign_failing = False
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
@@ -159,10 +160,14 @@ class FleetSource:
         if leadership is None:
             return True
         try:  # the Kubernetes client blocks
-            return await asyncio.to_thread(leadership.campaign, time.time())
-        except Exception:  # an API server we cannot reach: we cannot know that we lead, so we do not
-            log.exception("Lease campaign failed")
+            leads = await asyncio.to_thread(leadership.campaign, time.time())
+        except Exception as exc:  # we cannot know that we lead, so we do not
+            if not self._campaign_failing:  # once per outage, not once a second
+                log.warning("cannot campaign for the Lease: %s: %s", type(exc).__name__, exc)
+            self._campaign_failing = True
             return False
+        self._campaign_failing = False
+        return leads
 
     async def _round(self, client: httpx.AsyncClient) -> None:
         stats = self.observe(await query_fleet(client, self.query, time.time()))

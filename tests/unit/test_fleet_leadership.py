@@ -153,7 +153,9 @@ def test_without_a_lease_the_one_sidecar_queries_every_interval() -> None:
     assert source.status()["lease_holder"] is None and source.status()["elected"] is False
 
 
-def test_a_lease_that_cannot_be_read_means_no_queries(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lease_that_cannot_be_read_means_no_queries_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(fleet_module, "POLL_SECONDS", 0.02)
 
     class Broken(FakeLease):
@@ -169,6 +171,9 @@ def test_a_lease_that_cannot_be_read_means_no_queries(monkeypatch: pytest.Monkey
 
     asyncio.run(running(source, prometheus, body))
     assert prometheus.queries == 0 and not source.querying
+    assert [r.getMessage() for r in caplog.records if "Lease" in r.getMessage()] == [
+        "cannot campaign for the Lease: OSError: API server unreachable"
+    ]
 
 
 # --- the fleet's baseline ------------------------------------------------------------------------------------
