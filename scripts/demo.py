@@ -127,6 +127,8 @@ def sidecar(engine_url: str, manifest: Path, log_path: Path) -> Iterator[str]:
         "--scrape-interval", "1", "--window", str(WINDOW_SECONDS), "--min-draft-tokens", "100",
         "--bucket-window", "60", "--deployment-file", str(manifest), "--container", "vllm",
         "--trip-windows", "2", "--cooldown", "30",
+        # A demo of minutes acts from its first windows; production keeps the 15-window warm-up (docs/policy.md).
+        "--warmup-windows", "0",
     ]  # fmt: skip
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -53,6 +53,7 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
         baseline_p99_p50={"ttft": 2.0},
         deployment_file=str(manifest),
         trip_windows=1,
+        warmup_windows=0,  # act on the first window: this sidecar sees two scrapes in all
         min_draft_tokens=100,
         window=10,
         prometheus_url="http://127.0.0.1:9",  # fleet mode's families too (its loop is not started here)
