@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -381,9 +381,21 @@ def kubeconfig(path: Path, server: KubeAPI) -> Path:
     return path
 
 
-def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_over_when_it_stops(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+@dataclass
+class Replicas:
+    """Two sidecars of Deployment `llm` sharing a Lease; `a` took it first. Each reaches Prometheus through its
+    own counting proxy."""
+
+    server: KubeAPI
+    a: SidecarProcess
+    b: SidecarProcess
+    to_a: CountingProxy
+    to_b: CountingProxy
+    stop_a: Callable[[], None]  # SIGTERM, and wait for it to exit (it releases the Lease on its way out)
+
+
+@contextmanager
+def leader_and_follower(fleet: Fleet, tmp_path: Path) -> Iterator[Replicas]:
     first, second = MEMBERS["llm"][:2]
     deployment = list_deployment()
     deployment["metadata"]["namespace"] = "ml"  # the Deployment of the `llm` pods, with its Lease beside it
@@ -392,51 +404,76 @@ def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_ov
         kube_api() as server,
         counting_proxy(fleet.prometheus.url) as to_a,
         counting_proxy(fleet.prometheus.url) as to_b,
+        ExitStack() as a_alive,
     ):
         server.add_deployment(deployment)
         env = {"KUBECONFIG": str(kubeconfig(tmp_path / "kubeconfig", server))}
-        with ExitStack() as a_alive:
-            a = a_alive.enter_context(
-                run_sidecar(tmp_path, *flags, "--prometheus-url", to_a.url, "--vllm-url", fleet.pods[first].url,
-                            env={**env, "POD_NAME": first})
-            )  # fmt: skip
-            wait_until(lambda: get(a, "/api/fleet")["stats"] is not None, 20, a.log)
-            with run_sidecar(
-                tmp_path, *flags, "--prometheus-url", to_b.url, "--vllm-url", fleet.pods[second].url,
-                env={**env, "POD_NAME": second},
-            ) as b:  # fmt: skip
-                wait_until(lambda: get(b, "/api/fleet")["lease_holder"] == first, 15, b.log)
-                asked_by_a = to_a.queries
-                time.sleep(3)  # six of the leader's rounds
-                assert to_b.queries == 0
-                assert to_a.queries > asked_by_a
-                status = get(b, "/api/fleet")
-                assert (status["querying"], status["stats"], status["last_result"]) == (False, None, None), status
-                assert sum(status["queries"].values()) == 0
-                assert b.value("specdecode_fleet_querying") == 0 and a.value("specdecode_fleet_querying") == 1
-                assert (b.value("specdecode_leader"), a.value("specdecode_leader")) == (0, 1)
-                assert "does not hold the Lease" in httpx.get(b.url + "/status", timeout=5).text
-                assert "fleet (decides)" in httpx.get(a.url + "/status", timeout=5).text
-                # The leader decided on the fleet, which is bad: speculation went off on the Deployment.
-                wait_until(lambda: "--speculative-config" not in vllm_container(server.deployment("ml", "llm"))["args"],
-                           20, a.log)  # fmt: skip
-                assert b.value("specdecode_toggles_total", action="disable", mode="auto") is None
+        a = a_alive.enter_context(
+            run_sidecar(tmp_path, *flags, "--prometheus-url", to_a.url, "--vllm-url", fleet.pods[first].url,
+                        env={**env, "POD_NAME": first})
+        )  # fmt: skip
+        wait_until(lambda: get(a, "/api/fleet")["stats"] is not None, 20, a.log)
+        with run_sidecar(
+            tmp_path, *flags, "--prometheus-url", to_b.url, "--vllm-url", fleet.pods[second].url,
+            env={**env, "POD_NAME": second},
+        ) as b:  # fmt: skip
+            wait_until(lambda: get(b, "/api/fleet")["lease_holder"] == first, 15, b.log)
+            yield Replicas(server, a, b, to_a, to_b, a_alive.close)
 
-                a_alive.close()  # the leader's pod goes away: it hands the Lease over on its way out
-                stopped, asked_by_a = time.monotonic(), to_a.queries
-                wait_until(lambda: get(b, "/api/fleet")["stats"] is not None, 15, b.log)
-                took = time.monotonic() - stopped
-                # The Lease is polled once per renewal period (5 s), and the first round goes out at once.
-                assert took < 7, took
-                assert to_b.queries > 0 and to_a.queries == asked_by_a
-                status = get(b, "/api/fleet")
-                assert status["querying"] and status["lease_holder"] == second
-                assert model(status["stats"])["acceptance_ratio"] == pytest.approx(
-                    expected_acceptance(fleet.members("llm")), abs=0.03
-                )
-                assert b.value("specdecode_fleet_querying") == 1 and b.value("specdecode_leader") == 1
-        lease = server.leases[("ml", "llm-spec-sidecar")]["spec"]
-        assert lease["leaseTransitions"] >= 1
+
+def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_over_when_it_stops(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    with leader_and_follower(fleet, tmp_path) as r:
+        a, b, first, second = r.a, r.b, *MEMBERS["llm"][:2]
+        asked_by_a = r.to_a.queries
+        time.sleep(3)  # six of the leader's rounds
+        assert r.to_b.queries == 0
+        assert r.to_a.queries > asked_by_a
+        status = get(b, "/api/fleet")
+        assert (status["querying"], status["stats"], status["last_result"]) == (False, None, None), status
+        assert status["lease_holder"] == first and sum(status["queries"].values()) == 0
+        assert b.value("specdecode_fleet_querying") == 0 and a.value("specdecode_fleet_querying") == 1
+        assert (b.value("specdecode_leader"), a.value("specdecode_leader")) == (0, 1)
+        assert "does not hold the Lease" in httpx.get(b.url + "/status", timeout=5).text
+        assert "fleet (decides)" in httpx.get(a.url + "/status", timeout=5).text
+
+        # The leader decided on the fleet, which is bad: speculation went off on the Deployment.
+        def speculating() -> bool:
+            return "--speculative-config" in vllm_container(r.server.deployment("ml", "llm"))["args"]
+
+        wait_until(lambda: not speculating(), 20, a.log)
+        assert b.value("specdecode_toggles_total", action="disable", mode="auto") is None
+
+        r.stop_a()  # the leader's pod goes away: it hands the Lease over on its way out
+        stopped, asked_by_a = time.monotonic(), r.to_a.queries
+        wait_until(lambda: get(b, "/api/fleet")["stats"] is not None, 15, b.log)
+        took = time.monotonic() - stopped
+        # The Lease is polled once per renewal period (5 s), and the first round goes out at once.
+        assert took < 7, took
+        assert r.to_b.queries > 0 and r.to_a.queries == asked_by_a
+        status = get(b, "/api/fleet")
+        assert status["querying"] and status["lease_holder"] == second
+        assert model(status["stats"])["acceptance_ratio"] == pytest.approx(
+            expected_acceptance(fleet.members("llm")), abs=0.03
+        )
+        assert b.value("specdecode_fleet_querying") == 1 and b.value("specdecode_leader") == 1
+        assert r.server.leases[("ml", "llm-spec-sidecar")]["spec"]["leaseTransitions"] == 1
+
+
+def test_a_leader_killed_without_handing_over_is_replaced_once_its_lease_expires_not_before(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    with leader_and_follower(fleet, tmp_path) as r:
+        r.a.process.kill()  # SIGKILL: no release, the Lease must run out (15 s from its last renewal)
+        r.a.process.wait()
+        killed = time.monotonic()
+        wait_until(lambda: get(r.b, "/api/fleet")["stats"] is not None, 30, r.b.log)
+        took = time.monotonic() - killed
+        # Renewed at most 5 s before the kill, so it expires 10 to 15 s after it; the follower looks every 5 s.
+        assert 9 < took < 23, took
+        assert r.to_b.queries > 0
+        assert get(r.b, "/api/fleet")["lease_holder"] == MEMBERS["llm"][1]
 
 
 def test_with_prometheus_down_nothing_is_decided_and_the_failed_rounds_are_counted(fleet: Fleet) -> None:
