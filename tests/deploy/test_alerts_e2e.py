@@ -239,8 +239,9 @@ def test_the_sidecar_turning_speculation_off_in_the_charts_deployment_reaches_th
     # The sidecar acts on the chart's own rendered Deployment through its manifest actuator.
     manifest = tmp_path / "deployment.yaml"
     manifest.write_text(yaml.safe_dump(one(documents(render()), "Deployment"), sort_keys=False))
-    acting = ("--deployment-file", str(manifest), "--container", "vllm", "--trip-windows", "1", "--cooldown", "0")
-    acting += ("--warmup-windows", "0")  # act on the first windows: the test lasts seconds
+    # --warmup-windows 0: act on the first windows, the test lasts seconds.
+    acting = ("--deployment-file", str(manifest), "--container", "vllm", "--trip-windows", "1", "--cooldown", "0",
+              "--warmup-windows", "0")  # fmt: skip
     with _stack(tmp_path, webhook, *acting) as stack, BusyEngine(stack.engine, acceptance=0.8) as engine:
         _wait(lambda: bool(stack.query('specdecode_decision_state{state="on"} == 1')), 60, "state on in Prometheus")
         time.sleep(4)

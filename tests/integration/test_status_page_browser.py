@@ -159,8 +159,8 @@ def test_status_page_screenshot_is_a_real_picture(live: tuple[FakeVllm, SidecarP
 def test_status_page_shows_the_actuator_and_the_decisions_of_the_real_loop(tmp_path: Path) -> None:
     manifest = tmp_path / "deploy.yaml"
     manifest.write_text(LIST_MANIFEST)
-    loop = ("--deployment-file", str(manifest), "--container", "vllm", "--window", "2", "--trip-windows", "1")
-    loop += ("--warmup-windows", "0")
+    loop = ("--deployment-file", str(manifest), "--container", "vllm", "--window", "2", "--trip-windows", "1",
+            "--warmup-windows", "0")  # fmt: skip
     flags = ("--scrape-interval", "0.3", "--min-draft-tokens", "100", "--cooldown", "0", *loop)
     with fake_vllm() as engine, run_sidecar(tmp_path, "--vllm-url", engine.url, *flags) as sidecar:
         with httpx.Client(base_url=sidecar.url, timeout=30) as client:
