@@ -95,6 +95,7 @@ def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
         max_body_bytes=settings.tap_max_body_bytes,
         temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
         ask_for_usage=settings.tap_ask_for_usage,
+        upstream_idle_seconds=settings.tap_upstream_idle,
         estimate_from_chunks=settings.tap_estimate_from_chunks,
         window_seconds=settings.bucket_window,
         speculative_tokens=sidecar.speculative_tokens,

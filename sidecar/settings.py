@@ -160,6 +160,15 @@ class Settings(BaseSettings):
     tap_max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest request body the tap accepts; larger ones get a 413."
     )
+    tap_upstream_idle: float = Field(
+        4.0,
+        gt=0,
+        description=(
+            "Seconds a kept-alive connection to vLLM may stay idle and still be reused. Keep it under vLLM's own "
+            "idle limit (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s by default), so the tap rarely sends on a connection "
+            "vLLM is closing; raise both together to keep connections warm across quiet spells."
+        ),
+    )
     tap_ask_for_usage: bool = Field(
         True,
         description=(

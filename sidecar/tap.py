@@ -94,6 +94,7 @@ class TapConfig:
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float | None = 600.0  # longest silence between upstream bytes (queueing, prefill)
     write_timeout_seconds: float = 60.0
+    upstream_idle_seconds: float = 4.0  # reuse an idle upstream connection only this long (under vLLM's 5 s)
     # Draft tokens per verify step (num_speculative_tokens), needed only by the chunk estimate.
     speculative_tokens: Callable[[], int | None] = _unknown_k
 
@@ -160,7 +161,9 @@ class Tap:
                 read=self.config.read_timeout_seconds,
                 write=self.config.write_timeout_seconds,
             )
-            self._pool = UpstreamPool(self.config.upstream_url, timeouts)
+            self._pool = UpstreamPool(
+                self.config.upstream_url, timeouts, idle_seconds=self.config.upstream_idle_seconds
+            )
         return self._pool
 
     async def aclose(self) -> None:

@@ -294,3 +294,31 @@ def test_a_slow_reader_holds_the_upstream_back_instead_of_buffering_the_body() -
     assert received == size
     # Kernel socket buffers take a few MiB; without paused reading the whole body would be in the tap's memory.
     assert held_back_at < size // 4
+
+
+@pytest.mark.parametrize(("idle_seconds", "connections"), [(5.0, 1), (0.05, 2)])
+def test_an_idle_connection_is_reused_only_within_the_idle_limit(idle_seconds: float, connections: int) -> None:
+    opened = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened
+        opened += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        server, url = await serve(handler)
+        pool = UpstreamPool(url, idle_seconds=idle_seconds)
+        try:
+            first = await body_of(pool)
+            await asyncio.sleep(0.2)  # idle longer than the short limit, well under the long one
+            return [first, await body_of(pool)]
+        finally:
+            await pool.aclose()
+            server.close()
+
+    assert asyncio.run(scenario()) == [(200, b"ok")] * 2
+    assert opened == connections
