@@ -79,7 +79,7 @@ class Actuator(Protocol):
         ...
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
-        """Write the annotations only (latch, pin, clearing a latch); the args stay as they are."""
+        """Write the annotations only (latch, a passed trial, pin, clearing a latch); the args stay as they are."""
         ...
 
 
@@ -121,6 +121,29 @@ def plan(
         return ActResult(Outcome.NOT_RESTORABLE, str(action), f"{exc}; restore by hand or force", view)
     restored = specargs.find(command, args)
     return Plan(command, args, replace(record, removed=None), describe(restored))
+
+
+# Automatic decisions that write the control record alone (the pod template is untouched: no rollout).
+RECORD_ONLY = frozenset({Action.LATCH, Action.RECORD})
+
+
+def plan_record(view: TargetView, record: ControlRecord, action: str, decision: Decision | None) -> Plan | ActResult:
+    """What to write for an annotations-only change on ``view``, or why nothing should be written.
+
+    An automatic one goes ahead only on the record it was decided on (a rollout in progress does not stop it:
+    it changes no args). A passed trial is recorded only while speculation is still on, as it was judged.
+    """
+    if decision is not None:
+        if decision.action not in RECORD_ONLY:
+            return ActResult(Outcome.ERROR, action, f"decision says {decision.action}, not an annotations-only write")
+        refused = check_decision(view, decision.action, decision)
+        if refused is not None and refused.outcome is not Outcome.ROLLOUT_PENDING:
+            return refused
+        if decision.action is Action.RECORD and not view.speculation:
+            return ActResult(Outcome.CONFLICT, action, "speculation is no longer on the target", view)
+    if view.record == record:
+        return ActResult(Outcome.UNCHANGED, action, "annotations already say so", view)
+    return Plan(view.command, view.args, record, ())
 
 
 def _refusal(view: TargetView, action: Action, decision: Decision | None) -> ActResult | None:

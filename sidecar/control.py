@@ -114,7 +114,7 @@ class Controller:
             self._remember(decision, now, str(Outcome.DRY_RUN))
             return decision
         if now < self._hold_until:
-            self.state = state  # retried on the next counted window, once the error backoff is over
+            self.state = _unapplied(decision, state)  # retried once the error backoff is over
             return decision
         result = self._act(decision)
         self._after(decision, state, result, now)
@@ -168,7 +168,7 @@ class Controller:
             return self.actuator.disable(reason, decision)
         if decision.action is Action.ENABLE:
             return self.actuator.enable(reason, decision)
-        return self.actuator.write_record(decision.state.record, str(decision.action), decision)
+        return self.actuator.write_record(decision.state.record, str(decision.action), decision)  # latch, record
 
     def _after(self, decision: Decision, before: PolicyState, result: ActResult, now: float) -> None:
         self._remember(decision, now, str(result.outcome))
@@ -182,7 +182,7 @@ class Controller:
                 self.toggle_counts[(str(decision.action), "auto")] += 1
             log.info("%s: %s (%s)", decision.action, decision.reason, decision.detail)
             return
-        self.state = before  # not applied: decide again on a fresh read
+        self.state = _unapplied(decision, before)  # not applied: decide again on a fresh read
         if result.outcome in RETRY_NOW:
             if result.outcome is not Outcome.NOT_LEADER:
                 log.info("%s not applied (%s): %s", decision.action, result.outcome, result.detail)
@@ -243,6 +243,13 @@ class Controller:
         """Who held the Lease at this sidecar's last look (None: nobody, no Lease, or not read yet)."""
         holder = getattr(getattr(self.actuator, "elector", None), "holder", None)
         return holder if isinstance(holder, str) else None
+
+
+def _unapplied(decision: Decision, before: PolicyState) -> PolicyState:
+    """The in-memory state after a write that did not land: what the policy says to keep (a passed trial whose
+    record is still to be written), else the state the decision was made on. If the target's record changed
+    meanwhile, the next read starts from it afresh anyway (``_merge``)."""
+    return decision.unapplied if decision.unapplied is not None else before
 
 
 class ControlCollector(Collector):

@@ -6,7 +6,8 @@ that changes the container's args/command and our annotations together, guarded 
 re-read and decide again, never replay the patch. Transient errors (5xx, 429, timeouts, refused connections)
 are retried with exponential backoff; retrying a guarded patch is safe (if the first one landed, the retry
 fails its ``test`` and the re-read shows our own write). Every error is counted by reason in ``errors``.
-Every toggle emits a core/v1 Event on the Deployment and one structured (JSON) log line.
+Every toggle emits a core/v1 Event on the Deployment and one structured (JSON) log line; so do the
+annotations-only writes (a latch; a passed timed trial, ``SpeculationTrialPassed``).
 
 Only the holder of a ``coordination.k8s.io/v1`` Lease writes (:class:`LeaseElector`).
 """
@@ -27,9 +28,9 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, check_decision, plan, view_of, wall_clock
+from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, plan, plan_record, view_of, wall_clock
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
-from sidecar.core.policy import Action, Decision
+from sidecar.core.policy import Action, Decision, Reason
 
 log = logging.getLogger("spec_sidecar.kube")
 
@@ -257,16 +258,12 @@ class KubeActuator:
         return self._toggle(Action.ENABLE, reason, decision, force=force)
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
-        def planner(view: TargetView) -> Plan | ActResult:
-            if decision is not None:
-                refused = check_decision(view, Action.LATCH, decision)
-                if refused is not None and refused.outcome is not Outcome.ROLLOUT_PENDING:
-                    return refused
-            if view.record == record:
-                return ActResult(Outcome.UNCHANGED, action, "annotations already say so", view)
-            return Plan(view.command, view.args, record, ())
-
-        return self._write(action, str(record.reason or action), planner, automatic=decision is not None)
+        return self._write(
+            action,
+            str(record.reason or action),
+            lambda view: plan_record(view, record, action, decision),
+            automatic=decision is not None,
+        )
 
     def _toggle(self, action: Action, reason: str, decision: Decision | None, *, force: bool = False) -> ActResult:
         return self._write(
@@ -343,9 +340,16 @@ class KubeActuator:
         return ActResult(Outcome.CHANGED, action, detail, after, planned.flags)
 
     def _event(self, action: str, reason: str, planned: Plan, deployment: Mapping[str, Any]) -> None:
-        kinds = {"disable": "SpeculationDisabled", "enable": "SpeculationEnabled", "latch": "SpeculationLatched"}
+        kinds = {
+            "disable": "SpeculationDisabled",
+            "enable": "SpeculationEnabled",
+            "latch": "SpeculationLatched",
+            "record": "SpeculationTrialPassed" if reason == Reason.TRIAL_PASSED else "SpeculationControl",
+        }
         flags = "; ".join(planned.flags)
         message = f"{action}: {reason}" + (f" ({flags})" if flags else "")
+        if reason == Reason.TRIAL_PASSED:
+            message = "timed trial passed: speculation stays on; trial counters reset"
         now = datetime.fromtimestamp(self.clock(), UTC)
         meta = deployment["metadata"]
         event = client.CoreV1Event(

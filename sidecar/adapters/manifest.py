@@ -30,7 +30,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
 
-from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, check_decision, plan, view_of, wall_clock
+from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, plan, plan_record, view_of, wall_clock
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
 from sidecar.core.policy import Action, Decision
 
@@ -76,14 +76,7 @@ class ManifestActuator:
         )
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
-        def planner(view: TargetView) -> Plan | ActResult:
-            if decision is not None and (refused := check_decision(view, Action.LATCH, decision)) is not None:
-                return refused
-            if view.record == record:
-                return ActResult(Outcome.UNCHANGED, action, "annotations already say so", view)
-            return Plan(view.command, view.args, record, ())
-
-        return self._write(action, str(record.reason or action), planner)
+        return self._write(action, str(record.reason or action), lambda v: plan_record(v, record, action, decision))
 
     # --- internals ---------------------------------------------------------------------------------------
 
@@ -114,7 +107,7 @@ class ManifestActuator:
         log.info(
             json.dumps(
                 {
-                    "event": "speculation_toggle",
+                    "event": "speculation_toggle" if action in ("disable", "enable") else "control_record",
                     "action": action,
                     "reason": reason,
                     "target": self.target,

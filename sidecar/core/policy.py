@@ -11,7 +11,9 @@ Order of precedence, first match wins:
   4. speculation off: hold, or start a timed trial when one is due;
   5. speculation on: judge the window (enough evidence? each enabled rule), count consecutive failing
      windows, and disable after ``trip_windows``, unless inside the cooldown, the grace after a manual enable,
-     or the flap budget says latch instead.
+     or the flap budget says latch instead. During a timed trial, the window must clear threshold +
+     hysteresis instead; a trial that passes asks for its pass to be recorded on the target (``RECORD``), so
+     that a restarted sidecar does not judge it again at the trial's stricter bar.
 Every decision carries a :class:`Reason` (a Prometheus label value) and a sentence for people.
 """
 
@@ -33,6 +35,7 @@ class Action(StrEnum):
     DISABLE = "disable"
     ENABLE = "enable"
     LATCH = "latch"  # write the latch annotation only; args untouched
+    RECORD = "record"  # write the control record only (a passed trial); args untouched, so no rollout
 
 
 class Reason(StrEnum):
@@ -175,7 +178,7 @@ class PolicyState:
     spread_count: int = 0  # how many windows that spread rests on
     trial_passes: int = 0
     trial_failed: bool = False
-    trial_done: bool = False
+    trial_done: bool = False  # the trial passed; until the record says so, the pass is asked to be recorded
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,9 @@ class Decision:
     write: bool  # False for NONE and in dry-run
     detail: str
     prior: ControlRecord | None = None  # the record this toggle was decided on; the actuator checks it is current
+    # The state to carry on when the write does not land (None: the state it was decided on). A passed trial
+    # stays passed in memory while its record is retried, rather than being judged again from the next window.
+    unapplied: PolicyState | None = None
 
     @property
     def toggles(self) -> bool:
@@ -203,8 +209,11 @@ def decide(observation: Observation, state: PolicyState, config: PolicyConfig, n
     if not state.speculation:
         return _while_off(state, config, now)
     judged = _judge(observation, state, config, now)
+    unrecorded = _in_trial(state, config) and state.trial_done  # passed, but the record does not say so yet
     if isinstance(judged, Decision):
-        return judged
+        return _record_pass(judged, config) if unrecorded else judged
+    if unrecorded:  # the pass stands; the window is judged as any other, and the record is asked for again
+        return _record_pass(_normal(judged, config, now), config)
     if _in_trial(state, config):
         return _trial(judged.state, judged.keeps, config, now)
     return _normal(judged, config, now)
@@ -380,9 +389,10 @@ def _held_back(state: PolicyState, config: PolicyConfig, now: float) -> Decision
 
 
 def _in_trial(state: PolicyState, config: PolicyConfig) -> bool:
+    """The record says the sidecar started a trial and nothing has been recorded since (not even its pass)."""
     record = state.record
     started = record.reason == Reason.TRIAL_START and record.changed_by is By.SIDECAR
-    return config.trial is not None and started and not state.trial_done
+    return config.trial is not None and started
 
 
 def _trial(state: PolicyState, passed: bool, config: PolicyConfig, now: float) -> Decision:
@@ -401,8 +411,32 @@ def _trial(state: PolicyState, passed: bool, config: PolicyConfig, now: float) -
         return _toggle(state, config, now, Action.DISABLE, reason=Reason.TRIAL_FAILED, detail="a trial window failed")
     if state.trial_passes >= trial.windows:
         done = replace(state, trial_done=True, trip_count=0, trip_reason=None)
-        return _hold(done, Reason.TRIAL_PASSED, f"{state.trial_passes} trial windows passed; keeping speculation")
+        detail = f"{state.trial_passes} trial windows passed; keeping speculation"
+        return _record_pass(_hold(done, Reason.TRIAL_PASSED, detail), config)
     return _hold(state, Reason.TRIAL_RUNNING, f"{state.trial_passes} of {trial.windows} trial windows passed")
+
+
+def _record_pass(held: Decision, config: PolicyConfig) -> Decision:
+    """Turn a no-action decision after a passed trial into a request to record the pass on the target.
+
+    Only the record changes (annotations: no rollout): reason ``trial_passed`` and the trial counters reset,
+    as a success should. ``changed-at`` and the history stay those of the toggle that started the trial: the
+    pass is no toggle, so neither the cooldown nor the flap budget moves. Anything but a hold (a disable after
+    the pass) wins and writes its own record. A dry run keeps the pass in memory only: it writes nothing.
+    """
+    if held.action is not Action.NONE or config.dry_run:
+        return held
+    prior = held.state.record
+    passed = replace(prior, reason=str(Reason.TRIAL_PASSED), trial_attempts=0, next_trial_at=None)
+    return Decision(
+        Action.RECORD,
+        Reason.TRIAL_PASSED,
+        replace(held.state, record=passed),
+        True,
+        f"recording the passed trial ({held.detail})",
+        prior=prior,
+        unapplied=held.state,
+    )
 
 
 def _while_off(state: PolicyState, config: PolicyConfig, now: float) -> Decision:

@@ -6,16 +6,19 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from sidecar.actuator import Outcome
 from sidecar.adapters.kube import KubeActuator, KubeError, RetryPolicy, api_client, rollout_complete
+from sidecar.control import Controller
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
-from sidecar.core.annotations import By, ControlRecord
-from sidecar.core.policy import Action, Decision, PolicyState, Reason
+from sidecar.core.annotations import By, ControlRecord, Toggle
+from sidecar.core.policy import Action, Decision, Observation, PolicyConfig, PolicyState, Reason, TrialConfig, decide
+from tests.integration.test_manifest_control_loop import stats
 from tests.kubeapi.manifests import (
     LIST_ARGS,
     NAME,
@@ -327,3 +330,145 @@ def test_rollout_is_complete_only_when_every_replica_is_updated_and_ready(
 ) -> None:
     obj = {"metadata": {"generation": 2}, "spec": {"replicas": 2}, "status": status}
     assert rollout_complete(obj) is complete
+
+
+# --- a passed timed trial, recorded on the Deployment ------------------------------------------------------
+
+TRIAL_CONFIG = PolicyConfig(trial=TrialConfig(after=1800, max_tries=3, windows=3))
+TRIAL_STARTED = ControlRecord(
+    state="on",
+    reason="trial_start",
+    changed_at=T0,
+    changed_by=By.SIDECAR,
+    history=(Toggle(T0 - 3600, "disable", By.SIDECAR, "low_acceptance"), Toggle(T0, "enable", By.SIDECAR, "x")),
+    trial_attempts=1,
+    next_trial_at=T0,
+)
+
+
+def trial_deployment() -> dict[str, Any]:
+    """Speculation back on by the sidecar's trial; the rollout that restarted the pod has finished."""
+    notes = {k: v for k, v in ann.to_annotations(TRIAL_STARTED).items() if v is not None}
+    return list_deployment(annotations={"team": "ml", **notes})
+
+
+def window(ratio: float) -> Observation:
+    return Observation(True, True, ratio, 5000.0, window_seconds=60.0)
+
+
+def passed_trial(act: KubeActuator) -> Decision:
+    """The real policy judging three passing trial windows on what the actuator reads."""
+    state = PolicyState(speculation=act.read().speculation, record=act.read().record)
+    for i in range(3):
+        decision = decide(window(0.6), state, TRIAL_CONFIG, T0 + 100 + 60 * i)
+        state = decision.state
+    assert decision.action is Action.RECORD
+    return decision
+
+
+def only_annotations_change(patch: list[dict[str, Any]]) -> bool:
+    return all(op["op"] == "test" or op["path"].startswith("/metadata/annotations") for op in patch)
+
+
+def test_a_passed_trial_is_recorded_by_one_guarded_patch_of_annotations_only(server: KubeAPI) -> None:
+    before = server.add_deployment(trial_deployment())
+    act = actuator(server)
+    decision = passed_trial(act)
+    result = act.write_record(decision.state.record, str(decision.action), decision)
+    assert result.outcome is Outcome.CHANGED
+    [patch] = server.applied_patches()
+    assert patch.content_type == JSON_PATCH and only_annotations_change(patch.body)
+    version = before["metadata"]["resourceVersion"]
+    assert {"op": "test", "path": "/metadata/resourceVersion", "value": version} in patch.body
+    after = stored(server)
+    assert after["spec"] == before["spec"]  # the pod template is untouched ...
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]  # ... so no rollout
+    notes = after["metadata"]["annotations"]
+    assert (notes[ann.STATE], notes[ann.REASON], notes[ann.CHANGED_BY]) == ("on", "trial_passed", "sidecar")
+    assert notes[ann.CHANGED_AT] == ann.timestamp(T0) and ann.TRIAL not in notes  # counters reset
+    assert notes["team"] == "ml"
+    assert [(e["reason"], e["type"]) for e in server.events] == [("SpeculationTrialPassed", "Normal")]
+
+
+def test_a_sidecar_restarted_after_the_record_keeps_speculation_on_at_healthy_traffic(server: KubeAPI) -> None:
+    server.add_deployment(trial_deployment())
+    act = actuator(server)
+    decision = passed_trial(act)
+    assert act.write_record(decision.state.record, str(decision.action), decision).changed
+    restarted = Controller(actuator(server), TRIAL_CONFIG, read_every=0.0)  # nothing in memory
+    decisions = [restarted.step(stats(0.52), T0 + 1000 + 60 * i) for i in range(15)]
+    assert {d.reason for d in decisions if d is not None} == {Reason.HEALTHY}
+    assert len(server.applied_patches()) == 1 and vllm_container(stored(server))["args"] == LIST_ARGS
+
+
+def race_a_record(server: KubeAPI, act: KubeActuator, decision: Decision) -> Any:
+    server.inject("PATCH", "/deployments/", delay=0.3, times=1)
+    results: list[Any] = []
+    write = threading.Thread(
+        target=lambda: results.append(act.write_record(decision.state.record, str(decision.action), decision))
+    )
+    write.start()
+    time.sleep(0.1)
+    write_behind_the_back(server)
+    write.join(5)
+    return results[0]
+
+
+def test_a_concurrent_write_fails_the_records_test_op_and_the_pass_goes_back_to_the_policy(server: KubeAPI) -> None:
+    server.add_deployment(trial_deployment())
+    act = actuator(server)
+    result = race_a_record(server, act, passed_trial(act))
+    assert result.outcome is Outcome.CONFLICT
+    assert [r.status for r in server.requests if r.method == "PATCH"] == [422]
+    assert stored(server)["metadata"]["annotations"][ann.REASON] == "trial_start"  # nothing half-done
+    assert server.events == []
+
+
+def test_a_record_decided_on_annotations_that_changed_since_is_not_written(server: KubeAPI) -> None:
+    server.add_deployment(trial_deployment())
+    act = actuator(server)
+    decision = passed_trial(act)
+    with server.lock:  # a human pins it meanwhile
+        server.deployments[(NAMESPACE, NAME)]["metadata"]["annotations"][ann.PIN] = "on"
+    assert act.write_record(decision.state.record, str(decision.action), decision).outcome is Outcome.CONFLICT
+    assert server.applied_patches() == []
+
+
+def test_a_pass_is_not_recorded_once_speculation_is_gone_from_the_args(server: KubeAPI) -> None:
+    server.add_deployment(trial_deployment())
+    act = actuator(server)
+    decision = passed_trial(act)
+    with server.lock:  # someone removed the flags by hand, leaving our annotations alone
+        vllm_container(server.deployments[(NAMESPACE, NAME)])["args"] = ["--model", "/models/target"]
+    assert act.write_record(decision.state.record, str(decision.action), decision).outcome is Outcome.CONFLICT
+    assert server.applied_patches() == []
+
+
+def test_the_controller_re_reads_after_a_409_and_records_the_pass_on_the_next_window(server: KubeAPI) -> None:
+    before = server.add_deployment(trial_deployment())
+    controller = Controller(actuator(server), TRIAL_CONFIG, read_every=0.0)
+    steps = [controller.step(stats(0.6), T0 + 100 + 60 * i) for i in range(2)]
+    assert [d.reason for d in steps if d is not None] == [Reason.TRIAL_RUNNING] * 2
+    server.inject("PATCH", "/deployments/", 409, times=1)
+    third = controller.step(stats(0.6), T0 + 220)
+    assert third is not None and third.action is Action.RECORD
+    assert [r.outcome for r in controller.decisions] == ["conflict"]
+    # 0.52 would fail a trial; the pass is kept in memory, judged by the ordinary rule, and recorded again.
+    fourth = controller.step(stats(0.52), T0 + 280)
+    assert fourth is not None and (fourth.action, fourth.reason) == (Action.RECORD, Reason.TRIAL_PASSED)
+    assert [r.outcome for r in controller.decisions] == ["conflict", "changed"]
+    after = stored(server)
+    assert after["metadata"]["annotations"][ann.REASON] == "trial_passed" and after["spec"] == before["spec"]
+    assert [r.status for r in server.requests if r.method == "PATCH"] == [409, 200]
+    fifth = controller.step(stats(0.52), T0 + 340)
+    assert fifth is not None and fifth.reason is Reason.HEALTHY
+    assert controller.decision_counts[("record", "trial_passed")] == 2
+
+
+def test_a_dry_run_judges_the_trial_and_writes_nothing(server: KubeAPI) -> None:
+    before = server.add_deployment(trial_deployment())
+    controller = Controller(actuator(server), replace(TRIAL_CONFIG, dry_run=True), read_every=0.0)
+    decisions = [controller.step(stats(0.6), T0 + 100 + 60 * i) for i in range(5)]
+    assert [d.reason for d in decisions if d is not None][2] is Reason.TRIAL_PASSED
+    assert [r for r in server.requests if r.method != "GET"] == [] and server.events == []
+    assert stored(server) == before

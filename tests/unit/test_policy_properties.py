@@ -125,3 +125,35 @@ def test_the_generated_histories_do_toggle() -> None:
     config = PolicyConfig(trip_windows=2, cooldown=0.0, flap_budget=2, spread_min=0)
     decisions = [d for _, d, _ in simulate(config, steps)]
     assert sum(d.toggles for d in decisions) == 1  # off once; then off stays off (no trial configured)
+
+
+TRIAL_REASONS = (Reason.TRIAL_RUNNING, Reason.TRIAL_PASSED, Reason.TRIAL_FAILED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(CONFIGS, st.lists(STEPS, max_size=80))
+def test_a_sidecar_restarted_after_a_recorded_pass_never_judges_that_trial_again(
+    config: PolicyConfig, steps: list[Step]
+) -> None:
+    history = simulate(config, steps)
+    for i, (now, decision, _) in enumerate(history):
+        if decision.action is not Action.RECORD:
+            continue
+        assert decision.reason is Reason.TRIAL_PASSED and not decision.toggles
+        # A restart right after the record landed: nothing in memory, the record as the target keeps it.
+        state = PolicyState(speculation=True, record=decision.state.record)
+        for later, step in zip(itertools.accumulate(s.wait for s in steps[i + 1 :]), steps[i + 1 :], strict=True):
+            again = decide(step.obs, state, config, now + later)
+            if again.toggles:
+                break  # a new toggle: what follows is another story
+            assert again.reason not in TRIAL_REASONS
+            state = again.state
+
+
+def test_the_generated_histories_do_record_a_passed_trial() -> None:
+    """Guard against a vacuous property: a trip, a trial, and passing windows must record the pass."""
+    bad = [Step(61.0, Observation(True, True, 0.1, 5000.0, window_seconds=60.0))] * 3
+    good = [Step(61.0, Observation(True, True, 0.9, 5000.0, window_seconds=60.0))] * 8
+    config = PolicyConfig(trip_windows=1, cooldown=0.0, trial=TrialConfig(after=60.0, windows=2))
+    decisions = [d for _, d, _ in simulate(config, bad + good)]
+    assert Action.RECORD in [d.action for d in decisions]
