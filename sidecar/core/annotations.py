@@ -1,7 +1,9 @@
 """The decision state the sidecar keeps on the Deployment, as annotations under ``spec-sidecar.io/``.
 
 It lives on the object it controls so it survives the sidecar's own restart (every toggle rolls the pod) and is
-written in the same patch as the args, so a kill -9 can never leave args and state disagreeing.
+written in the same patch as the args, so a kill -9 can never leave args and state disagreeing. Two writes change
+the record alone (no args, so no rollout): a latch, and a passed timed trial (reason ``trial_passed``, trial
+counters reset), which a restarted sidecar must know so as not to judge the trial again.
 Reading is forgiving: a malformed annotation (hand-edited) reads as absent, never as a crash.
 """
 
