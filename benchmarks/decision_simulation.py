@@ -10,7 +10,8 @@ Traffic models per window of N draft tokens:
             the draft-model workloads in tests/fixtures/vllm/), mixing a high- and a low-acceptance set
             (temperature 0 and 1.0) in the share that gives p: runs within a request and differences
             between requests are vLLM's own. Skipped when the file is absent; ratios it cannot reach too.
-Three measurements, for the default PolicyConfig, with a 15-window warm-up, and for the bare rule (no margin):
+Three measurements, for the sidecar's default policy (15-window warm-up), the same without the warm-up, and for
+the bare rule (no margin, no warm-up):
   false toggles     disables over 10,000 stationary windows with true ratio >= threshold + 0.05 (target 0)
   after a start     disables over many fresh starts (--starts, --start-windows each) on stationary traffic at
                     threshold + 0.05 and at 0.70: the spread between windows is not known yet right after a start
@@ -33,11 +34,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sidecar.control import policy_config
 from sidecar.core.acceptance import iid_acceptance_ratio
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
+from sidecar.settings import Settings
 
 K = 4
 CAPTURED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm" / "draft_model_workloads.json"
@@ -282,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         models["captured"] = captured_window(high, low)
     models = {name: make for name, make in models.items() if name in args.models.split(",")}
     volumes = [int(v) for v in args.volumes.split(",")]
-    default = PolicyConfig()
+    default = policy_config(Settings())  # what `spec-sidecar run` decides with when no flag is given
     configs = {
-        "default": default,
-        "warm-up 15": replace(default, spread_min=15),
-        "bare rule (z=0)": replace(default, evidence_z=0.0),
+        f"default (warm-up {default.spread_min})": default,
+        "no warm-up": replace(default, spread_min=0),
+        "bare rule (z=0)": replace(default, evidence_z=0.0, spread_min=0),
     }
     started = time.perf_counter()
     rng = random.Random(args.seed)
@@ -364,26 +368,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def toggle_table(title: str, rows: list[dict[str, object]], names: list[str]) -> list[str]:
+    """One markdown table of false-toggle counts: a row per traffic model, ratio and size; a column per config."""
+    lines = [title, "", "| model | true ratio | draft tokens/window | " + " | ".join(names) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(names))
+    for row in rows:
+        cells = " | ".join(str(row[n]) for n in names)
+        lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
+    return lines
+
+
 def markdown(report: dict[str, object], names: list[str]) -> str:
-    lines = [
-        f"False toggles over {report['windows']} stationary windows (seed {report['seed']}):",
-        "",
-        "| model | true ratio | draft tokens/window | " + " | ".join(names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
-    for row in report["false_toggles"]:  # type: ignore[attr-defined]
-        cells = " | ".join(str(row[n]) for n in names)
-        lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
-    lines += [
-        "",
-        f"False toggles after {report['starts']} fresh starts of {report['start_windows']} windows each:",
-        "",
-        "| model | true ratio | draft tokens/window | " + " | ".join(names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
-    for row in report["after_start"]:  # type: ignore[attr-defined]
-        cells = " | ".join(str(row[n]) for n in names)
-        lines.append(f"| {row['model']} | {row['true_ratio']} | {row['draft_tokens']} | {cells} |")
+    stationary = f"False toggles over {report['windows']} stationary windows (seed {report['seed']}):"
+    lines = toggle_table(stationary, cast(list[dict[str, object]], report["false_toggles"]), names)
+    starts = f"False toggles after {report['starts']} fresh starts of {report['start_windows']} windows each:"
+    lines += ["", *toggle_table(starts, cast(list[dict[str, object]], report["after_start"]), names)]
     lines += [
         "",
         f"Detection delay in windows after a drop from 0.70 ({report['runs']} runs, horizon {report['horizon']}):",
