@@ -316,8 +316,12 @@ class Tap:
         await self._start(exchange, response)
         send = exchange.send
         async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await self._finish(exchange)
+            if response.last_piece:
+                await self._finish(exchange, chunk)
+            else:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not exchange.finished:
+            await self._finish(exchange)
 
     async def _relay_body(self, exchange: _Exchange, plan: RequestPlan, response: UpstreamResponse) -> None:
         await self._start(exchange, response)
@@ -325,11 +329,15 @@ class Tap:
         parts: list[bytes] = []
         size = 0
         async for chunk in response.chunks():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if response.last_piece:
+                await self._finish(exchange, chunk)
+            else:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
             size += len(chunk)
             if size <= cap:
                 parts.append(chunk)
-        await self._finish(exchange)
+        if not exchange.finished:
+            await self._finish(exchange)
         facts = facts_from_body(b"".join(parts)) if size <= cap else ResponseFacts()
         self._record(exchange, plan, facts, events=None, ttft=None, tpot=None)
 
@@ -340,11 +348,16 @@ class Tap:
         first: float | None = None
         async for chunk in response.chunks():
             out = stream.feed(chunk)
-            if out:
-                if first is None:
-                    first = time.perf_counter()
+            if response.last_piece:
+                out += stream.finish()
+            if out and first is None:
+                first = time.perf_counter()
+            if response.last_piece:
+                await self._finish(exchange, out)
+            elif out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-        await self._finish(exchange, stream.finish())
+        if not exchange.finished:
+            await self._finish(exchange, stream.finish())
         end = time.perf_counter()
         facts = facts_from_payload(stream.usage) if stream.usage is not None else ResponseFacts()
         ttft = first - exchange.started if first is not None else None

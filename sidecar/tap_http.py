@@ -189,6 +189,9 @@ class UpstreamResponse:
         self.status, self.headers = status, headers
         self._pool, self._conn = pool, conn
         self._complete = self._closed = False
+        # True while the piece chunks() just yielded is the body's last: the relay can send it together with
+        # the end of its own response (one write to the client instead of two).
+        self.last_piece = False
         self._reusable = _keeps_alive(headers)
         self._length: int | None = None
         self._chunked = False
@@ -228,6 +231,7 @@ class UpstreamResponse:
                     raise UpstreamError("upstream closed in the middle of a body")
                 out = framing.feed(data)
                 if out:
+                    self.last_piece = framing.done
                     yield out
             self._reusable = self._reusable and not framing.overrun
             self._complete = True
