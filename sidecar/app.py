@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sidecar.control import ControlCollector, Controller, build_controller
 from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.forward_paths import parse_forward_paths
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.exporter import ScrapeCollector
 from sidecar.fleet import FleetCollector, FleetSource, install_fleet_api
@@ -96,6 +97,7 @@ def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
         temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
         ask_for_usage=settings.tap_ask_for_usage,
         upstream_idle_seconds=settings.tap_upstream_idle,
+        forward_paths=parse_forward_paths(settings.tap_forward_paths),
         estimate_from_chunks=settings.tap_estimate_from_chunks,
         window_seconds=settings.bucket_window,
         speculative_tokens=sidecar.speculative_tokens,

@@ -66,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sidecar.app import create_app
+    from sidecar.listener import bounded_protocol
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -78,7 +79,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        http=bounded_protocol(settings.client_header_timeout, settings.client_body_timeout),
+        timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # uvicorn takes a float too
+    )
     return 0
 
 

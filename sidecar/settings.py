@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar.core.forward_paths import parse_forward_paths
 from sidecar.core.stats import AnalysisConfig
 from sidecar.core.temperature import parse_edges
 from sidecar.core.verdict import Thresholds
@@ -183,6 +184,39 @@ class Settings(BaseSettings):
             "exported with source=chunk_estimate."
         ),
     )
+    tap_forward_paths: str = Field(
+        "openai",
+        description=(
+            "Paths the tap forwards to vLLM, comma-separated: 'openai' (the inference APIs, tokenize, health and "
+            "version probes; docs/tap.md lists them), /exact/paths, /prefixes/* and '*' for every path. Others get "
+            "a 403 naming this setting: vLLM's admin routes (/scale_elastic_ep, /v1/load_lora_adapter, "
+            "/start_profile, /sleep, /reset_prefix_cache, ...) stay out of reach unless listed here."
+        ),
+    )
+    client_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a client has to send a request's whole head, from its first byte (or from connecting); "
+            "slower clients get a 408 and the connection is closed."
+        ),
+    )
+    client_body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Longest silence, in seconds, while a client sends a request body; after it the connection is closed. "
+            "Waiting for the response is not silence: streams may run for minutes."
+        ),
+    )
+    keepalive_timeout: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds an idle kept-alive client connection stays open between requests (vLLM's own "
+            "VLLM_HTTP_TIMEOUT_KEEP_ALIVE is 5 s, so clients see the same through the tap)."
+        ),
+    )
     bucket_window: float = Field(
         300.0, gt=0, description="Seconds of requests behind the per-temperature-bucket gauges (P10/P50/P90)."
     )
@@ -222,6 +256,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_buckets(cls, value: str) -> str:
         parse_edges(value)
+        return value
+
+    @field_validator("tap_forward_paths")
+    @classmethod
+    def _check_forward_paths(cls, value: str) -> str:
+        parse_forward_paths(value)
         return value
 
     @field_validator("listen")

@@ -8,9 +8,12 @@ body bytes; streams go out chunk by chunk as they arrive. The only rewrite is th
 when it asked for usage on a client's behalf, :class:`~sidecar.core.request_acceptance.StreamFilter` takes the
 usage chunk back out.
 
-Errors of the tap's own: 413 (observed body over the cap; other paths stream their bodies and have no cap),
-502 (upstream unreachable or broken before its response started), 504 (upstream timed out before its response
-started). A client that disconnects cancels the upstream request (the upstream connection is closed).
+Errors of the tap's own: 403 (a path ``tap_forward_paths`` does not allow; vLLM's admin routes are not in the
+default), 413 (observed body over the cap; other paths stream their bodies and have no cap), 502 (upstream
+unreachable or broken before its response started), 504 (upstream timed out before its response started). An
+upstream that breaks after its response started gets the client's connection cut, as vLLM's own would be, with
+one warning in the log (not one traceback per request). Each is counted in ``specdecode_tap_errors_total``.
+A client that disconnects cancels the upstream request (the upstream connection is closed).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import fastapi
 
+from sidecar.core.forward_paths import OPENAI, ForwardPaths, parse_forward_paths
 from sidecar.core.request_acceptance import (
     SOURCE_ESTIMATE,
     SOURCE_METRICS,
@@ -43,7 +47,15 @@ from sidecar.core.request_acceptance import (
 )
 from sidecar.core.temperature import TemperatureBuckets
 from sidecar.tap_http import Timeouts, UpstreamError, UpstreamPool, UpstreamResponse
-from sidecar.tap_metrics import RequestRecord, TapRecorder
+from sidecar.tap_metrics import (
+    ERROR_BODY_TOO_LARGE,
+    ERROR_PATH_REFUSED,
+    ERROR_UPSTREAM_BROKE,
+    ERROR_UPSTREAM_TIMEOUT,
+    ERROR_UPSTREAM_UNREACHABLE,
+    RequestRecord,
+    TapRecorder,
+)
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -77,8 +89,16 @@ _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 _SMALL_BODY_BYTES = 1 << 20
 
 
+# An upstream that breaks takes every stream in flight with it: one warning per this many seconds, with a count.
+BROKE_WARNING_SECONDS = 60.0
+
+
 def _unknown_k() -> int | None:
     return None
+
+
+def _openai_paths() -> ForwardPaths:
+    return parse_forward_paths(OPENAI)
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,7 @@ class TapConfig:
     read_timeout_seconds: float | None = 600.0  # longest silence between upstream bytes (queueing, prefill)
     write_timeout_seconds: float = 60.0
     upstream_idle_seconds: float = 4.0  # reuse an idle upstream connection only this long (under vLLM's 5 s)
+    forward_paths: ForwardPaths = field(default_factory=_openai_paths)  # others get a 403
     # Draft tokens per verify step (num_speculative_tokens), needed only by the chunk estimate.
     speculative_tokens: Callable[[], int | None] = _unknown_k
 
@@ -109,6 +130,9 @@ def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder) 
     app can also hand it the OpenAI API's paths directly (see ``sidecar.app.SidecarApp``)."""
     tap = Tap(config, recorder)
     app.state.tap = tap
+    # The tap ends a response vLLM broke off by raising UpstreamBrokeError (the server then cuts the client's
+    # connection); it has logged its own warning, so uvicorn's traceback for it is dropped.
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_BREAKS)
     app.mount("/", tap, name="tap")
     original = app.router.lifespan_context
 
@@ -134,6 +158,19 @@ class ClientGoneError(Exception):
     """The client disconnected while we were still reading its request body."""
 
 
+class UpstreamBrokeError(Exception):
+    """vLLM broke off a response the client had started to receive: the only way left to say so is to cut the
+    client's connection, which the server does when the app raises. Already logged and counted by the tap."""
+
+
+class _QuietBreaks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamBrokeError))
+
+
+_QUIET_BREAKS = _QuietBreaks()
+
+
 @dataclass
 class _Exchange:
     """One request/response as the tap handles it."""
@@ -153,6 +190,10 @@ class Tap:
         self.config = config
         self.recorder = recorder
         self._pool: UpstreamPool | None = None
+        self._forward = config.forward_paths
+        self._forward_exact = config.forward_paths.exact
+        self._broke_warned_at: float | None = None
+        self._broke_unwarned = 0
 
     def pool(self) -> UpstreamPool:
         if self._pool is None:
@@ -177,8 +218,14 @@ class Tap:
             return
         if scope["type"] != "http":
             return
+        path = scope["path"]
+        if path not in self._forward_exact and not self._forward.allows_by_prefix(path):
+            self.recorder.error(ERROR_PATH_REFUSED)
+            message = f"the tap does not forward {path}: allow it with tap_forward_paths ({FORWARD_SETTING})"
+            await _error(send, 403, message, "forbidden")
+            return
         exchange = _Exchange(scope, receive, send, time.perf_counter())
-        chat = OBSERVED_PATHS.get(scope["path"])
+        chat = OBSERVED_PATHS.get(path)
         if chat is not None and scope["method"] == "POST":
             exchange.chat = chat
             await self._observed(exchange)
@@ -226,6 +273,7 @@ class Tap:
         cap = self.config.max_body_bytes
         declared = _header(exchange.scope["headers"], b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
+            self.recorder.error(ERROR_BODY_TOO_LARGE)
             await _too_large(exchange.send, cap)
             return None
         parts: list[bytes] = []
@@ -237,6 +285,7 @@ class Tap:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > cap:
+                self.recorder.error(ERROR_BODY_TOO_LARGE)
                 await _too_large(exchange.send, cap)
                 return None
             parts.append(chunk)
@@ -261,10 +310,12 @@ class Tap:
             log.warning(
                 "tap: %s %s: upstream timed out before answering", exchange.scope["method"], exchange.scope["path"]
             )
+            self.recorder.error(ERROR_UPSTREAM_TIMEOUT)
             await _error(exchange.send, 504, "upstream timed out before answering", "gateway_timeout")
             return
         except (UpstreamError, OSError, asyncio.IncompleteReadError) as exc:
             log.warning("tap: %s %s: upstream unreachable: %s", exchange.scope["method"], exchange.scope["path"], exc)
+            self.recorder.error(ERROR_UPSTREAM_UNREACHABLE)
             await _error(exchange.send, 502, f"upstream unreachable: {exc}", "bad_gateway")
             return
         try:
@@ -272,8 +323,27 @@ class Tap:
                 await self._until_disconnect(exchange, self._respond(exchange, response))
             else:
                 await self._respond(exchange, response)
+        except (UpstreamError, TimeoutError) as exc:  # only the upstream's reads raise these, never the client's
+            self._upstream_broke(exchange, exc)
+            raise UpstreamBrokeError(str(exc)) from None
         finally:
             await response.aclose()
+
+    def _upstream_broke(self, exchange: _Exchange, exc: Exception) -> None:
+        self.recorder.error(ERROR_UPSTREAM_BROKE)
+        now = time.monotonic()
+        if self._broke_warned_at is not None and now - self._broke_warned_at < BROKE_WARNING_SECONDS:
+            self._broke_unwarned += 1
+            return
+        more = f" ({self._broke_unwarned} more since the last warning)" if self._broke_unwarned else ""
+        log.warning(
+            "tap: %s %s: upstream broke off its response, client connection cut: %s%s",
+            exchange.scope["method"],
+            exchange.scope["path"],
+            exc,
+            more,
+        )
+        self._broke_warned_at, self._broke_unwarned = now, 0
 
     async def _until_disconnect(self, exchange: _Exchange, work: Awaitable[None]) -> None:
         """Run work; if the client disconnects first, cancel it (closing the upstream connection with it)."""
@@ -446,6 +516,9 @@ def _forward_headers(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes])
     connection = _header(headers, b"connection")
     named = {token.strip().lower() for token in connection.split(b",")} if connection else set()
     return [(k, v) for k, v in headers if k.lower() not in drop and k.lower() not in named]
+
+
+FORWARD_SETTING = "--tap-forward-paths, SPEC_SIDECAR_TAP_FORWARD_PATHS"
 
 
 async def _too_large(send: Send, cap: int) -> None:

@@ -26,6 +26,21 @@ TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
 QUANTILES = (0.1, 0.5, 0.9)
 SOURCES = (SOURCE_METRICS, SOURCE_ESTIMATE, SOURCE_NONE)
 
+# Requests the tap could not relay whole, by reason (specdecode_tap_errors_total). Every reason is exported from
+# the start (at 0), so a rate() over it never starts from a missing series.
+ERROR_UPSTREAM_BROKE = "upstream_broke"  # vLLM closed or went silent in the middle of its response
+ERROR_UPSTREAM_UNREACHABLE = "upstream_unreachable"  # 502: no response head (refused, reset, not HTTP)
+ERROR_UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: no response head within the read timeout
+ERROR_BODY_TOO_LARGE = "body_too_large"  # 413: an observed request body over tap_max_body_bytes
+ERROR_PATH_REFUSED = "path_refused"  # 403: a path tap_forward_paths does not allow
+ERROR_REASONS = (
+    ERROR_UPSTREAM_BROKE,
+    ERROR_UPSTREAM_UNREACHABLE,
+    ERROR_UPSTREAM_TIMEOUT,
+    ERROR_BODY_TOO_LARGE,
+    ERROR_PATH_REFUSED,
+)
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -110,6 +125,11 @@ class TapRecorder:
         self._clock = clock
         self._lock = threading.Lock()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        # Written on the event loop only; an int read from another thread is never half-written.
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_REASONS, 0)
+
+    def error(self, reason: str) -> None:
+        self.errors[reason] += 1
 
     def record(self, record: RequestRecord) -> None:
         now = self._clock()
@@ -234,6 +254,13 @@ class TapCollector(Collector):
             "Time per output token after the first, measured at the tap on streaming requests.",
             labels=LABELS,
         )
+        errors = CounterMetricFamily(
+            "specdecode_tap_errors",
+            "Requests the tap could not relay whole: refused (path, body size) or failed upstream, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in list(self._recorder.errors.items()):
+            errors.add_metric([reason], float(count))
         for summary, bucket in rows:
             labels = [summary.model_name, summary.bucket]
             ratio.add_metric(labels, bucket.ratio.cumulative(), bucket.ratio.total)
@@ -248,4 +275,4 @@ class TapCollector(Collector):
             for q, value in zip(QUANTILES, (summary.p10, summary.p50, summary.p90), strict=True):
                 if value is not None:
                     quantile.add_metric([*labels, str(q)], value)
-        yield from (ratio, draft, accepted, tapped, window_ratio, quantile, ttft, tpot)
+        yield from (ratio, draft, accepted, tapped, window_ratio, quantile, ttft, tpot, errors)

@@ -51,7 +51,7 @@ NOT_ATTRIBUTABLE = RequestPlan(attributable=False)
 def plan_request(body: bytes, *, ask_for_usage: bool) -> RequestPlan:
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python's parser goes
         return NOT_ATTRIBUTABLE
     if not isinstance(request, dict) or not _single_sequence(request):
         return NOT_ATTRIBUTABLE
@@ -65,8 +65,23 @@ def plan_request(body: bytes, *, ask_for_usage: bool) -> RequestPlan:
     # include_usage=false makes continuous_usage_stats inert; keep it inert now that include_usage is on.
     request["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     request["stream_options"].pop("continuous_usage_stats", None)
-    upstream = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        upstream = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (\ud800 escaped in the JSON, or its three raw bytes, which json.loads also takes)
+        # has no UTF-8 form. Re-escaping it would change the bytes vLLM gets; sending the client's own bytes
+        # without the usage request keeps them exactly as a direct request would have them.
+        # The model name, if that is where the surrogate is, would become a label /metrics cannot encode.
+        return RequestPlan(True, temperature, stream, model if model is None or _utf8_clean(model) else None)
     return RequestPlan(True, temperature, stream, model, injected_usage=True, upstream_body=upstream)
+
+
+def _utf8_clean(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _single_sequence(request: dict[str, Any]) -> bool:

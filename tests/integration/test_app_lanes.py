@@ -32,7 +32,7 @@ class PathRecorder:
 def test_openai_requests_skip_fastapi_and_everything_else_still_goes_through_it() -> None:
     seen: list[str] = []
     with running_upstream() as upstream:
-        app = create_app(Settings(vllm_url=upstream.url))
+        app = create_app(Settings(vllm_url=upstream.url, tap_forward_paths="openai,/echo/*"))
         app.add_middleware(PathRecorder, seen=seen)
 
         async def scenario() -> dict[str, int]:

@@ -56,7 +56,9 @@ def upstream() -> Iterator[TapUpstream]:
 
 @pytest.fixture(scope="module")
 def tap(upstream: TapUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TapServer]:
-    with tap_server(tmp_path_factory.mktemp("tap"), upstream.url, SPEC_SIDECAR_TAP_MAX_BODY_BYTES="4096") as server:
+    # The stand-in's /echo and /status paths are not vLLM's: forwarded here like any path an operator allows.
+    env = {"SPEC_SIDECAR_TAP_MAX_BODY_BYTES": "4096", "SPEC_SIDECAR_TAP_FORWARD_PATHS": "openai,/echo/*,/status/*"}
+    with tap_server(tmp_path_factory.mktemp("tap"), upstream.url, **env) as server:
         yield server
 
 

@@ -113,6 +113,33 @@ def test_nothing_is_injected_when_asking_for_usage_is_turned_off_or_the_request_
     assert plan_request(json.dumps({"prompt": "x"}).encode(), ask_for_usage=True).upstream_body is None
 
 
+@pytest.mark.parametrize("text", [b"\\ud800", b"\\udfff", b"\xed\xa0\x80"])
+@pytest.mark.parametrize("where", ["prompt", "model"])
+def test_a_stream_with_a_lone_surrogate_goes_upstream_unchanged_without_asking_for_usage(
+    text: bytes, where: str
+) -> None:
+    other = "prompt" if where == "model" else "model"
+    body = b'{"stream":true,"%s":"a%sb","%s":"m"}' % (where.encode(), text, other.encode())
+    plan = plan_request(body, ask_for_usage=True)
+    assert plan.attributable and plan.stream
+    assert plan.upstream_body is None and not plan.injected_usage
+    assert plan.model == (None if where == "model" else "m")  # never a label /metrics could not encode
+
+
+@given(st.text(max_size=40), st.booleans())
+def test_any_text_in_a_request_gives_a_plan_whose_upstream_body_is_valid_utf8(text: str, stream: bool) -> None:
+    body = json.dumps({"stream": stream, "prompt": text, "model": text}).encode("utf-8", "surrogatepass")
+    plan = plan_request(body, ask_for_usage=True)
+    if plan.upstream_body is not None:
+        assert json.loads(plan.upstream_body.decode("utf-8"))["prompt"] == text
+    if plan.model is not None:
+        plan.model.encode("utf-8")
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_not_attributed_rather_than_an_error() -> None:
+    assert not plan_request(b"[" * 100_000 + b"]" * 100_000, ask_for_usage=True).attributable
+
+
 # --- responses -----------------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.core.request_acceptance import SpecCounts
-from sidecar.tap_metrics import RequestRecord, TapRecorder, sample_quantile
+from sidecar.tap_metrics import (
+    ERROR_BODY_TOO_LARGE,
+    ERROR_PATH_REFUSED,
+    ERROR_REASONS,
+    ERROR_UPSTREAM_BROKE,
+    RequestRecord,
+    TapRecorder,
+    sample_quantile,
+)
 
 
 class Clock:
@@ -117,5 +125,20 @@ def test_gauges_with_no_data_in_the_window_are_absent_not_zero() -> None:
     assert "specdecode_bucket_acceptance_quantile" not in names
 
 
-def test_an_empty_recorder_exports_no_samples() -> None:
-    assert samples(TapRecorder()) == {}
+def test_an_empty_recorder_exports_no_bucket_samples_and_every_error_reason_at_zero() -> None:
+    exported = samples(TapRecorder())
+    assert {name for name, _ in exported} == {"specdecode_tap_errors_total"}
+    assert {labels: value for (_, labels), value in exported.items()} == {
+        (("reason", reason),): 0.0 for reason in ERROR_REASONS
+    }
+
+
+def test_errors_are_counted_by_reason() -> None:
+    recorder = TapRecorder()
+    recorder.error(ERROR_UPSTREAM_BROKE)
+    recorder.error(ERROR_UPSTREAM_BROKE)
+    recorder.error(ERROR_PATH_REFUSED)
+    exported = samples(recorder)
+    assert exported[("specdecode_tap_errors_total", (("reason", ERROR_UPSTREAM_BROKE),))] == 2.0
+    assert exported[("specdecode_tap_errors_total", (("reason", ERROR_PATH_REFUSED),))] == 1.0
+    assert exported[("specdecode_tap_errors_total", (("reason", ERROR_BODY_TOO_LARGE),))] == 0.0
