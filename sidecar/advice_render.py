@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sidecar.core.advice import Action, Advice, Status
+from sidecar.terminal_text import plain
 
 STATUS_STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.BAD: "bold red", Status.UNKNOWN: "dim"}
 ACTION_STYLE = {
@@ -25,10 +26,10 @@ def render_advice(advice: Advice, console: Console) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("reading", ratio=1)
     for f in advice.findings:
-        table.add_row(f.condition.value, Text(f.status.value, style=STATUS_STYLE[f.status]), f.says)
+        table.add_row(f.condition.value, Text(f.status.value, style=STATUS_STYLE[f.status]), plain(f.says))
     headline = Text.assemble(
         ("recommendation: ", "bold"), (advice.recommendation.value, ACTION_STYLE[advice.recommendation])
     )
-    reasons = Text("\n".join(f"• {reason}" for reason in advice.reasons))
-    title = f"decision: {advice.model_name or '?'}"
+    reasons = plain("\n".join(f"• {reason}" for reason in advice.reasons))
+    title = plain(f"decision: {advice.model_name or '?'}")
     console.print(Panel(Group(table, Text(""), headline, reasons), title=title))

@@ -31,6 +31,7 @@ from sidecar.core.request_acceptance import SpecCounts, facts_from_payload
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.core.verdict import Thresholds, Verdict, verdict
+from sidecar.terminal_text import plain
 
 SOURCE_PER_REQUEST = "per-request"
 SOURCE_METRICS_DELTA = "metrics-delta"
@@ -430,7 +431,9 @@ def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Con
     caption = "TTFT and TPOT: medians over each temperature's requests"
     if one_source:
         caption += f"; acceptance source: {next(iter(sources))}"
-    table = Table(title=f"probe: {model} at {url}", title_justify="left", caption=caption, caption_justify="left")
+    table = Table(
+        title=plain(f"probe: {model} at {url}"), title_justify="left", caption=plain(caption), caption_justify="left"
+    )
     # Short headers: the table fits an 80-column terminal.
     for column in ("temp", "reqs", "draft", "accepted", "ratio", "TTFT ms", "TPOT ms", "verdict"):
         table.add_column(column, justify="left" if column == "verdict" else "right", no_wrap=True)
@@ -447,7 +450,7 @@ def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Con
             _ms(r.tpot_seconds),
             f"[{VERDICT_STYLE[r.verdict.value]}]{r.verdict.value}[/]",
         ]
-        table.add_row(*cells, *([] if one_source else [r.source]))
+        table.add_row(*cells, *([] if one_source else [plain(r.source)]))
     console.print(table)
 
 

@@ -18,6 +18,7 @@ from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 from sidecar.tap_metrics import BucketSummary
+from sidecar.terminal_text import plain
 
 VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
 
@@ -111,7 +112,8 @@ def render_buckets(summaries: Sequence[BucketSummary], thresholds: Thresholds, c
         total = totals[b.model_name]
         judged = verdict(b.acceptance, float(b.window_draft_tokens), True, thresholds).value
         table.add_row(
-            b.model_name, b.bucket, str(b.window_requests), f"{b.window_requests / total:.0%}" if total else "—",
+            plain(b.model_name), plain(b.bucket), str(b.window_requests),
+            f"{b.window_requests / total:.0%}" if total else "—",
             _fmt(b.acceptance), _fmt(b.p10), _fmt(b.p50), _fmt(b.p90), f"[{VERDICT_STYLE[judged]}]{judged}[/]",
         )  # fmt: skip
     console.print(table)
@@ -125,10 +127,12 @@ def _finite(value: float | None) -> float | None:
 
 def render(stats: Stats, console: Console, title: str) -> None:
     if not stats.models:
-        console.print(Panel("No engine metrics found in the source.", title=title, style="red"))
+        console.print(Panel("No engine metrics found in the source.", title=plain(title), style="red"))
         return
     for m in stats.models:
-        console.print(Panel(Group(_summary_table(m), _latency_table(m)), title=f"{title}: {m.model_name or '?'}"))
+        console.print(
+            Panel(Group(_summary_table(m), _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}"))
+        )
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,28 @@ def test_an_unreachable_tap_is_one_clear_line(tmp_path: Path) -> None:
     done = report("--tap", "http://127.0.0.1:9", str(engine))
     assert done.returncode == 2
     assert "--tap http://127.0.0.1:9: cannot read the sidecar's buckets" in done.stderr
+
+
+HOSTILE = "[/]evil[bold red]x[/bold red] [link=http://example.invalid/]y\x1b[2J\x07"
+
+
+def test_untrusted_names_are_printed_as_text_never_read_as_markup_or_terminal_controls(tmp_path: Path) -> None:
+    engine = tmp_path / "engine.txt"
+    payload = vllm_payload(model=HOSTILE, drafts=100, draft_tokens=4000, accepted=3000, per_position=(90, 80, 70, 60))
+    engine.write_text(payload)
+    bucket = _bucket("[1,+Inf)[/]", 30, 1000, 200, 0.05) | {"model_name": HOSTILE}
+    with metrics_replay() as sidecar:
+        sidecar.serve(json.dumps({"models": [], "buckets": [bucket]}))
+        done = report("--tap", sidecar.url, "--json", str(engine))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["models"][0]["model_name"] == HOSTILE
+        wide = {**os.environ, "COLUMNS": "300"}  # no name cut short in a panel title or wrapped in a cell
+        human = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "report", "--tap", sidecar.url, str(engine)],
+            capture_output=True, text=True, timeout=60, check=False, env=wide,
+        )  # fmt: skip
+    assert human.returncode == 0, human.stderr
+    assert "\x1b" not in human.stdout and "\x07" not in human.stdout
+    shown = HOSTILE.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert human.stdout.count(shown) >= 3  # the report's panel, the bucket table, the advice panel
+    assert "[1,+Inf)[/]" in human.stdout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 
 from sidecar.core.request_acceptance import SpecCounts
 from sidecar.core.verdict import Thresholds, Verdict
@@ -12,6 +15,7 @@ from sidecar.probe import (
     SOURCE_PER_REQUEST,
     RequestResult,
     api_base,
+    render,
     summarize,
 )
 
@@ -65,3 +69,11 @@ def test_json_row_has_exactly_the_documented_keys() -> None:
 )
 def test_the_url_may_be_given_with_or_without_v1(url: str, base: str) -> None:
     assert api_base(url) == base
+
+
+def test_the_table_prints_the_servers_model_name_as_text_not_as_markup() -> None:
+    out = io.StringIO()
+    name = "[/]m[bold]x[/bold]\x1b]0;title\x07"
+    render(name, "http://e", [summarize(0.0, [result(40, 30)], (None, None), T)], Console(file=out, width=200))
+    assert "[/]m[bold]x[/bold]\\x1b]0;title\\x07" in out.getvalue()
+    assert "\x1b" not in out.getvalue()
