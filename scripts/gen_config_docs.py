@@ -24,7 +24,7 @@ CHART_SCHEMA = ROOT / "deploy" / "helm" / "spec-sidecar" / "values.schema.json"
 # helm --set passes 0.45 as a string: numbers may come as numeric strings.
 NUMERIC_STRING = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}
 # Set by the Helm chart from other values (the pod's own addresses and the Deployment it is part of).
-CHART_SETS = {"vllm_url", "listen", "deployment", "namespace", "container", "deployment_file"}
+CHART_SETS = {"vllm_url", "listen", "metrics_listen", "deployment", "namespace", "container", "deployment_file"}
 
 HEADER = """# Configuration reference
 

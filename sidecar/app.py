@@ -26,7 +26,7 @@ from sidecar.exporter import ScrapeCollector
 from sidecar.fleet import FleetCollector, FleetSource, install_fleet_api
 from sidecar.report import bucket_json, report_json
 from sidecar.runtime import Monitor
-from sidecar.settings import Settings
+from sidecar.settings import Settings, host_port
 from sidecar.status_page import actuator_state_of, install_status
 from sidecar.tap import TapConfig, install_tap
 from sidecar.tap_metrics import TapRecorder
@@ -36,15 +36,27 @@ class SidecarApp(FastAPI):
     """FastAPI for the sidecar's own routes; requests under ``/v1/`` (the OpenAI API, never one of ours) go
     straight to the tap. FastAPI's middleware stack (error and exception handlers, body limit, telemetry checks
     that read the environment) costs about 0.5 ms per request and wraps every ``send`` of a stream; a proxy
-    whose job is to add nothing cannot carry that on its hot path (docs/benchmarks.md, "Tap")."""
+    whose job is to add nothing cannot carry that on its hot path (docs/benchmarks.md, "Tap").
+
+    With ``own_port`` (``--metrics-listen``) the app listens on two ports: requests that came in on that port
+    get the sidecar's own routes and nothing else (the tap is not mounted), requests on any other port go to the
+    tap whatever their path, so the API port answers nothing of the sidecar's and the metrics port forwards
+    nothing to vLLM."""
 
     fast_lane: ASGIApp | None = None
+    own_port: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lane = self.fast_lane
-        if lane is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            await lane(scope, receive, send)
-            return
+        if lane is not None and scope["type"] != "lifespan":
+            own = self.own_port
+            if own is None:
+                if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+                    await lane(scope, receive, send)
+                    return
+            elif (scope.get("server") or ("", None))[1] != own:
+                await lane(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -167,6 +179,9 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         decisions=lambda: tuple(controller.decisions) if controller else (),
         actuator_state=lambda: actuator_state_of(controller, dry_run=settings.dry_run) if controller else None,
     )
-    # Last: the tap takes every path not routed above (/v1/* observed, everything else passed through).
-    app.fast_lane = install_tap(app, tap_config(settings, sc), sc.recorder)
+    # Last: the tap takes every path not routed above (/v1/* observed, everything else passed through), unless
+    # the sidecar's routes have a listener of their own: then only the other port reaches the tap.
+    own = settings.metrics_listen
+    app.fast_lane = install_tap(app, tap_config(settings, sc), sc.recorder, mount=own is None)
+    app.own_port = host_port(own)[1] if own is not None else None
     return app

@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -79,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -88,6 +89,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         http=bounded_protocol(settings.client_header_timeout, settings.client_body_timeout),
         timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # uvicorn takes a float too
     )
+    server = uvicorn.Server(config)
+    if settings.metrics_listen is None:
+        server.run()
+    else:
+        # Two listeners, one server (one event loop, one lifespan): the app tells them apart by the local port.
+        server.run(sockets=[_listening_socket(host, port), _listening_socket(*host_port(settings.metrics_listen))])
+    # As uvicorn.run: a server that never started (a port in use, a failed lifespan) is uvicorn's exit code 3.
+    return 0 if server.started else 3
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return 0
 
 

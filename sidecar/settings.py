@@ -30,7 +30,18 @@ class Settings(BaseSettings):
     )
     listen: str = Field(
         "0.0.0.0:8081",
-        description="HOST:PORT of the sidecar's one listener: /metrics, /healthz, /readyz, /status and the tap.",
+        description=(
+            "HOST:PORT of the tap (the OpenAI API, forwarded to vLLM), and of the sidecar's own routes (/metrics, "
+            "/healthz, /readyz, /status, /api/*) unless --metrics-listen gives them a port of their own."
+        ),
+    )
+    metrics_listen: str | None = Field(
+        None,
+        description=(
+            "HOST:PORT for the sidecar's own routes (/metrics, /healthz, /readyz, /status, /api/*), apart from the "
+            "tap: then --listen serves the tap only, and a NetworkPolicy can let API clients reach one port and "
+            "Prometheus the other (the Helm chart does). Unset: one listener for both."
+        ),
     )
 
     # --- scraping ------------------------------------------------------------------------------------------
@@ -264,10 +275,19 @@ class Settings(BaseSettings):
         parse_forward_paths(value)
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
-        host_port(value)
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _apart_from_the_tap(cls, value: str | None, info: ValidationInfo) -> str | None:
+        listen = info.data.get("listen")
+        if value is not None and listen is not None and host_port(value)[1] == host_port(listen)[1]:
+            raise ValueError("the metrics listener needs a port of its own, not the tap's (--listen)")
         return value
 
     def analysis_config(self) -> AnalysisConfig:

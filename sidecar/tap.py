@@ -124,16 +124,18 @@ def recorder_from_config(config: TapConfig) -> TapRecorder:
     return TapRecorder(window_seconds=config.window_seconds)
 
 
-def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder) -> Tap:
-    """Mount the tap behind every route registered so far (call it last). Its upstream client is created on
-    first use and closed when the app's lifespan ends (``close_tap`` does it by hand). Returns the tap, so the
-    app can also hand it the OpenAI API's paths directly (see ``sidecar.app.SidecarApp``)."""
+def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder, *, mount: bool = True) -> Tap:
+    """Mount the tap behind every route registered so far (call it last; ``mount=False`` leaves it to the
+    caller to route requests to it). Its upstream client is created on first use and closed when the app's
+    lifespan ends (``close_tap`` does it by hand). Returns the tap, so the app can also hand it the OpenAI API's
+    paths directly (see ``sidecar.app.SidecarApp``)."""
     tap = Tap(config, recorder)
     app.state.tap = tap
     # The tap ends a response vLLM broke off by raising UpstreamBrokeError (the server then cuts the client's
     # connection); it has logged its own warning, so uvicorn's traceback for it is dropped.
     logging.getLogger("uvicorn.error").addFilter(_QUIET_BREAKS)
-    app.mount("/", tap, name="tap")
+    if mount:
+        app.mount("/", tap, name="tap")
     original = app.router.lifespan_context
 
     @asynccontextmanager

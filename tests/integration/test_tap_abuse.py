@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.sidecar_process import wait_until
+from tests.support.replay import free_port
+from tests.support.sidecar_process import run_sidecar, wait_until
 from tests.support.tap_server import TapServer, tap_server
 from tests.support.tap_upstream import MODEL, TapUpstream, running_upstream
 
@@ -312,3 +313,26 @@ def test_the_sidecars_own_routes_are_answered_whatever_the_allow_list(upstream: 
     for path in ("/healthz", "/metrics", "/status", "/api/report"):
         assert httpx.get(tap.url + path).status_code == 200, path
     wait_until(lambda: httpx.get(tap.url + "/readyz").status_code == 200, 15)
+
+
+# --- two listeners --------------------------------------------------------------------------------------------
+
+
+def test_with_a_metrics_listener_the_api_port_serves_only_the_tap_and_the_metrics_port_forwards_nothing(
+    upstream: TapUpstream, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    own = f"http://127.0.0.1:{metrics_port}"
+    flags = ("--vllm-url", upstream.url, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    with run_sidecar(tmp_path, *flags, health_url=own) as api:
+        for path in ("/healthz", "/metrics", "/status", "/api/report"):
+            assert httpx.get(own + path).status_code == 200, path
+            assert httpx.get(api.url + path).status_code == 403, path  # a path the tap does not forward
+        assert b"specdecode_tap_errors_total" in httpx.get(own + "/metrics").content
+        request = {"model": MODEL, "prompt": "hi", "max_tokens": 4}
+        assert httpx.post(api.url + COMPLETIONS, json=request).status_code == 200
+        assert httpx.get(api.url + "/v1/models").json()["data"][0]["id"] == MODEL
+        seen = len(upstream.seen.raw_bodies)
+        assert httpx.post(own + COMPLETIONS, json=request).status_code == 404
+        assert httpx.get(own + "/v1/models").status_code == 404
+        assert len(upstream.seen.raw_bodies) == seen

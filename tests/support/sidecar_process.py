@@ -45,7 +45,10 @@ class SidecarProcess:
 
 
 @contextmanager
-def run_sidecar(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[SidecarProcess]:
+def run_sidecar(
+    tmp_path: Path, *flags: str, env: dict[str, str] | None = None, health_url: str | None = None
+) -> Iterator[SidecarProcess]:
+    """health_url: where /healthz answers, when not on the tap's port (--metrics-listen)."""
     port = free_port()
     log_path = tmp_path / f"sidecar-{port}.log"
     cmd = [sys.executable, "-m", "sidecar.cli", "run", "--listen", f"127.0.0.1:{port}", *flags]
@@ -55,7 +58,7 @@ def run_sidecar(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) 
         )
     sidecar = SidecarProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        wait_until(lambda: _answers(sidecar.url), 30, sidecar.log)
+        wait_until(lambda: _answers(health_url or sidecar.url), 30, sidecar.log)
         yield sidecar
     finally:
         process.terminate()
