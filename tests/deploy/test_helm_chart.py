@@ -33,7 +33,14 @@ from tests.deploy.tooling import (
     typescript_check,
 )
 
-ALL_OPTIONAL = ("--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true")
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+ALL_OPTIONAL = (
+    "--set",
+    "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+    # The ServiceMonitor scrapes vLLM's own port: the NetworkPolicy must admit Prometheus there.
+    "--set-json",
+    f"networkPolicy.vllmFrom=[{json.dumps(MONITORING)}]",
+)
 NO_GPU = ("--set", "vllm.gpu.count=0", "--set-json", "vllm.speculativeConfig={}")
 MEASURE_ONLY = ("--set", "sidecar.actuator.enabled=false")
 PRODUCTION = ("-f", str(CHART / "values-production-example.yaml"))
@@ -203,8 +210,8 @@ def test_sidecar_runs_non_root_read_only_without_capabilities_and_with_small_res
 
 def test_sidecar_probes_use_healthz_for_liveness_and_readyz_for_readiness() -> None:
     sidecar = container(one(documents(render()), "Deployment"), "spec-sidecar")
-    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "tap"}
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "tap"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 def test_vllm_gets_a_startup_budget_before_liveness_can_restart_it() -> None:
@@ -221,11 +228,13 @@ def test_service_sends_openai_traffic_through_the_tap_and_exposes_both_metrics_p
     tap_port = {p["name"]: p["containerPort"] for p in container(deployment, "spec-sidecar")["ports"]}
     vllm_port = {p["name"]: p["containerPort"] for p in container(deployment, "vllm")["ports"]}
     assert ports["http"]["port"] == 8000 and ports["http"]["targetPort"] == "tap"
+    assert ports["metrics"]["port"] == 8002 and ports["metrics"]["targetPort"] == "metrics"
     assert ports["vllm"]["targetPort"] == "vllm-http"
-    assert tap_port == {"tap": 8081} and vllm_port == {"vllm-http": 8000}
+    assert tap_port == {"tap": 8081, "metrics": 8082} and vllm_port == {"vllm-http": 8000}
     sidecar_args = container(deployment, "spec-sidecar")["args"]
     assert sidecar_args[sidecar_args.index("--vllm-url") + 1] == "http://127.0.0.1:8000"
     assert sidecar_args[sidecar_args.index("--listen") + 1] == "0.0.0.0:8081"
+    assert sidecar_args[sidecar_args.index("--metrics-listen") + 1] == "0.0.0.0:8082"
 
 
 def test_servicemonitor_scrapes_both_endpoints_under_the_job_names_the_alerts_use() -> None:
@@ -234,7 +243,7 @@ def test_servicemonitor_scrapes_both_endpoints_under_the_job_names_the_alerts_us
         e["port"]: next(r["replacement"] for r in e["relabelings"] if r["targetLabel"] == "job")
         for e in monitor["spec"]["endpoints"]
     }
-    assert jobs == {"http": "spec-sidecar", "vllm": "vllm"}
+    assert jobs == {"metrics": "spec-sidecar", "vllm": "vllm"}
     assert 'job="spec-sidecar"' in RULES.read_text()
 
 
@@ -266,7 +275,8 @@ def test_every_sidecar_config_key_in_the_schema_is_a_real_setting() -> None:
     keys = set(schema["properties"]["sidecar"]["properties"]["config"]["properties"])
     assert keys <= set(Settings.model_fields), keys - set(Settings.model_fields)
     # The chart sets these itself from other values: they must not be settable twice.
-    assert not keys & {"vllm_url", "listen", "deployment", "namespace", "container", "deployment_file"}
+    chart_sets = {"vllm_url", "listen", "metrics_listen", "deployment", "namespace", "container", "deployment_file"}
+    assert not keys & chart_sets
 
 
 @pytest.mark.parametrize(
@@ -277,6 +287,8 @@ def test_every_sidecar_config_key_in_the_schema_is_a_real_setting() -> None:
         (("--set", "serviceMonitor.interval=15 seconds"), "interval"),
         (("--set", "vllm.extraArgs[0]=--disable-log-stats"), "--disable-log-stats"),
         (("--set", "vllm.extraArgs[0]=--speculative-config={}"), "speculativeConfig"),
+        (("--set", "serviceMonitor.enabled=true"), "networkPolicy.vllmFrom"),
+        (("--set", "networkPolicy.apiFrom=everyone"), "apiFrom"),
     ],
 )
 def test_the_chart_refuses_values_that_cannot_work(args: tuple[str, ...], message: str) -> None:
@@ -323,7 +335,42 @@ def test_dashboard_configmap_is_labelled_for_grafanas_sidecar_and_holds_every_co
 
 def test_optional_objects_are_absent_by_default() -> None:
     kinds = sorted({d["kind"] for d in documents(render())})
-    assert kinds == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    assert kinds == ["Deployment", "NetworkPolicy", "Role", "RoleBinding", "Service", "ServiceAccount"]
+
+
+def _ingress_by_port(docs: list[Manifest]) -> dict[str, list[dict[str, object]] | None]:
+    """Port name -> the peers its rule admits (None: any source); a port without a rule is absent."""
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"] or []
+    out: dict[str, list[dict[str, object]] | None] = {}
+    for rule in rules:
+        for port in rule["ports"]:
+            out[port["port"]] = rule.get("from")
+    return out
+
+
+def test_the_network_policy_admits_api_clients_to_the_tap_the_cluster_to_metrics_and_no_one_to_vllm() -> None:
+    docs = documents(render())
+    policy = one(docs, "NetworkPolicy")
+    deployment = one(docs, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert _ingress_by_port(docs) == {"tap": None, "metrics": [{"namespaceSelector": {}}]}
+    # Every port the policy names is a port of the pod's containers (a wrong name would silently admit nothing).
+    named = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert set(_ingress_by_port(docs)) <= named
+    assert "vllm-http" in named
+
+
+def test_the_network_policy_takes_each_ports_peers_from_values_and_can_be_turned_off(tmp_path: Path) -> None:
+    gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"networkPolicy": {"apiFrom": [gateway], "metricsFrom": [], "vllmFrom": [MONITORING]}})
+    )
+    assert _ingress_by_port(documents(render("-f", str(values)))) == {"tap": [gateway], "vllm-http": [MONITORING]}
+    assert _ingress_by_port(documents(render(*PRODUCTION)))["vllm-http"] == [MONITORING]
+    kinds = {d["kind"] for d in documents(render("--set", "networkPolicy.enabled=false"))}
+    assert "NetworkPolicy" not in kinds
 
 
 def test_the_packaged_chart_carries_the_rules_and_dashboards_behind_its_symlinks(tmp_path: Path) -> None:

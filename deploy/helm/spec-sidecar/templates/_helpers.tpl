@@ -69,3 +69,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if $spec }}{{ toJson $spec }}{{ end }}
 {{- end }}
+
+{{/* One NetworkPolicy ingress rule: port (a container port name), from ("anywhere" or a list of peers; an empty
+list renders no rule, so no one but the node and the pod itself reaches the port), why (a comment). */}}
+{{- define "spec-sidecar.ingressRule" -}}
+{{- if eq (toString .from) "anywhere" -}}
+# {{ .why }}: from anywhere
+- ports:
+    - port: {{ .port }}
+      protocol: TCP
+{{- else if kindIs "string" .from }}
+{{- fail (printf "networkPolicy: %q is neither \"anywhere\" nor a list of peers" .from) }}
+{{- else if .from -}}
+# {{ .why }}
+- ports:
+    - port: {{ .port }}
+      protocol: TCP
+  from:
+    {{- toYaml .from | nindent 4 }}
+{{- else -}}
+# {{ .why }}: closed (an empty list)
+{{- end }}
+{{- end }}
