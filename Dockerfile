@@ -38,8 +38,9 @@ RUN groupadd --system --gid 10001 spec-sidecar \
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8081
-# Python, not curl (the image has none): the process is alive and its listener answers.
+# Python, not curl (the image has none): the process is alive and its listener answers (the metrics listener's,
+# when SPEC_SIDECAR_METRICS_LISTEN gives the sidecar's routes a port apart from the tap).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["python3", "-c", "import os, urllib.request; port = os.environ.get('SPEC_SIDECAR_LISTEN', ':8081').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+  CMD ["python3", "-c", "import os, urllib.request; port = (os.environ.get('SPEC_SIDECAR_METRICS_LISTEN') or os.environ.get('SPEC_SIDECAR_LISTEN', ':8081')).rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 ENTRYPOINT ["spec-sidecar"]
 CMD ["run", "--vllm-url", "http://127.0.0.1:8000", "--listen", "0.0.0.0:8081"]
