@@ -7,7 +7,7 @@ partial head held 800 sockets (and file descriptors) for as long as they liked. 
 timer, armed when a request head starts (or the connection opens) and re-armed lazily, so the hot path pays a
 clock read per network read and per request, and a timer only while a request is incoming:
 - head: the deadline is fixed when the head starts; trickling bytes does not extend it. A late head gets a 408
-  and the connection is closed;
+  and the connection is closed (a connection that sent nothing at all is just closed);
 - body: each read restarts the silence; while the app has paused reading (it is not taking the body as fast as
   it comes, e.g. vLLM is slow to accept it) the client is not the one being slow, and the timer waits;
 - response: the client may stay silent as long as the response runs (streams last minutes); between requests
@@ -51,6 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._phase = _HEAD
+        self._head_begun = False  # a byte of the current request head has arrived
         self._head_started = 0.0
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -72,12 +73,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_begun = True
         if self._phase != _HEAD:  # a new request on a kept-alive connection (the first one counts from connect)
             self._phase, self._head_started = _HEAD, self._last_read
             self._arm(self._head_started + self.header_timeout)
 
     def on_headers_complete(self) -> None:
-        self._phase = _BODY
+        self._phase, self._head_begun = _BODY, False
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -105,7 +107,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm(due)
                 return
             log.debug("client %s: request head not complete after %.1f s, closing", self.client, self.header_timeout)
-            if self.cycle is None or self.cycle.response_complete:  # never write into a response in progress
+            # A 408 answers a request that started; on a connection that never sent a byte, a client reading it
+            # later would take it for the answer to its next request. Never write into a response in progress.
+            if self._head_begun and (self.cycle is None or self.cycle.response_complete):
                 self.transport.write(_TIMEOUT_408)
             self.transport.close()
             return

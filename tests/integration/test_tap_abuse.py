@@ -224,6 +224,7 @@ def test_a_connection_that_never_sends_a_byte_is_closed_at_the_header_timeout(ta
         outcomes = [closed_by_server(s, within=3.0) for s in sockets]
         elapsed = time.monotonic() - started
     assert all(closed for closed, _ in outcomes)
+    assert all(sent == b"" for _, sent in outcomes)  # no 408 a client could take for its next request's answer
     assert 0.8 < elapsed < 3.0
 
 
