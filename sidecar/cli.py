@@ -24,6 +24,7 @@ from sidecar import __version__, control_commands, probe
 from sidecar.settings import Settings, host_port
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
+    from sidecar.app import Sidecar
     from sidecar.core.snapshot import Snapshot
     from sidecar.tap_metrics import BucketSummary
 
@@ -86,7 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=port,
         log_level=settings.log_level,
         access_log=False,
-        http=bounded_protocol(settings.client_header_timeout, settings.client_body_timeout),
+        http=bounded_protocol(
+            settings.client_header_timeout, settings.client_body_timeout, _count_timeouts(app.state.sidecar)
+        ),
         timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]  # uvicorn takes a float too
     )
     server = uvicorn.Server(config)
@@ -97,6 +100,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.run(sockets=[_listening_socket(host, port), _listening_socket(*host_port(settings.metrics_listen))])
     # As uvicorn.run: a server that never started (a port in use, a failed lifespan) is uvicorn's exit code 3.
     return 0 if server.started else 3
+
+
+def _count_timeouts(sidecar: Sidecar) -> Callable[[str], None]:
+    from sidecar.listener import HEADER
+    from sidecar.tap_metrics import ERROR_CLIENT_BODY_TIMEOUT, ERROR_CLIENT_HEADER_TIMEOUT
+
+    def count(which: str) -> None:
+        sidecar.recorder.error(ERROR_CLIENT_HEADER_TIMEOUT if which == HEADER else ERROR_CLIENT_BODY_TIMEOUT)
+
+    return count
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -34,19 +35,31 @@ _TIMEOUT_408 = (
 )
 
 
-def bounded_protocol(header_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
-    """The protocol class to hand uvicorn (``http=``), with these timeouts in seconds."""
+HEADER, BODY = "header", "body"
+
+
+def _uncounted(which: str) -> None:
+    pass
+
+
+def bounded_protocol(
+    header_timeout: float, body_timeout: float, on_timeout: Callable[[str], None] = _uncounted
+) -> type[HttpToolsProtocol]:
+    """The protocol class to hand uvicorn (``http=``), with these timeouts in seconds; ``on_timeout(HEADER or
+    BODY)`` is called for each connection cut off (the sidecar counts them in specdecode_tap_errors_total)."""
 
     class Bounded(BoundedHttpToolsProtocol):
         pass
 
     Bounded.header_timeout, Bounded.body_timeout = header_timeout, body_timeout
+    Bounded.on_timeout = staticmethod(on_timeout)
     return Bounded
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
+    on_timeout: Callable[[str], None] = staticmethod(_uncounted)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,6 +120,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm(due)
                 return
             log.debug("client %s: request head not complete after %.1f s, closing", self.client, self.header_timeout)
+            self.on_timeout(HEADER)
             # A 408 answers a request that started; on a connection that never sent a byte, a client reading it
             # later would take it for the answer to its next request. Never write into a response in progress.
             if self._head_begun and (self.cycle is None or self.cycle.response_complete):
@@ -118,4 +132,5 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._arm(due)
             return
         log.debug("client %s: request body silent for %.1f s, closing", self.client, self.body_timeout)
+        self.on_timeout(BODY)
         self.transport.close()  # the app's receive() gets http.disconnect

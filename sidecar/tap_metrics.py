@@ -33,12 +33,17 @@ ERROR_UPSTREAM_UNREACHABLE = "upstream_unreachable"  # 502: no response head (re
 ERROR_UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: no response head within the read timeout
 ERROR_BODY_TOO_LARGE = "body_too_large"  # 413: an observed request body over tap_max_body_bytes
 ERROR_PATH_REFUSED = "path_refused"  # 403: a path tap_forward_paths does not allow
+# Counted by the listener (sidecar/listener.py), on either port: a client cut off for being too slow.
+ERROR_CLIENT_HEADER_TIMEOUT = "client_header_timeout"
+ERROR_CLIENT_BODY_TIMEOUT = "client_body_timeout"
 ERROR_REASONS = (
     ERROR_UPSTREAM_BROKE,
     ERROR_UPSTREAM_UNREACHABLE,
     ERROR_UPSTREAM_TIMEOUT,
     ERROR_BODY_TOO_LARGE,
     ERROR_PATH_REFUSED,
+    ERROR_CLIENT_HEADER_TIMEOUT,
+    ERROR_CLIENT_BODY_TIMEOUT,
 )
 
 

@@ -199,6 +199,7 @@ def closed_by_server(s: socket.socket, within: float) -> tuple[bool, bytes]:
 
 
 def test_clients_that_trickle_a_request_head_are_cut_off_at_the_header_timeout(tap: TapServer) -> None:
+    before = errors(tap, "client_header_timeout")
     with raw_connections(tap.url, 40) as sockets:
         started = time.monotonic()
         for s in sockets:
@@ -216,6 +217,7 @@ def test_clients_that_trickle_a_request_head_are_cut_off_at_the_header_timeout(t
     assert all(closed for closed, _ in outcomes)
     assert all(sent.startswith(b"HTTP/1.1 408 ") for _, sent in outcomes)
     assert elapsed < 4.0
+    assert errors(tap, "client_header_timeout") == before + 40
 
 
 def test_a_connection_that_never_sends_a_byte_is_closed_at_the_header_timeout(tap: TapServer) -> None:
@@ -232,6 +234,7 @@ def test_a_client_that_stalls_its_body_is_cut_off_at_the_body_timeout_and_vllm_n
     upstream: TapUpstream, tap: TapServer
 ) -> None:
     seen = len(upstream.seen.raw_bodies)
+    before = errors(tap, "client_body_timeout")
     with raw_connections(tap.url, 10) as sockets:
         started = time.monotonic()
         for s in sockets:
@@ -241,6 +244,7 @@ def test_a_client_that_stalls_its_body_is_cut_off_at_the_body_timeout_and_vllm_n
     assert all(closed for closed, _ in outcomes)
     assert elapsed < 3.0
     assert len(upstream.seen.raw_bodies) == seen
+    assert errors(tap, "client_body_timeout") == before + 10
 
 
 def test_a_slow_but_steady_body_and_a_long_silent_response_are_not_cut_off(
