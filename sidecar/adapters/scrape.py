@@ -49,7 +49,10 @@ _HINTS = {
 def describe_failure(base_url: str, result: ScrapeResult) -> str:
     """One line for a person: the URL tried, what came back, and what to check."""
     hint = _HINTS.get(result.result, "")
-    return f"GET {metrics_url(base_url)}: {result.detail or result.result}" + (f"; {hint}" if hint else "")
+    # An HTTP status or a size says it all; an exception's name and text need the word for what happened.
+    what = result.detail if result.result in ("http_error", "too_large", "bad_payload") else None
+    what = what or (f"{result.result} ({result.detail})" if result.detail else result.result)
+    return f"GET {metrics_url(base_url)}: {what}" + (f"; {hint}" if hint else "")
 
 
 def metrics_url(base_url: str) -> str:

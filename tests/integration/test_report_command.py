@@ -107,7 +107,7 @@ def test_the_human_report_shows_the_verdict_and_the_latency_table(tmp_path: Path
 def test_unusable_sources_fail_with_one_clear_line(tmp_path: Path) -> None:
     missing = report(str(tmp_path / "missing.txt"))
     assert missing.returncode == 2
-    assert "No such file" in missing.stderr
+    assert "no such file" in missing.stderr
     junk = tmp_path / "junk.txt"
     junk.write_text("hello world\n")
     assert "no known engine metrics" in report(str(junk)).stderr
