@@ -15,7 +15,7 @@ import pytest
 from sidecar.cli import build_parser
 
 ENTRY_POINT = Path(sys.executable).with_name("spec-sidecar")
-# Words that belong to the code, not to a user: the seed document, module docstrings, registration, reST.
+# Words that belong to the code, not to a user: design notes ("the seed"), module docstrings, registration, reST.
 INTERNAL_WORDS = ("seed", "COMMANDS", "register(", "docstring", "``", ":func:", ":mod:", "subparsers", "TODO")
 
 
