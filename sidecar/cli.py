@@ -24,7 +24,7 @@ from rich.console import Console
 from sidecar import __version__, control_commands, probe
 from sidecar.actuator import TargetError
 from sidecar.control_commands import target_problem
-from sidecar.settings import Settings, host_port
+from sidecar.settings import Settings, check_url, host_port
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
     from sidecar.core.snapshot import Snapshot
@@ -154,15 +154,22 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> list[BucketSummary]:
 
     from sidecar.report import bucket_from_json
 
+    try:
+        check_url(sidecar_url)
+    except ValueError as exc:
+        raise UsageError(f"--tap: {exc}") from exc
     url = sidecar_url.rstrip("/") + "/api/report"
+    hint = "give --tap the address of a running `spec-sidecar run` (its --listen)"
     try:
         response = httpx.get(url, timeout=timeout)
-        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise UsageError(f"GET {url}: {type(exc).__name__}: {exc}; {hint}") from exc
+    if response.status_code != 200:
+        raise UsageError(f"GET {url}: HTTP {response.status_code}; {hint}")
+    try:
         return [bucket_from_json(row) for row in response.json()["buckets"]]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"--tap {sidecar_url}: cannot read the sidecar's buckets ({type(exc).__name__}: {exc})"
-        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"GET {url}: not a sidecar's report ({type(exc).__name__}: {exc}); {hint}") from exc
 
 
 def _load_source(source: str, settings: Settings) -> Snapshot:

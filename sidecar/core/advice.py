@@ -1,4 +1,4 @@
-"""The decision framework (docs/decision-guide.md): what each condition says about this traffic, then one recommendation.
+"""The decision framework (docs/decision-guide.md): what each condition says, then one recommendation.
 
 Conditions (each ok / warn / bad / unknown with one sentence):
   enough data        the window carries enough draft tokens for any verdict

@@ -60,6 +60,13 @@ def not_vllm() -> Iterator[str]:
         server.server_close()
 
 
+def test_a_tap_that_is_not_a_sidecar_is_one_line_with_the_url_tried(tmp_path: Path, not_vllm: str) -> None:
+    source = tmp_path / "metrics.txt"
+    source.write_text(vllm_payload(drafts=10, draft_tokens=40, accepted=30, per_position=(9, 8, 7, 6)))
+    line = one_line_error(cli("report", str(source), "--tap", not_vllm, home=tmp_path), "report")
+    assert f"GET {not_vllm}/api/report: HTTP 404" in line and "--tap" in line
+
+
 def test_report_of_an_address_without_scheme_suggests_the_url(tmp_path: Path) -> None:
     line = one_line_error(cli("report", "127.0.0.1:8000", home=tmp_path), "report")
     assert "no such file" in line and "http://127.0.0.1:8000" in line

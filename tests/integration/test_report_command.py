@@ -161,4 +161,6 @@ def test_an_unreachable_tap_is_one_clear_line(tmp_path: Path) -> None:
     engine.write_text(vllm_payload(drafts=1, draft_tokens=4, accepted=1, per_position=(1, 0, 0, 0)))
     done = report("--tap", "http://127.0.0.1:9", str(engine))
     assert done.returncode == 2
-    assert "--tap http://127.0.0.1:9: cannot read the sidecar's buckets" in done.stderr
+    assert "GET http://127.0.0.1:9/api/report: ConnectError" in done.stderr
+    assert "give --tap the address of a running `spec-sidecar run`" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
