@@ -56,8 +56,8 @@ DESCRIPTIONS = {
 # What to change when the target cannot be read, by the adapter's reason, for a Deployment and for a file.
 KUBE_HINTS = {
     "no_config": "point {kubeconfig} at a kubeconfig file, or act on a local manifest with --deployment-file",
-    "connection": "check the server address in the kubeconfig ({kubeconfig}) and that the API server is up",
-    "timeout": "check the server address in the kubeconfig ({kubeconfig}) and that the API server is up",
+    "connection": "check {server_from} and that the API server is up",
+    "timeout": "check {server_from} and that the API server is up",
     "not_found": "check --deployment and --namespace",
     "forbidden": "the credentials in use may not read or patch this Deployment (see docs/install.md for the RBAC)",
     "unauthorized": "the credentials in the kubeconfig ({kubeconfig}) were refused",
@@ -72,11 +72,18 @@ FILE_HINTS = {
 
 
 def target_problem(
-    exc: TargetError, deployment_file: str | None, server: str | None = None, *, kubeconfig_flag: bool = True
+    exc: TargetError,
+    deployment_file: str | None,
+    server: str | None = None,
+    *,
+    kubeconfig_flag: bool = True,
+    kube_host: str | None = None,
 ) -> str:
     """One line: what is wrong with the target, and which flag to change (``run`` has no --kubeconfig)."""
     kubeconfig = "--kubeconfig or KUBECONFIG" if kubeconfig_flag else "KUBECONFIG"
-    hint = (FILE_HINTS if deployment_file else KUBE_HINTS).get(exc.reason, "").format(kubeconfig=kubeconfig)
+    server_from = "--kube-host" if kube_host else f"the server address in the kubeconfig ({kubeconfig})"
+    hints = FILE_HINTS if deployment_file else KUBE_HINTS
+    hint = hints.get(exc.reason, "").format(kubeconfig=kubeconfig, server_from=server_from)
     detail = exc.detail
     if server and exc.reason in ("connection", "timeout"):
         detail = f"cannot reach the Kubernetes API server at {server} ({detail})"
@@ -116,8 +123,12 @@ def run_command(args: argparse.Namespace) -> int:
             return _status(view, args.json)
         return _toggle(actuator, args)
     except TargetError as exc:
-        problem = target_problem(exc, args.deployment_file, getattr(actuator, "server", None) or args.kube_host)
+        server = getattr(actuator, "server", None) or args.kube_host
+        problem = target_problem(exc, args.deployment_file, server, kube_host=args.kube_host)
         print(f"spec-sidecar {args.command}: {problem}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else still gets one line, not a trace
+        print(f"spec-sidecar {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     finally:
         kube_log.setLevel(level)
