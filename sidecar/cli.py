@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -109,6 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per scrape is noise
     host, port = host_port(settings.listen)
+    _check_free(host, port)
     try:
         app = create_app(settings)
     except TargetError as exc:  # --deployment without a usable cluster configuration, for instance
@@ -119,6 +121,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level, access_log=False)
     return 0
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail before starting when --listen is taken: uvicorn would log it among start-up lines and exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"--listen {host}:{port}: {exc.strerror or exc}; choose another port, or stop what listens there"
+            ) from exc
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -143,3 +143,9 @@ def test_a_missing_manifest_is_exit_code_2_for_every_command(tmp_path: Path, com
     line = one_line_error(cli(command, "--deployment-file", str(missing), home=tmp_path), command)
     assert f"{missing}: no such file" in line and "--deployment-file" in line
     assert not list(tmp_path.glob(".deploy.yaml*")), "nothing is left beside a file that is not there"
+
+
+def test_run_on_a_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path, not_vllm: str) -> None:
+    taken = not_vllm.removeprefix("http://")
+    line = one_line_error(cli("run", "--listen", taken, "--vllm-url", not_vllm, home=tmp_path), "run")
+    assert f"--listen {taken}: " in line and "choose another port" in line
