@@ -233,10 +233,11 @@ class Settings(BaseSettings):
 
     @field_validator("vllm_url", "prometheus_url")
     @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever.
-        if value is not None:
-            check_url(value)
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever. An empty
+        # --prometheus-url (a chart value left blank) means no fleet mode, as before.
+        if value or info.field_name == "vllm_url":
+            check_url(value or "")
         return value
 
     @model_validator(mode="after")

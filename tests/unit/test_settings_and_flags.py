@@ -64,6 +64,9 @@ def test_an_engine_or_prometheus_url_without_scheme_is_refused() -> None:
         with pytest.raises(ValueError, match=r"http://127\.0\.0\.1:8000 \(with http:// or https://\)"):
             Settings.model_validate({field: "127.0.0.1:8000", "deployment": "vllm"})
     assert Settings(vllm_url="https://engine.ml.svc:8000").vllm_url == "https://engine.ml.svc:8000"
+    assert Settings(prometheus_url="").prometheus_url == ""  # blank: no fleet mode
+    with pytest.raises(ValueError, match="with http:// or https://"):
+        Settings(vllm_url="")
 
 
 def test_the_disable_threshold_may_not_be_above_the_keep_threshold() -> None:
