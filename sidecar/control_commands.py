@@ -92,11 +92,31 @@ def target_problem(
 
 def _target_flags(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--deployment", default=env("SPEC_SIDECAR_DEPLOYMENT"), help="Kubernetes Deployment name.")
-    p.add_argument("--namespace", default=env("SPEC_SIDECAR_NAMESPACE"), help="Its namespace.")
-    p.add_argument("--container", default=env("SPEC_SIDECAR_CONTAINER", "vllm"), help="The vLLM container.")
-    p.add_argument("--deployment-file", default=env("SPEC_SIDECAR_DEPLOYMENT_FILE"), help="A local YAML manifest.")
-    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="Kubeconfig file (default: in-cluster/~/.kube).")
+    p.add_argument(
+        "--deployment",
+        default=env("SPEC_SIDECAR_DEPLOYMENT"),
+        help="Kubernetes Deployment name [env SPEC_SIDECAR_DEPLOYMENT].",
+    )
+    p.add_argument(
+        "--namespace",
+        default=env("SPEC_SIDECAR_NAMESPACE"),
+        help="Its namespace (default: the pod's own, else 'default') [env SPEC_SIDECAR_NAMESPACE].",
+    )
+    p.add_argument(
+        "--container",
+        default=env("SPEC_SIDECAR_CONTAINER", "vllm"),
+        help="The vLLM container [env SPEC_SIDECAR_CONTAINER; default 'vllm'].",
+    )
+    p.add_argument(
+        "--deployment-file",
+        default=env("SPEC_SIDECAR_DEPLOYMENT_FILE"),
+        help="A local YAML manifest [env SPEC_SIDECAR_DEPLOYMENT_FILE].",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=env("KUBECONFIG"),
+        help="Kubeconfig file (default: in-cluster, else ~/.kube/config) [env KUBECONFIG].",
+    )
     p.add_argument(
         "--kube-host",
         default=None,
