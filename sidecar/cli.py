@@ -112,6 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     host, port = host_port(settings.listen)
     _check_free(host, port)
     try:
+        if settings.deployment_file:  # a local file is cheap to read: a wrong path is refused now, not logged later
+            from sidecar.adapters.manifest import ManifestActuator
+
+            ManifestActuator(
+                settings.deployment_file, container=settings.container, deployment=settings.deployment
+            ).read()
         app = create_app(settings)
     except TargetError as exc:  # --deployment without a usable cluster configuration, for instance
         raise UsageError(target_problem(exc, settings.deployment_file, kubeconfig_flag=False)) from exc

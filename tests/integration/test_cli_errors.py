@@ -129,11 +129,12 @@ current-context: x
     assert "HTTPConnectionPool" not in line and "retrying" not in done.stderr
 
 
-@pytest.mark.parametrize("command", ["status", "enable", "disable"])
+@pytest.mark.parametrize("command", ["status", "enable", "disable", "run"])
 def test_a_file_that_is_not_a_manifest_is_one_line_naming_the_flag(tmp_path: Path, command: str) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# spec-sidecar\n\nA sidecar.\n\n- **Measures.** it: scrapes: metrics\n")
-    line = one_line_error(cli(command, "--deployment-file", str(readme), home=tmp_path), command)
+    listen = ["--listen", f"127.0.0.1:{free_port()}"] if command == "run" else []
+    line = one_line_error(cli(command, "--deployment-file", str(readme), *listen, home=tmp_path), command)
     assert f"{readme} is not YAML at line" in line and "--deployment-file" in line
 
 
