@@ -8,10 +8,12 @@ export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
 .PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium clean
 
+# PYTHONWARNINGS: setuptools warns on every editable install that a folder named like the package may shadow it;
+# here that folder is the package.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 2>/dev/null
-	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import sidecar, prometheus_client, fastapi, hypothesis"
 	touch $@
 

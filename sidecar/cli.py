@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from rich.console import Console
 
 from sidecar import __version__, control_commands, probe
-from sidecar.settings import Settings, host_port
+from sidecar.actuator import TargetError
+from sidecar.control_commands import target_problem
+from sidecar.settings import Settings, check_url, host_port
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
     from sidecar.app import Sidecar
@@ -31,6 +35,26 @@ if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
 REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
 
 Handler = Callable[[argparse.Namespace], int]
+ENV_PREFIX = "SPEC_SIDECAR_"
+EXIT_CODES = """exit codes:
+  0    done, or already so
+  1    refused: enable or disable left the target as it was, and says why
+       (pinned, latched, not restorable, edited since, rollout in progress)
+  2    cannot be done as asked: a bad flag or environment variable, or a
+       source or target that cannot be read or written (a missing file, an
+       unreachable URL or cluster, a server that is not a vLLM engine)
+  130  interrupted (Ctrl-C)
+Errors are one line on stderr, starting with "spec-sidecar COMMAND:".
+"""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal as usual, but keeps the exit-code table as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == EXIT_CODES:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class UsageError(Exception):
@@ -43,12 +67,18 @@ def add_settings_flags(parser: argparse.ArgumentParser, only: Iterable[str] | No
         if wanted is not None and name not in wanted:
             continue
         flag = "--" + name.replace("_", "-")
-        env = "SPEC_SIDECAR_" + name.upper()
-        help_text = f"{field.description} [env {env}; default {field.default!r}]"
+        env = ENV_PREFIX + name.upper()
+        # argparse expands %-formats in help texts: a literal % must be doubled.
+        help_text = f"{field.description} [env {env}; default {_default_text(field)}]".replace("%", "%%")
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def _default_text(field: FieldInfo) -> str:
+    value = field.get_default(call_default_factory=True)
+    return "none" if value is None or value == {} else repr(value)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -56,12 +86,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"--{_flag(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise UsageError(problems) from exc
+        raise UsageError("; ".join(_problem(e, given) for e in exc.errors())) from exc
 
 
-def _flag(loc: tuple[int | str, ...]) -> str:
-    return "-".join(str(p) for p in loc).replace("_", "-")
+def _problem(error: ErrorDetails, given: dict[str, object]) -> str:
+    """One problem, under the name the user wrote it with: the flag, or the environment variable."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule between settings (the message names them)
+        return message
+    name = str(error["loc"][0])
+    if name in given:
+        return f"--{name.replace('_', '-')}: {message}"
+    return f"environment variable {ENV_PREFIX}{name.upper()}={error['input']}: {message}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -76,7 +112,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per scrape is noise
     host, port = host_port(settings.listen)
-    app = create_app(settings)
+    _check_free(host, port)
+    try:
+        if settings.deployment_file:  # a local file is cheap to read: a wrong path is refused now, not logged later
+            from sidecar.adapters.manifest import ManifestActuator
+
+            ManifestActuator(
+                settings.deployment_file, container=settings.container, deployment=settings.deployment
+            ).read()
+        app = create_app(settings)
+    except TargetError as exc:  # --deployment without a usable cluster configuration, for instance
+        raise UsageError(target_problem(exc, settings.deployment_file, kubeconfig_flag=False)) from exc
     # Everything alive now (modules, the app) lives as long as the process: keep it out of the collector's full
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
@@ -121,6 +167,19 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return 0
 
 
+def _check_free(host: str, port: int) -> None:
+    """Fail before starting when --listen is taken: uvicorn would log it among start-up lines and exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"--listen {host}:{port}: {exc.strerror or exc}; choose another port, or stop what listens there"
+            ) from exc
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sidecar.advice_render import render_advice
     from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
@@ -154,28 +213,39 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> list[BucketSummary]:
 
     from sidecar.report import bucket_from_json
 
+    try:
+        check_url(sidecar_url)
+    except ValueError as exc:
+        raise UsageError(f"--tap: {exc}") from exc
     url = sidecar_url.rstrip("/") + "/api/report"
+    hint = "give --tap the address of a running `spec-sidecar run` (its --listen)"
     try:
         response = httpx.get(url, timeout=timeout)
-        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise UsageError(f"GET {url}: {type(exc).__name__}: {exc}; {hint}") from exc
+    if response.status_code != 200:
+        raise UsageError(f"GET {url}: HTTP {response.status_code}; {hint}")
+    try:
         return [bucket_from_json(row) for row in response.json()["buckets"]]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"--tap {sidecar_url}: cannot read the sidecar's buckets ({type(exc).__name__}: {exc})"
-        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"GET {url}: not a sidecar's report ({type(exc).__name__}: {exc}); {hint}") from exc
 
 
 def _load_source(source: str, settings: Settings) -> Snapshot:
-    from sidecar.adapters.scrape import parse_payload, scrape_sync
+    from sidecar.adapters.scrape import describe_failure, parse_payload, scrape_sync
 
     if source.startswith(("http://", "https://")):
         result = scrape_sync(source, settings.scrape_timeout, settings.scrape_max_bytes)
         if result.snapshot is None:
-            raise UsageError(f"{source}: {result.result} ({result.detail})")
+            raise UsageError(describe_failure(source, result))
         return result.snapshot
     path = Path(source)
     try:
         text = sys.stdin.read() if source == "-" else path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError as exc:
+        # "127.0.0.1:8000" is a URL without its scheme far more often than a file name.
+        hint = f"for a URL, write http://{source}" if ":" in source else "give a file of /metrics text or a URL"
+        raise UsageError(f"{source}: no such file; {hint}") from exc
     except OSError as exc:
         raise UsageError(f"{source}: {exc.strerror or exc}") from exc
     # A file carries no trustworthy time (mtimes change on copy), so per-second rates stay unknown.
@@ -186,11 +256,23 @@ def _load_source(source: str, settings: Settings) -> Snapshot:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spec-sidecar", description="Keeps vLLM speculative decoding honest.")
+    parser = argparse.ArgumentParser(
+        prog="spec-sidecar",
+        description="Keeps vLLM speculative decoding honest: measures acceptance, exports it, and turns "
+        "speculation off when it does not pay. `spec-sidecar COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"spec-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="Run the sidecar: scrape, export, tap, decide.")
+    run = sub.add_parser(
+        "run",
+        help="Run the sidecar: scrape, export, tap, decide.",
+        description="Run beside a vLLM engine: scrape its /metrics, export the specdecode_* metrics and the "
+        "/status page, pass its OpenAI API through to learn each request's temperature, and, with --deployment "
+        "or --deployment-file, turn speculation off when acceptance stays low. It acts only after "
+        "--warmup-windows windows (15 by default: 15 minutes at --window 60). Every flag is also an "
+        "environment variable; a flag beats the environment, which beats the default.",
+    )
     add_settings_flags(run)
     run.set_defaults(handler=cmd_run)
 
@@ -211,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in COMMANDS:
         register(sub)
+    # The same exit codes for every subcommand, so say them once, in every --help.
+    for command in (parser, *sub.choices.values()):
+        command.epilog = EXIT_CODES
+        command.formatter_class = HelpFormatter
     return parser
 
 

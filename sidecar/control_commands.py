@@ -3,22 +3,21 @@
 A human's toggle is recorded as ``changed-by: manual``: it clears a latch and resets the timed trial, a
 manual enable is left alone for the grace period, and only a contrary pin stops it (``--pin`` sets the pin
 first, so ``disable --pin`` turns speculation off and keeps it off). Exit codes: 0 done or already so,
-1 refused (pinned, not restorable, conflict, ...), 2 usage or target error.
-
-Register with the main CLI: ``COMMANDS.append(control_commands.register)``; standalone:
-``python -m sidecar.control_commands status --deployment-file deploy.yaml``.
+1 refused (pinned, not restorable, conflict, ...), 2 usage or target error (the target cannot be read or
+written). Standalone: ``python -m sidecar.control_commands status --deployment-file deploy.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sidecar.actuator import ActResult, Actuator, Outcome, TargetView
+from sidecar.actuator import ActResult, Actuator, Outcome, TargetError, TargetView
 from sidecar.control import build_actuator
 
 OK = (Outcome.CHANGED, Outcome.UNCHANGED)
@@ -30,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("disable", "Turn speculation off now (removes every speculation flag; recorded as manual)."),
         ("enable", "Restore exactly the flags the last disable removed (recorded as manual)."),
     ):
-        p = subparsers.add_parser(name, help=help_text, description=__doc__)
+        p = subparsers.add_parser(name, help=help_text, description=f"{help_text} {DESCRIPTIONS[name]}")
         _target_flags(p)
         p.add_argument("--json", action="store_true", help="Print one JSON object.")
         if name != "status":
@@ -42,29 +41,117 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.set_defaults(handler=run_command)
 
 
+TARGET = (
+    "The target is a Kubernetes Deployment (--deployment, --namespace; credentials from --kubeconfig, else "
+    "in-cluster or ~/.kube/config) or a local YAML manifest (--deployment-file)."
+)
+DESCRIPTIONS = {
+    "status": "It lists the speculation flags in the vLLM container's args, whether the last change was made by "
+    "the sidecar or by hand and why, a pin or latch, and the next timed trial. " + TARGET,
+    "disable": "A manual disable clears a latch and resets the timed trial; --pin also keeps speculation off "
+    "until someone runs enable --unpin. " + TARGET,
+    "enable": "The sidecar leaves a manual enable alone for its grace period (--manual-grace of run, an hour by "
+    "default); an 'off' pin refuses it unless --unpin is given. " + TARGET,
+}
+# What to change when the target cannot be read, by the adapter's reason, for a Deployment and for a file.
+KUBE_HINTS = {
+    "no_config": "point {kubeconfig} at a kubeconfig file, or act on a local manifest with --deployment-file",
+    "connection": "check {server_from} and that the API server is up",
+    "timeout": "check {server_from} and that the API server is up",
+    "not_found": "check --deployment and --namespace",
+    "forbidden": "the credentials in use may not read or patch this Deployment (see docs/install.md for the RBAC)",
+    "unauthorized": "the credentials in the kubeconfig ({kubeconfig}) were refused",
+    "container_not_found": "name the vLLM container with --container",
+}
+FILE_HINTS = {
+    "not_found": "give --deployment-file the path of a Deployment manifest (YAML)",
+    "unreadable": "give --deployment-file the path of a Deployment manifest (YAML)",
+    "not_yaml": "give --deployment-file the path of a Deployment manifest (YAML)",
+    "container_not_found": "name the vLLM container with --container (and the Deployment with --deployment)",
+}
+
+
+def target_problem(
+    exc: TargetError,
+    deployment_file: str | None,
+    server: str | None = None,
+    *,
+    kubeconfig_flag: bool = True,
+    kube_host: str | None = None,
+) -> str:
+    """One line: what is wrong with the target, and which flag to change (``run`` has no --kubeconfig)."""
+    kubeconfig = "--kubeconfig or KUBECONFIG" if kubeconfig_flag else "KUBECONFIG"
+    server_from = "--kube-host" if kube_host else f"the server address in the kubeconfig ({kubeconfig})"
+    hints = FILE_HINTS if deployment_file else KUBE_HINTS
+    hint = hints.get(exc.reason, "").format(kubeconfig=kubeconfig, server_from=server_from)
+    detail = exc.detail
+    if server and exc.reason in ("connection", "timeout"):
+        detail = f"cannot reach the Kubernetes API server at {server} ({detail})"
+    return f"{detail}; {hint}" if hint else detail
+
+
 def _target_flags(p: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    p.add_argument("--deployment", default=env("SPEC_SIDECAR_DEPLOYMENT"), help="Kubernetes Deployment name.")
-    p.add_argument("--namespace", default=env("SPEC_SIDECAR_NAMESPACE"), help="Its namespace.")
-    p.add_argument("--container", default=env("SPEC_SIDECAR_CONTAINER", "vllm"), help="The vLLM container.")
-    p.add_argument("--deployment-file", default=env("SPEC_SIDECAR_DEPLOYMENT_FILE"), help="A local YAML manifest.")
-    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="Kubeconfig file (default: in-cluster/~/.kube).")
-    p.add_argument("--kube-host", default=None, help="API server URL without credentials (tests, kubectl proxy).")
+    p.add_argument(
+        "--deployment",
+        default=env("SPEC_SIDECAR_DEPLOYMENT"),
+        help="Kubernetes Deployment name [env SPEC_SIDECAR_DEPLOYMENT].",
+    )
+    p.add_argument(
+        "--namespace",
+        default=env("SPEC_SIDECAR_NAMESPACE"),
+        help="Its namespace (default: the pod's own, else 'default') [env SPEC_SIDECAR_NAMESPACE].",
+    )
+    p.add_argument(
+        "--container",
+        default=env("SPEC_SIDECAR_CONTAINER", "vllm"),
+        help="The vLLM container [env SPEC_SIDECAR_CONTAINER; default 'vllm'].",
+    )
+    p.add_argument(
+        "--deployment-file",
+        default=env("SPEC_SIDECAR_DEPLOYMENT_FILE"),
+        help="A local YAML manifest [env SPEC_SIDECAR_DEPLOYMENT_FILE].",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=env("KUBECONFIG"),
+        help="Kubeconfig file (default: in-cluster, else ~/.kube/config) [env KUBECONFIG].",
+    )
+    p.add_argument(
+        "--kube-host",
+        default=None,
+        help="API server URL to use instead of a kubeconfig, without credentials "
+        "(e.g. kubectl proxy's http://127.0.0.1:8001).",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
     if not args.deployment and not args.deployment_file:
         print(f"spec-sidecar {args.command}: give --deployment NAME or --deployment-file PATH", file=sys.stderr)
         return 2
+    actuator: Actuator | None = None
+    # The API client's retries log a warning each; a person gets the one line below instead.
+    kube_log = logging.getLogger("spec_sidecar.kube")
+    level = kube_log.level
+    kube_log.setLevel(logging.ERROR)
     try:
         actuator = build_actuator(args, elect=False)
         assert actuator is not None
+        # Read first, for enable and disable too: a target that cannot be read is exit code 2 for every command.
+        view = actuator.read()
         if args.command == "status":
-            return _status(actuator.read(), args.json)
+            return _status(view, args.json)
         return _toggle(actuator, args)
-    except Exception as exc:  # the target could not be read: one line, exit 2
-        print(f"spec-sidecar {args.command}: {exc}", file=sys.stderr)
+    except TargetError as exc:
+        server = getattr(actuator, "server", None) or args.kube_host
+        problem = target_problem(exc, args.deployment_file, server, kube_host=args.kube_host)
+        print(f"spec-sidecar {args.command}: {problem}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else still gets one line, not a trace
+        print(f"spec-sidecar {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        kube_log.setLevel(level)
 
 
 def _toggle(actuator: Actuator, args: argparse.Namespace) -> int:
@@ -74,21 +161,25 @@ def _toggle(actuator: Actuator, args: argparse.Namespace) -> int:
         pinned = replace(record, pin=want if args.pin else None, latched=None if args.pin else record.latched)
         result = actuator.write_record(pinned, "pin")
         if result.outcome not in OK:
-            return _print(result, args.json)
+            return _print(result, args)
     if args.command == "enable":
         result = actuator.enable(args.reason, None, force=args.force)
     else:
         result = actuator.disable(args.reason, None)
-    return _print(result, args.json)
+    return _print(result, args)
 
 
-def _print(result: ActResult, as_json: bool) -> int:
-    if as_json:
+def _print(result: ActResult, args: argparse.Namespace) -> int:
+    if args.json:
         print(json.dumps({"outcome": str(result.outcome), "action": result.action, "detail": result.detail,
                           "flags": list(result.flags)}))  # fmt: skip
+    elif result.outcome is Outcome.ERROR:  # the write failed: like a target that cannot be read
+        print(f"spec-sidecar {args.command}: {result.detail}", file=sys.stderr)
     else:
         flags = f" [{'; '.join(result.flags)}]" if result.flags else ""
         print(f"{result.outcome}: {result.detail}{flags}")
+    if result.outcome is Outcome.ERROR:
+        return 2
     return 0 if result.outcome in OK else 1
 
 

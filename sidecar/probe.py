@@ -1,4 +1,4 @@
-"""`spec-sidecar probe`: the seed's measurement recipe as one command — acceptance, TTFT and TPOT per temperature.
+"""`spec-sidecar probe`: measure acceptance, TTFT and TPOT per temperature, before deciding on speculation.
 
 For each temperature, one after another, it streams N completions to a vLLM OpenAI endpoint (C at a time) and
 takes acceptance from each response's ``metrics.speculative_decoding`` (vLLM started with
@@ -31,6 +31,7 @@ from sidecar.core.request_acceptance import SpecCounts, facts_from_payload
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.core.verdict import Thresholds, Verdict, verdict
+from sidecar.settings import check_url
 from sidecar.terminal_text import plain
 
 SOURCE_PER_REQUEST = "per-request"
@@ -318,8 +319,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "probe",
         help="Measure acceptance, TTFT and TPOT per temperature against a vLLM OpenAI endpoint.",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure before you decide: for each temperature in turn, stream --requests completions "
+        "(--concurrency at a time) to a vLLM server and print, per temperature, the acceptance ratio, the "
+        "median TTFT and TPOT, and the verdict (keep from --keep-threshold, disable below --threshold). "
+        "Acceptance comes from each response when vLLM runs with --per-request-spec-decode-metrics summary, "
+        "else from its /metrics counters before and after each temperature, so other traffic on the engine "
+        "at the same time skews it.",
     )
     p.add_argument("--url", required=True, help="Base URL of the vLLM server, e.g. http://127.0.0.1:8000")
     p.add_argument(
@@ -404,6 +409,15 @@ def _plan(args: argparse.Namespace) -> ProbePlan:
         prompts = tuple(line for line in lines if line.strip())
         if not prompts:
             raise ProbeError(f"{args.prompt_file}: no prompts in it (one per line)")
+    try:
+        check_url(args.url)
+    except ValueError as exc:
+        raise ProbeError(f"--url: {exc}") from exc
+    if args.threshold > args.keep_threshold:
+        raise ProbeError(
+            f"--threshold ({args.threshold:g}) is above --keep-threshold ({args.keep_threshold:g}); "
+            "set --threshold at or below --keep-threshold (acceptance between them is borderline)"
+        )
     thresholds = Thresholds(args.threshold, args.keep_threshold, args.min_draft_tokens)
     return ProbePlan(
         args.url, args.temperatures, args.requests, args.concurrency, prompts, args.max_tokens, args.model,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sidecar.adapters.scrape import ScrapeResult, scrape
+from sidecar.adapters.scrape import ScrapeResult, describe_failure, scrape
 from sidecar.core.baseline import Baseline, learn
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import Stats, compute_stats
@@ -114,7 +114,7 @@ class Monitor:
     def _log_failure(self, result: ScrapeResult, previous: View) -> None:
         # Log transitions, not every failed scrape: an engine down for an hour should not flood the log.
         if previous.target_up or previous.last_scrape is None or previous.last_scrape.result != result.result:
-            log.warning("scrape of %s failed: %s (%s)", self.settings.vllm_url, result.result, result.detail)
+            log.warning("scrape failed (%s): %s", result.result, describe_failure(self.settings.vllm_url, result))
 
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         interval = self.settings.scrape_interval

@@ -7,9 +7,10 @@ flags from these fields, and docs/configuration.md is generated from them, so th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.core.forward_paths import parse_forward_paths
@@ -290,10 +291,34 @@ class Settings(BaseSettings):
             raise ValueError("the metrics listener needs a port of its own, not the tap's (--listen)")
         return value
 
+    @field_validator("vllm_url", "prometheus_url")
+    @classmethod
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever. An empty
+        # --prometheus-url (a chart value left blank) means no fleet mode, as before.
+        if value or info.field_name == "vllm_url":
+            check_url(value or "")
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> Self:
+        if self.threshold > self.keep_threshold:
+            raise ValueError(
+                f"--threshold ({self.threshold:g}) is above --keep-threshold ({self.keep_threshold:g}); "
+                "set --threshold at or below --keep-threshold (acceptance between them is borderline)"
+            )
+        return self
+
     def analysis_config(self) -> AnalysisConfig:
         return AnalysisConfig(
             Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
         )
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected a URL such as http://127.0.0.1:8000 (with http:// or https://), got {url!r}")
 
 
 def host_port(listen: str) -> tuple[str, int]:

@@ -28,7 +28,18 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, plan, plan_record, view_of, wall_clock
+from sidecar.actuator import (
+    ActResult,
+    Clock,
+    Outcome,
+    Plan,
+    TargetError,
+    TargetView,
+    plan,
+    plan_record,
+    view_of,
+    wall_clock,
+)
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
 from sidecar.core.policy import Action, Decision, Reason
 
@@ -40,12 +51,12 @@ RETRIABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 T = TypeVar("T")
 
 
-class KubeError(RuntimeError):
+class KubeError(TargetError):
     """A request that failed for good (after retries, or at once for 403/404...). ``reason`` is a metric label."""
 
     def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.status = reason, detail, status
+        super().__init__(reason, detail)
+        self.status = status
 
 
 def api_client(
@@ -57,12 +68,17 @@ def api_client(
         configuration.host = host
         if token:
             configuration.api_key = {"authorization": f"Bearer {token}"}
-    elif kubeconfig is None and context is None and _in_cluster():
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=configuration
-        )
+        try:
+            if kubeconfig is None and context is None and _in_cluster():
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            else:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=kubeconfig, context=context, client_configuration=configuration
+                )
+        except (config.ConfigException, OSError) as exc:
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise KubeError("no_config", f"no usable Kubernetes configuration ({where}: {exc})") from exc
     configuration.retries = 0  # we retry ourselves, counted and with backoff; urllib3 must not hide failures
     return client.ApiClient(configuration)
 
@@ -102,7 +118,7 @@ class Caller:
                 reason = "timeout" if _is_timeout(exc) else "connection"
                 self.errors[reason] += 1
                 if attempt == self.retry.attempts:
-                    raise KubeError(reason, f"{what}: {exc}") from exc
+                    raise KubeError(reason, f"{what}: {_connection_problem(exc)}") from exc
             log.warning("%s failed (attempt %d of %d); retrying in %.1fs", what, attempt, self.retry.attempts, delay)
             self.sleep(delay)
             delay = min(delay * 2, self.retry.max_delay)
@@ -126,6 +142,15 @@ def _is_timeout(exc: BaseException) -> bool:
     if isinstance(cause, urllib3.exceptions.NewConnectionError):
         return False
     return isinstance(cause, urllib3.exceptions.TimeoutError)
+
+
+def _connection_problem(exc: urllib3.exceptions.HTTPError) -> str:
+    """The cause in a few words: urllib3's own text repeats the pool, the URL and the connection's repr."""
+    if _is_timeout(exc):
+        return "timed out"
+    cause = getattr(exc, "reason", None) or exc
+    # "HTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111] Connection refused"
+    return str(cause).rpartition(": ")[2] or type(cause).__name__
 
 
 def _message(exc: ApiException) -> str:
@@ -222,6 +247,7 @@ class KubeActuator:
         self._call = Caller(self.retry, sleep, self.errors)
         self._apps = client.AppsV1Api(api)
         self._core = client.CoreV1Api(api)
+        self.server = str(api.configuration.host)
         self._manual_attempts = manual_conflict_attempts
         self.target = f"deployment/{namespace}/{deployment} container={container}"
 

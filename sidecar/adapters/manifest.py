@@ -28,19 +28,29 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
 
-from sidecar.actuator import ActResult, Clock, Outcome, Plan, TargetView, plan, plan_record, view_of, wall_clock
+from sidecar.actuator import (
+    ActResult,
+    Clock,
+    Outcome,
+    Plan,
+    TargetError,
+    TargetView,
+    plan,
+    plan_record,
+    view_of,
+    wall_clock,
+)
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
 from sidecar.core.policy import Action, Decision
 
 log = logging.getLogger("spec_sidecar.manifest")
 
 
-class ManifestError(RuntimeError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+class ManifestError(TargetError):
+    """The manifest cannot be read or has no such container. ``reason`` is a metric label."""
 
 
 @dataclass
@@ -123,8 +133,16 @@ class ManifestActuator:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
-            raise ManifestError("not_found", str(self.path)) from exc
-        docs = list(_yaml(text).load_all(text))
+            raise ManifestError("not_found", f"{self.path}: no such file") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError("unreadable", f"{self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        try:
+            docs = list(_yaml(text).load_all(text))
+        except YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ManifestError("not_yaml", f"{self.path} is not YAML{where} ({problem})") from exc
         for doc in docs:
             if not isinstance(doc, CommentedMap) or doc.get("kind") != "Deployment":
                 continue

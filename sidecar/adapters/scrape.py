@@ -36,6 +36,25 @@ class ScrapeResult:
         return self.snapshot is not None
 
 
+# What to check after each kind of failed scrape, in the words of the flags a user can change.
+_HINTS = {
+    "http_error": "is it a vLLM engine? give its base URL, the one that serves /v1 and /metrics",
+    "unreachable": "is the engine running, and is the address right?",
+    "timeout": "the engine did not answer in time: check it, or raise --scrape-timeout",
+    "too_large": "raise --scrape-max-bytes",
+    "bad_payload": "is it a vLLM engine (or SGLang, llama.cpp, TensorRT-LLM)?",
+}
+
+
+def describe_failure(base_url: str, result: ScrapeResult) -> str:
+    """One line for a person: the URL tried, what came back, and what to check."""
+    hint = _HINTS.get(result.result, "")
+    # An HTTP status or a size says it all; an exception's name and text need the word for what happened.
+    what = result.detail if result.result in ("http_error", "too_large", "bad_payload") else None
+    what = what or (f"{result.result} ({result.detail})" if result.detail else result.result)
+    return f"GET {metrics_url(base_url)}: {what}" + (f"; {hint}" if hint else "")
+
+
 def metrics_url(base_url: str) -> str:
     base = base_url.rstrip("/")
     return base if base.endswith("/metrics") else base + "/metrics"

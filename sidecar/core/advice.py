@@ -1,8 +1,8 @@
-"""The seed's decision framework: what each condition says about this traffic, then one recommendation.
+"""The decision framework (docs/decision-guide.md): what each condition says, then one recommendation.
 
 Conditions (each ok / warn / bad / unknown with one sentence):
   enough data        the window carries enough draft tokens for any verdict
-  acceptance         the token-weighted acceptance ratio against the seed's 0.5 / 0.65 rule
+  acceptance         the token-weighted acceptance ratio against the 0.5 / 0.65 operating rule
   temperature        whether traffic sits in one temperature bucket, and where its median temperature is
   acceptance P10     per temperature bucket: the worst bucket with a real share of traffic
   mixed workload     the trap: the aggregate looks healthy while a bucket with a real share is below 0.5

@@ -1,4 +1,4 @@
-"""The seed's operating rule, as one pure function.
+"""The operating rule for acceptance, as one pure function.
 
 acceptance ratio >= 0.65: keep; 0.5-0.65: borderline (measure P99 under load); below 0.5: disable.
 Too little evidence, or speculation off, is ``no-data``: never a verdict on noise.

@@ -78,4 +78,5 @@ def test_disable_with_pin_keeps_it_off_and_a_plain_enable_is_refused(server: Kub
 def test_a_missing_deployment_is_exit_code_2_with_one_line(server: KubeAPI) -> None:
     done = cli(server, "status")
     assert done.returncode == 2
-    assert "not_found" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "not found" in done.stderr and "check --deployment and --namespace" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

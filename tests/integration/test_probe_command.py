@@ -58,7 +58,7 @@ def test_json_gives_per_temperature_acceptance_equal_to_what_the_engine_counted(
         assert row["acceptance_ratio"] == pytest.approx(accepted / draft)
         assert row["ttft_seconds"] is not None and row["ttft_seconds"] >= 0
         assert row["tpot_seconds"] is not None and row["tpot_seconds"] >= 0
-    # The server's draft is better at temperature 0 than above; the seed's rule on its own counts gives the verdicts.
+    # The server's draft is better at temperature 0 than above; the operating rule on its own counts gives the verdicts.
     assert rows[0]["acceptance_ratio"] > rows[1]["acceptance_ratio"]
     assert [r["verdict"] for r in rows] == [seed_rule(*fake.by_temperature[t][:2]) for t in (0.0, 1.0)]
 

@@ -108,7 +108,7 @@ def test_the_human_report_shows_the_verdict_and_the_latency_table(tmp_path: Path
 def test_unusable_sources_fail_with_one_clear_line(tmp_path: Path) -> None:
     missing = report(str(tmp_path / "missing.txt"))
     assert missing.returncode == 2
-    assert "No such file" in missing.stderr
+    assert "no such file" in missing.stderr
     junk = tmp_path / "junk.txt"
     junk.write_text("hello world\n")
     assert "no known engine metrics" in report(str(junk)).stderr
@@ -162,7 +162,9 @@ def test_an_unreachable_tap_is_one_clear_line(tmp_path: Path) -> None:
     engine.write_text(vllm_payload(drafts=1, draft_tokens=4, accepted=1, per_position=(1, 0, 0, 0)))
     done = report("--tap", "http://127.0.0.1:9", str(engine))
     assert done.returncode == 2
-    assert "--tap http://127.0.0.1:9: cannot read the sidecar's buckets" in done.stderr
+    assert "GET http://127.0.0.1:9/api/report: ConnectError" in done.stderr
+    assert "give --tap the address of a running `spec-sidecar run`" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 HOSTILE = "[/]evil[bold red]x[/bold red] [link=http://example.invalid/]y\x1b[2J\x07"

@@ -63,7 +63,7 @@ def test_healthy_homogeneous_traffic_with_a_tpot_slo_is_kept() -> None:
     assert "0.75" in advice.reasons[0]
 
 
-def test_every_condition_the_seed_lists_is_read_once_in_order() -> None:
+def test_every_condition_of_the_framework_is_read_once_in_order() -> None:
     advice = advise(model(), [], TPOT)
     assert [f.condition for f in advice.findings] == list(Condition)
 

@@ -57,3 +57,29 @@ def test_listen_takes_host_and_port_including_ipv6() -> None:
     for bad in ("8081", "host:", "host:99999", "host:http"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             host_port(bad)
+
+
+def test_an_engine_or_prometheus_url_without_scheme_is_refused() -> None:
+    for field in ("vllm_url", "prometheus_url"):
+        with pytest.raises(ValueError, match=r"http://127\.0\.0\.1:8000 \(with http:// or https://\)"):
+            Settings.model_validate({field: "127.0.0.1:8000", "deployment": "vllm"})
+    assert Settings(vllm_url="https://engine.ml.svc:8000").vllm_url == "https://engine.ml.svc:8000"
+    assert Settings(prometheus_url="").prometheus_url == ""  # blank: no fleet mode
+    with pytest.raises(ValueError, match="with http:// or https://"):
+        Settings(vllm_url="")
+
+
+def test_the_disable_threshold_may_not_be_above_the_keep_threshold() -> None:
+    with pytest.raises(ValueError, match=r"--threshold \(0\.7\) is above --keep-threshold \(0\.6\)"):
+        Settings(threshold=0.7, keep_threshold=0.6)
+    assert Settings(threshold=0.6, keep_threshold=0.6).threshold == 0.6  # no borderline band is allowed
+
+
+def test_a_bad_value_from_the_environment_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPEC_SIDECAR_SCRAPE_TIMEOUT", "soon")
+    assert main(["report", "nonexistent.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "environment variable SPEC_SIDECAR_SCRAPE_TIMEOUT=soon" in err
+    assert "--scrape-timeout" not in err

@@ -1,4 +1,4 @@
-"""The seed's operating rule: >= 0.65 keep, >= 0.5 borderline, below disable; no-data without evidence."""
+"""The operating rule: >= 0.65 keep, >= 0.5 borderline, below disable; no-data without evidence."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ RULE = Thresholds(disable_below=0.5, keep_from=0.65, min_draft_tokens=200)
         (0.0, Verdict.DISABLE),
     ],
 )
-def test_acceptance_ratio_maps_to_the_seeds_verdict(ratio: float, expected: Verdict) -> None:
+def test_acceptance_ratio_maps_to_the_operating_rules_verdict(ratio: float, expected: Verdict) -> None:
     assert verdict(ratio, 1000, True, RULE) is expected
 
 
