@@ -39,7 +39,7 @@ LEARNING_RATE = 3e-3
 # Chosen on the trained target by simulating vLLM's k=4 greedy drafting (see tests/fixtures/README.md for what
 # vLLM measured). Acceptance is not monotonic in the scale: it hinges on whether the draft falls into the same
 # greedy loop as the target, so each (scale, seed) pair was measured, not interpolated. The 0.02/0.05 of
-# FACTS.md were for an untrained target, whose near-uniform logits flip argmax under much smaller noise.
+# docs/engines.md were for an untrained target, whose near-uniform logits flip argmax under much smaller noise.
 DRAFT_NOISE = {"draft-noise-0.08": 0.08, "draft-noise-0.12": 0.12}
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TEMPLATE = (

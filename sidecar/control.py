@@ -253,7 +253,7 @@ def _unapplied(decision: Decision, before: PolicyState) -> PolicyState:
 
 
 class ControlCollector(Collector):
-    """The control families of DESIGN.md, built from the controller at collection time."""
+    """The control families of docs/metrics.md, built from the controller at collection time."""
 
     def __init__(self, controller: Controller) -> None:
         self._controller = controller

@@ -1,6 +1,6 @@
 """Stats → the `report` command's JSON object and its human table.
 
-The JSON shape is a contract (DESIGN.md, "CLI"): one object per model_name, every key always present, and a
+The JSON shape is a contract (README.md, "A short tour"): one object per model_name, every key always present, and a
 value that cannot be computed is null, never 0 (and never NaN, which is not JSON).
 """
 

@@ -3,7 +3,7 @@
 ``install_tap`` mounts one ASGI app behind the sidecar's own routes. Every path and method goes to the upstream
 unchanged; ``POST /v1/completions`` and ``POST /v1/chat/completions`` are also observed: the request body gives
 the temperature, the response (JSON body, or the stream's final usage chunk) gives ``metrics.speculative_decoding``
-(FACTS.md, "Per-request acceptance"). What the client receives is what vLLM sent: status, end-to-end headers,
+(docs/engines.md#per-request-acceptance). What the client receives is what vLLM sent: status, end-to-end headers,
 body bytes; streams go out chunk by chunk as they arrive. The only rewrite is the one the tap causes itself:
 when it asked for usage on a client's behalf, :class:`~sidecar.core.request_acceptance.StreamFilter` takes the
 usage chunk back out.

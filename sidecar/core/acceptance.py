@@ -1,6 +1,6 @@
 """Acceptance numbers from windowed counter increases, and the Leviathan et al. speedup model.
 
-Definitions are vLLM's own (FACTS.md, "Derived quantities"):
+Definitions are vLLM's own (docs/math.md#acceptance):
   acceptance ratio = accepted / draft tokens
   mean acceptance length L = 1 + accepted / drafts      (includes the bonus token)
   per-position rate_i = accepted_at_position_i / drafts  (≈ α^(i+1)); α̂ = rate_0

@@ -2,7 +2,7 @@
 
 Each engine dialect maps its own family names onto the roles the rest of the core uses. Detection is by
 presence: the first dialect whose marker families appear in a scrape wins. Facts behind the names are in
-FACTS.md ("vLLM speculative-decoding metrics", "vLLM latency and load metrics", "Other engines").
+docs/engines.md (#vllm-spec-decode-counters-v1-engine, #latency-and-load-metrics, #other-engines).
 """
 
 from __future__ import annotations

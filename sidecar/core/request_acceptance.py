@@ -1,4 +1,4 @@
-"""Per-request acceptance from OpenAI-compatible request and response bodies (FACTS.md, "Per-request acceptance").
+"""Per-request acceptance from OpenAI-compatible request and response bodies (docs/engines.md#per-request-acceptance).
 
 vLLM started with ``--per-request-spec-decode-metrics`` puts ``metrics.speculative_decoding`` on a JSON
 response, and on a stream only on the final usage-only chunk (``"choices":[]``), which it sends only when the

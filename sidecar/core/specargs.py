@@ -1,6 +1,6 @@
 """Find, remove and restore vLLM's speculative-decoding flags in a container's ``command`` and ``args``.
 
-Spellings (FACTS.md, "Turning speculation on and off"): current ``--speculative-config JSON`` (also ``=JSON``,
+Spellings (docs/engines.md#turning-speculation-on-and-off): current ``--speculative-config JSON`` (also ``=JSON``,
 ``--speculative_config``, dotted keys ``--speculative-config.method ngram``, ``-sc``, ``--spec-method``,
 ``--spec-model``, ``--spec-tokens``) and the legacy flags removed in vLLM 0.8.3. Every flag may appear as
 ``--flag value`` or ``--flag=value``, as list items, or inside one ``sh -c`` / ``bash -c`` string.

@@ -37,7 +37,7 @@ def _documented_labels() -> dict[str, set[str]]:
 
 def test_the_exported_list_is_read_from_docs_metrics_md() -> None:
     names = exported_sample_names()
-    # A few anchors from DESIGN.md's list, so an unreadable table cannot pass silently.
+    # A few anchors from docs/metrics.md's list, so an unreadable table cannot pass silently.
     assert {
         "specdecode_acceptance_ratio",
         "specdecode_target_up",

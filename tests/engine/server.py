@@ -21,7 +21,7 @@ SERVED_MODEL_NAME = "tiny-llama"  # keeps machine paths out of `model_name` labe
 STARTUP_TIMEOUT_SECONDS = 300.0  # ~60 s on an idle 2-core machine; much more when it is shared
 STOP_TIMEOUT_SECONDS = 30.0
 LOG_TAIL_LINES = 60
-# The CPU backend's defaults that break or starve a 2-core machine (FACTS.md): `all` crashes the binding.
+# The CPU backend's defaults that break or starve a 2-core machine (docs/engines.md): `all` crashes the binding.
 ENGINE_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "0-1",
     "VLLM_CPU_KVCACHE_SPACE": "1",

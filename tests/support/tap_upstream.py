@@ -1,7 +1,7 @@
 """A stand-in vLLM OpenAI server for the tap's tests and benchmark: real HTTP/1.1 on 127.0.0.1, exact bytes.
 
 It answers /v1/completions and /v1/chat/completions the way vLLM 0.32 started with
-``--per-request-spec-decode-metrics summary`` does (FACTS.md, "Per-request acceptance"), from responses recorded
+``--per-request-spec-decode-metrics summary`` does (docs/engines.md#per-request-acceptance), from responses recorded
 off a real vLLM-CPU (tests/fixtures/vllm/) when present, else from synthesized ones with the same shape:
 - a stream is ``data: <json>\\n\\n`` events paced at a fixed step rate, then ``data: [DONE]\\n\\n``;
 - with ``stream_options.include_usage`` a final usage-only chunk (``"choices":[]``) carries usage, the

@@ -1,4 +1,4 @@
-"""Examples of every spelling FACTS.md lists, as list items, with ``=``, in ``command`` and under ``sh -c``."""
+"""Examples of every spelling docs/engines.md lists, as list items, with ``=``, in ``command`` and under ``sh -c``."""
 
 from __future__ import annotations
 
