@@ -377,8 +377,9 @@ def finish(demo: Demo, url: str) -> None:
     page = demo.logs / "status.html"
     page.write_text(httpx.get(url + "/status", timeout=5).text)
     if sys.stdin.isatty() and sys.stdout.isatty():
-        demo.console.print(f"Status page: {url}/status (a copy: {page}); logs in {demo.logs}")
-        demo.console.input("The sidecar keeps serving it until you press Enter, which stops the engine and it. ")
+        demo.console.print(f"Status page: {url}/status, served until you press Enter (a copy: {page})")
+        demo.console.print(f"Logs: {demo.logs}")
+        demo.console.input("Press Enter to stop the engine and the sidecar... ")
     else:
         demo.console.print(
             f"The sidecar has stopped with the demo (no terminal to wait on), so {url}/status is gone; "

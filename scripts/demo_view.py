@@ -213,8 +213,8 @@ def closing_verdict(
     if recommendation is None:
         lines.append("The report over the whole run could not be read, so there is nothing to compare with.")
         return lines
-    why = f": {reasons[0]}" if reasons else ""
-    lines.append(f'The report over the whole run recommends "{recommendation}"{why}')
+    why = f" {reasons[0]}" if reasons else ""
+    lines.append(f'The report over the whole run recommends "{recommendation}".{why}')
     lines.append(_agreement(off is not None, recommendation))
     return lines
 
@@ -224,9 +224,9 @@ def _agreement(turned_off: bool, recommendation: str) -> str:
         return "They agree: speculation costs more than it gains on this traffic."
     if turned_off and recommendation == "disable for some traffic":
         return (
-            "They agree: some temperatures lose with speculation. The sidecar switches speculation for the whole "
-            "engine, so it turned it off once the traffic it saw was the kind that loses; the report names the "
-            "temperatures that still gain, to route to an engine with speculation."
+            "They agree: some of this traffic loses with speculation. The sidecar switches speculation for the "
+            "whole engine, so it turned it off once the traffic it saw was the kind that loses; the report, over "
+            "the whole run, names the temperatures that lose, so they can go to an engine without speculation."
         )
     if not turned_off and recommendation in KEEP_ON:
         return "They agree: speculation pays on this traffic."

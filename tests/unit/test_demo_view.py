@@ -133,13 +133,14 @@ def test_an_unreadable_report_is_an_engine_that_is_down() -> None:
 
 def test_the_verdict_names_the_evidence_the_sidecar_acted_on_and_agrees_with_disable_for_some() -> None:
     lines = closing_verdict(
-        RUN, [SIDECAR_OFF, PERSON_ON], "disable for some traffic", ["temperature [0.3,0.6) is below 0.5."]
+        RUN, [SIDECAR_OFF, PERSON_ON], "disable for some traffic", ["Temperature [0.3,0.6) is below 0.5."]
     )
 
     assert "turned speculation off" in lines[0] and "during T=0.3" in lines[0]
     assert "acceptance 0.009" in lines[0] and "acceptance below 0.5" in lines[0]
     assert lines[1].startswith("A person turned speculation on")
-    assert '"disable for some traffic": temperature [0.3,0.6) is below 0.5.' in lines[2]
+    recommends = 'The report over the whole run recommends "disable for some traffic".'
+    assert lines[2] == recommends + " Temperature [0.3,0.6) is below 0.5."
     assert lines[3].startswith("They agree")
 
 
