@@ -158,10 +158,8 @@ class Traffic:
             self.changed.notify_all()
 
 
-@contextmanager
-def sidecar(engine_url: str, manifest: Path, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    cmd = [
+def sidecar_command(engine_url: str, manifest: Path, port: int) -> list[str]:
+    return [
         sys.executable, "-m", "sidecar.cli", "run", "--vllm-url", engine_url, "--listen", f"127.0.0.1:{port}",
         "--scrape-interval", "1", "--window", str(WINDOW_SECONDS), "--min-draft-tokens", "100",
         "--bucket-window", str(BUCKET_WINDOW_SECONDS), "--temperature-buckets", TEMPERATURE_EDGES,
@@ -169,6 +167,12 @@ def sidecar(engine_url: str, manifest: Path, log_path: Path) -> Iterator[str]:
         # A demo of minutes acts from its first windows; production keeps the 15-window warm-up (docs/policy.md).
         "--warmup-windows", "0",
     ]  # fmt: skip
+
+
+@contextmanager
+def sidecar(engine_url: str, manifest: Path, log_path: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = sidecar_command(engine_url, manifest, port)
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
