@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.demo_view import (  # noqa: E402
+    WINDOW_SECONDS,
     Sample,
     Toggle,
     closing_verdict,
@@ -55,7 +56,6 @@ from tests.engine.server import Engine, free_port  # noqa: E402
 
 TEMPERATURES = (0.0, 0.3, 0.6, 1.0)
 PHASE_SECONDS = float(os.environ.get("DEMO_PHASE_SECONDS", "45"))
-WINDOW_SECONDS = 15
 # Bucket edges that give each phase's temperature a bucket of its own: 0 | [0.3,0.6) | [0.6,1) | [1,+Inf).
 TEMPERATURE_EDGES = "0.3,0.6,1.0"
 # The tap's P10/P50/P90 look at a sliding window of requests; longer than any demo, it holds the whole run, so the

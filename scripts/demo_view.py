@@ -20,6 +20,7 @@ from sidecar.core.verdict import Thresholds
 VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
 # The demo runs the sidecar with the default operating rule, so its lines are the defaults'.
 RULE = Thresholds()
+WINDOW_SECONDS = 15  # the demo's --window
 REASONS = {
     "low_acceptance": f"acceptance below {RULE.disable_below:g}",
     "below_breakeven": "mean acceptance length below break-even",
@@ -66,6 +67,7 @@ class PhaseRow:
     speculation: str  # as it went during the phase: "on", "on → off", "off"
     evidence: Sample | None  # the window the row shows; None when nothing was measured in the phase
     note: str  # which window that is, or why there is none, and what the sidecar did
+    acted: bool = False  # the sidecar turned speculation off during this phase
 
 
 def sample_from_report(report: Mapping[str, Any], phase: str, at: float) -> Sample:
@@ -133,7 +135,7 @@ def phase_rows(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[Pha
         else:
             evidence = _last_measured(mine)
             note = "its last window with speculation on" if evidence else "speculation off: nothing to measure"
-        rows.append(PhaseRow(phase, speculation, evidence, note))
+        rows.append(PhaseRow(phase, speculation, evidence, note, acted=bool(acted)))
     return rows
 
 
@@ -147,15 +149,26 @@ def _last_measured(samples: Sequence[Sample]) -> Sample | None:
 
 
 def phase_table(rows: Sequence[PhaseRow], now: Sample | None = None) -> Table:
-    """The phase table: during the run with a "now" row (the sidecar's current window), at the end without."""
-    table = Table(title="The sidecar's 15 s windows, one row per phase", title_justify="left")
-    columns = ("phase", "speculation", "acceptance", "mean acc. length", "draft tokens", "verdict", "which window")
-    for column in columns:
-        table.add_column(column, justify="left" if column in {"phase", "which window"} else "right")
+    """The phase table: during the run with a "now" row (the sidecar's current window), at the end without.
+    Narrow enough for 80 columns: which window a row shows is said under the table, not in a column."""
+    table = Table(
+        title=f"Each phase's last {WINDOW_SECONDS} s window with speculation on, as the sidecar saw it",
+        title_justify="left",
+    )
+    for column in ("phase", "speculation", "acceptance", "L", "draft tokens", "verdict"):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    notes = ["L: mean acceptance length, tokens per verification step."]
     for row in rows:
-        table.add_row(row.phase, row.speculation, *_numbers(row.evidence), row.note)
+        label = row.phase
+        if row.acted:
+            label += " *"
+            notes.append(f"* {row.phase}: {row.note}.")
+        table.add_row(label, row.speculation, *_numbers(row.evidence))
+    if any(row.evidence is None for row in rows):
+        notes.append("—: speculation off for the whole phase, nothing to measure.")
     if now is not None:
-        table.add_row("now", now.speculation or "engine down", *_numbers(now if now.engine_up else None), "")
+        table.add_row("now", now.speculation or "engine down", *_numbers(now if now.engine_up else None))
+    table.caption, table.caption_justify = "\n".join(notes), "left"
     return table
 
 

@@ -48,9 +48,9 @@ SIDECAR_OFF = Toggle(T0 + 65, "T=0.3", "off", "low_acceptance", "sidecar")
 PERSON_ON = Toggle(T0 + 250, "after the traffic", "on", "spec-sidecar enable", "a person")
 
 
-def text(table: Any) -> str:
+def text(table: Any, width: int = 200) -> str:
     buffer = io.StringIO()
-    Console(file=buffer, width=200, color_system=None).print(table)
+    Console(file=buffer, width=width, color_system=None).print(table)
     return buffer.getvalue()
 
 
@@ -79,13 +79,17 @@ def test_phase_rows_keep_the_order_the_phases_ran_in() -> None:
     assert [row.phase for row in phase_rows(RUN, [])] == ["T=0.0", "T=0.3", "T=0.6", "T=1.0"]
 
 
-def test_the_phase_table_prints_the_acting_window_and_a_now_row() -> None:
-    printed = text(phase_table(phase_rows(RUN, [SIDECAR_OFF]), now=off(300, "T=1.0")))
+def test_the_phase_table_prints_the_acting_window_and_a_now_row_within_80_columns() -> None:
+    printed = text(phase_table(phase_rows(RUN, [SIDECAR_OFF]), now=off(300, "T=1.0")), width=80)
+    lines = printed.splitlines()
 
-    t03 = next(line for line in printed.splitlines() if "T=0.3" in line)
-    assert "0.009" in t03 and "disable" in t03
-    now = next(line for line in printed.splitlines() if line.startswith("│ now"))
+    t03 = next(line for line in lines if "T=0.3" in line)
+    assert "T=0.3 *" in t03 and "0.009" in t03 and "disable" in t03
+    now = next(line for line in lines if line.startswith("│ now"))
     assert "off" in now and "no-data" in now
+    assert any(line.startswith("* T=0.3: the last window before the sidecar") for line in lines)
+    assert any(line.startswith("—: speculation off for the whole phase") for line in lines)
+    assert max(len(line) for line in lines) <= 80
 
 
 def test_a_window_line_carries_the_acceptance_and_verdict_of_a_speculating_engine() -> None:
