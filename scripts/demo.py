@@ -42,6 +42,7 @@ from scripts.demo_view import (  # noqa: E402
     Sample,
     Toggle,
     closing_verdict,
+    phase_at,
     phase_rows,
     phase_table,
     restart_note,
@@ -247,7 +248,8 @@ class Demo:
         began = time.monotonic()
         record = ManifestActuator(self.manifest, container="vllm").read().record
         state, reason = record.state or "?", record.reason or "?"
-        self.toggles.append(Toggle(record.changed_at or time.time(), phase, state, reason, "sidecar"))
+        at = record.changed_at or time.time()
+        self.toggles.append(Toggle(at, phase_at(self.samples, at) or phase, state, reason, "sidecar"))
         self.event(f"[bold]the sidecar rewrote the manifest[/]: speculation {state} (reason {reason})")
         self.event("pausing the client: requests in flight finish before vLLM restarts")
         live.update(self.screen(self.samples[-1], "waiting for requests in flight", traffic))

@@ -139,6 +139,12 @@ def phase_rows(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[Pha
     return rows
 
 
+def phase_at(samples: Sequence[Sample], at: float) -> str | None:
+    """The phase whose traffic was running at ``at``: the demo notices a toggle up to a second late, maybe
+    after the next phase began, but the sidecar acted on the traffic before."""
+    return next((s.phase for s in reversed(samples) if s.at <= at), None)
+
+
 def _runs(states: Sequence[str]) -> list[str]:
     """Consecutive repeats collapsed: on, on, off, off, on → on, off, on."""
     return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
@@ -226,8 +232,8 @@ def closing_verdict(
     if recommendation is None:
         lines.append("The report over the whole run could not be read, so there is nothing to compare with.")
         return lines
-    why = f" {reasons[0]}" if reasons else ""
-    lines.append(f'The report over the whole run recommends "{recommendation}".{why}')
+    lines.append(f'The report over the whole run recommends "{recommendation}".')
+    lines.extend(f"  • {reason}" for reason in reasons)
     lines.append(_agreement(off is not None, recommendation))
     return lines
 
@@ -239,7 +245,8 @@ def _agreement(turned_off: bool, recommendation: str) -> str:
         return (
             "They agree: some of this traffic loses with speculation. The sidecar switches speculation for the "
             "whole engine, so it turned it off once the traffic it saw was the kind that loses; the report, over "
-            "the whole run, names the temperatures that lose, so they can go to an engine without speculation."
+            "the whole run, tells which temperatures gain and which lose (the buckets above), so the traffic can "
+            "be split between engines with and without speculation."
         )
     if not turned_off and recommendation in KEEP_ON:
         return "They agree: speculation pays on this traffic."

@@ -11,6 +11,7 @@ from scripts.demo_view import (
     Sample,
     Toggle,
     closing_verdict,
+    phase_at,
     phase_rows,
     phase_table,
     restart_note,
@@ -73,6 +74,14 @@ def test_a_phase_without_speculation_says_there_was_nothing_to_measure() -> None
     assert rows["T=1.0"].speculation == "off"
     assert rows["T=1.0"].note == "speculation off: nothing to measure"
     assert rows["T=0.0"].evidence is not None and rows["T=0.0"].evidence.acceptance == 0.999
+
+
+def test_a_toggle_noticed_after_the_next_phase_began_belongs_to_the_phase_the_sidecar_acted_in() -> None:
+    samples = [on(10, "T=0.3", 0.02, "disable"), on(11, "T=0.6", 0.02, "disable")]
+
+    assert phase_at(samples, T0 + 10.5) == "T=0.3"
+    assert phase_at(samples, T0 + 11) == "T=0.6"
+    assert phase_at(samples, T0 + 5) is None
 
 
 def test_phase_rows_keep_the_order_the_phases_ran_in() -> None:
@@ -143,9 +152,9 @@ def test_the_verdict_names_the_evidence_the_sidecar_acted_on_and_agrees_with_dis
     assert "turned speculation off" in lines[0] and "during T=0.3" in lines[0]
     assert "acceptance 0.009" in lines[0] and "acceptance below 0.5" in lines[0]
     assert lines[1].startswith("A person turned speculation on")
-    recommends = 'The report over the whole run recommends "disable for some traffic".'
-    assert lines[2] == recommends + " Temperature [0.3,0.6) is below 0.5."
-    assert lines[3].startswith("They agree")
+    assert lines[2] == 'The report over the whole run recommends "disable for some traffic".'
+    assert lines[3] == "  • Temperature [0.3,0.6) is below 0.5."
+    assert lines[4].startswith("They agree")
 
 
 def test_the_verdict_says_plainly_when_the_report_and_the_sidecar_differ() -> None:
