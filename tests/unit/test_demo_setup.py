@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from scripts import demo
+from scripts.demo_view import WINDOW_SECONDS
 from sidecar.cli import build_parser, settings_from_args
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 
@@ -20,7 +21,7 @@ def test_the_demos_sidecar_keeps_the_whole_run_in_its_temperature_buckets() -> N
 
     # Longer than any run (four phases, two engine restarts of up to five minutes each, and the end).
     assert settings.bucket_window >= len(demo.TEMPERATURES) * demo.PHASE_SECONDS + 3600
-    assert settings.window == demo.WINDOW_SECONDS
+    assert settings.window == WINDOW_SECONDS
     assert settings.warmup_windows == 0
 
 
