@@ -124,7 +124,7 @@ def phase_rows(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[Pha
         mine = [s for s in samples if s.phase == phase]
         acted = [t for t in toggles if t.phase == phase and t.by == "sidecar"]
         states = [s.speculation for s in mine if s.speculation is not None]
-        speculation = " → ".join(dict.fromkeys(_runs(states))) if states else "engine down"
+        speculation = " → ".join(_runs(states)) if states else "engine down"
         if acted:
             first = acted[0]
             evidence = _last_measured([s for s in samples if s.at <= first.at])

@@ -84,6 +84,12 @@ def test_a_toggle_noticed_after_the_next_phase_began_belongs_to_the_phase_the_si
     assert phase_at(samples, T0 + 5) is None
 
 
+def test_a_phase_with_speculation_turned_off_and_on_again_shows_both_changes() -> None:
+    samples = [on(1, "T=0.3", 0.9, "keep"), off(2, "T=0.3"), off(3, "T=0.3"), on(4, "T=0.3", 0.9, "keep")]
+
+    assert phase_rows(samples, [])[0].speculation == "on → off → on"
+
+
 def test_phase_rows_keep_the_order_the_phases_ran_in() -> None:
     assert [row.phase for row in phase_rows(RUN, [])] == ["T=0.0", "T=0.3", "T=0.6", "T=1.0"]
 
