@@ -7,6 +7,7 @@ as PromQL's ``sum(increase(...))`` does.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Snapshot:
     models: Mapping[str, ModelSnapshot]
     taken_at: float | None = None
     duplicate_samples: int = 0
+    dropped_models: int = 0  # model names beyond build_snapshot's max_models, left out of ``models``
 
     @property
     def engine(self) -> str | None:
@@ -78,7 +80,9 @@ def detect_dialect(names: set[str], dialects: tuple[Dialect, ...] = DIALECTS) ->
     return None
 
 
-def build_snapshot(samples: Iterable[Sample], taken_at: float | None = None) -> Snapshot:
+def build_snapshot(samples: Iterable[Sample], taken_at: float | None = None, max_models: int | None = None) -> Snapshot:
+    """``max_models`` bounds the models kept (the first ones by name, so the same ones at every scrape of the
+    same engine); each kept model is whole, the others are left out and counted."""
     by_name: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_name[s.name].append(s)
@@ -86,7 +90,12 @@ def build_snapshot(samples: Iterable[Sample], taken_at: float | None = None) -> 
     if dialect is None:
         return Snapshot(None, {}, taken_at)
     builder = _Builder(dialect, by_name)
-    return Snapshot(dialect, builder.models(), taken_at, builder.duplicates)
+    models = builder.models()
+    dropped = 0
+    if max_models is not None and len(models) > max_models:
+        dropped = len(models) - max_models
+        models = dict(itertools.islice(models.items(), max_models))  # sorted by name
+    return Snapshot(dialect, models, taken_at, builder.duplicates, dropped)
 
 
 class _Builder:
