@@ -1,6 +1,7 @@
 """Peak RSS and /healthz latency of the real sidecar while it scrapes the worst bodies of issue #11.
 
-Each case starts `spec-sidecar run` as a subprocess against a hostile engine on 127.0.0.1
+Each case starts `spec-sidecar run` as a subprocess (with --window 12 x --scrape-interval, so its window holds
+13 snapshots as with the defaults, 60 s / 5 s) against a hostile engine on 127.0.0.1
 (tests/support/hostile_engine.py), probes /healthz every 50 ms from this process while the sidecar scrapes, and
 reads the sidecar's peak RSS (VmHWM in /proc) once the case has run its scrapes. Results go to docs/benchmarks.md
 ("Hostile scrapes"); the chart's default memory limit is set from them.
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.hostile_engine import (  # noqa: E402
+    admitted_worst_body,
     churn_body,
     escaped_label_body,
     histogram_body,
@@ -52,11 +54,26 @@ class Case:
 def _cases() -> list[Case]:
     escaped = escaped_label_body()
     histograms = histogram_body()
+    mb = 1e6
     return [
-        Case("escaped_label", "30 MB body, one escaped 15 MB label value", lambda n: escaped, 4),
-        Case("histograms", "31 MB of valid histogram series (23,000 engines)", lambda n: histograms, 6),
+        Case("escaped_label", f"{len(escaped) / mb:.1f} MB, one escaped 15 MB label value", lambda n: escaped, 4),
+        Case("histograms", f"{len(histograms) / mb:.1f} MB of valid histogram series", lambda n: histograms, 6),
+        Case(
+            "histograms_admitted",
+            "the same with --scrape-max-series 500000 (all parsed)",
+            lambda n: histograms,
+            6,
+            ("--scrape-max-series", "500000"),
+        ),
+        Case("admitted_worst", "24,000 samples, 1 KB of new label text each, every scrape", admitted_worst_body, 20),
         Case("label_churn", "1.1 MB, a new label name every scrape", churn_body, 90),
-        Case("many_models", "20,001 model names, counters moving", many_models_body, 60),
+        Case(
+            "many_models",
+            "4.9 MB, 20,001 model names (60,003 samples: --scrape-max-series 100000 admits them)",
+            many_models_body,
+            60,
+            ("--scrape-max-series", "100000"),
+        ),
         Case("trickle", "one byte every 0.5 s", lambda n: escaped_label_body(4096, 16), 0, (), 0.5),
     ]
 
@@ -73,17 +90,17 @@ class Measured:
     probes: int
 
 
-def run_case(case: Case, interval: float, max_seconds: float) -> Measured:
+def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags: bool) -> Measured:
     with hostile_engine(case.body, case.trickle_seconds) as engine, tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [
             sys.executable, "-m", "sidecar.cli", "run", "--listen", f"127.0.0.1:{port}", "--vllm-url", engine.url,
-            "--scrape-interval", str(interval), *case.flags,
+            "--scrape-interval", str(interval), "--window", str(12 * interval), *(case.flags if flags else ()),
         ]  # fmt: skip
         log = Path(tmp) / "sidecar.log"
         with log.open("wb") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ))
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=dict(os.environ))
         latencies: list[float] = []
         stop = threading.Event()
         try:
@@ -154,6 +171,17 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="the sidecar's --scrape-interval")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="give up on a case after this long")
     parser.add_argument("--trickle-seconds", type=float, default=12.0, help="how long the trickle case runs")
+    parser.add_argument(
+        "--sidecar-root",
+        type=Path,
+        default=ROOT,
+        help="checkout whose sidecar package runs (another worktree measures another commit; default: this one)",
+    )
+    parser.add_argument(
+        "--without-case-flags",
+        action="store_true",
+        help="leave out the cases' own flags (for a checkout from before they existed)",
+    )
     args = parser.parse_args()
     cases = [c for c in _cases() if not args.case or c.name in args.case]
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
@@ -161,7 +189,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases:
         limit = args.trickle_seconds if case.trickle_seconds else args.max_seconds
-        m = run_case(case, args.interval, limit)
+        m = run_case(case, args.interval, limit, args.sidecar_root.resolve(), not args.without_case_flags)
         print(
             f"| {m.case} | {case.what} | {m.scrapes} | {m.seconds:.0f} | {m.peak_rss_mib:.0f} | "
             f"{m.healthz_p50_ms:.1f} | {m.healthz_p90_ms:.1f} | {m.healthz_max_ms:.0f} | {m.probes} |",

@@ -70,9 +70,12 @@ class Settings(BaseSettings):
         ),
     )
     scrape_max_label_bytes: int = Field(
-        2048,
+        1024,
         gt=0,
-        description="Longest label text of one sample line, in bytes; a longer line is dropped and counted.",
+        description=(
+            "Longest label text of one sample line (between the braces), in characters; a longer line is dropped "
+            "and counted. vLLM's are under 100 plus the model name."
+        ),
     )
     max_models: int = Field(
         64,

@@ -93,42 +93,59 @@ def many_models_body(scrape: int, models: int = 20_001) -> bytes:
     return "".join(parts).encode()
 
 
+def admitted_worst_body(scrape: int, engines: int = 8_000, label_chars: int = 1_000) -> bytes:
+    """As much as the default bounds admit: 24,000 counter samples (3 per engine), each with about
+    ``label_chars`` characters of label text that no earlier scrape had (nothing can be shared between
+    snapshots), about 26 MB."""
+    parts = []
+    filler = "x" * (label_chars - 60)
+    for e in range(engines):
+        labels = f'engine="{e}",model_name="tiny",pod="{scrape}-{e}-{filler}"'
+        for name, value in (("drafts", 100), ("draft_tokens", 400), ("accepted_tokens", 300)):
+            parts.append(f"vllm:spec_decode_num_{name}_total{{{labels}}} {float(value * scrape)}\n")
+    return "".join(parts).encode()
+
+
 @dataclass
 class HostileEngine:
-    """Serves ``body(scrape_number)``; with ``trickle_seconds`` set, writes it one byte per that many seconds."""
+    """Serves ``body(scrape_number)``; with ``trickle_seconds`` set, writes it one byte per that many seconds from
+    scrape number ``trickle_from`` on (the ones before come whole, so the sidecar has a good window to lose)."""
 
     body: Callable[[int], bytes]
     trickle_seconds: float | None = None
+    trickle_from: int = 1
     hits: int = 0
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_body(self) -> bytes:
+    def next_body(self) -> tuple[bytes, float | None]:
         with self.lock:
             self.hits += 1
             n = self.hits
-        return self.body(n)
+        return self.body(n), (self.trickle_seconds if n >= self.trickle_from else None)
 
 
 @contextmanager
-def hostile_engine(body: Callable[[int], bytes], trickle_seconds: float | None = None) -> Iterator[HostileEngine]:
-    engine = HostileEngine(body, trickle_seconds)
+def hostile_engine(
+    body: Callable[[int], bytes], trickle_seconds: float | None = None, trickle_from: int = 1
+) -> Iterator[HostileEngine]:
+    engine = HostileEngine(body, trickle_seconds, trickle_from)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            payload = engine.next_body()
+            payload, trickle = engine.next_body()
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                if engine.trickle_seconds is None:
+                if trickle is None:
                     self.wfile.write(payload)
                     return
                 for i in range(len(payload)):
                     self.wfile.write(payload[i : i + 1])
                     self.wfile.flush()
-                    time.sleep(engine.trickle_seconds)
+                    time.sleep(trickle)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the scraper gave up: that is what a deadline is for
 
