@@ -19,6 +19,7 @@ import httpx
 
 from tests.support.hostile_engine import (
     HostileEngine,
+    churn_body,
     escaped_label_body,
     histogram_body,
     hostile_engine,
@@ -153,3 +154,17 @@ def test_twenty_thousand_model_names_keep_only_max_models_and_count_the_rest(tmp
         assert ("specdecode_acceptance_ratio", (("model_name", "model-0"),)) in metrics
         assert metrics[("specdecode_dropped_total", (("reason", "models"),))] >= 19_951 * 3
         assert _peak_rss_mib(sidecar) < 200  # today's main: 910 MB after 53 scrapes, growing for an hour
+
+
+def test_memory_stops_growing_when_every_scrape_brings_a_new_label_name(tmp_path: Path) -> None:
+    with (
+        hostile_engine(churn_body) as engine,
+        run_sidecar(tmp_path, "--vllm-url", engine.url, "--scrape-interval", "0.1", "--window", "1") as sidecar,
+    ):
+        # The window holds about 11 snapshots; after 30 scrapes everything bounded has reached its bound.
+        wait_until(lambda: engine.hits >= 30, 60, sidecar.log)
+        settled = sidecar.rss_kib() / 1024
+        wait_until(lambda: engine.hits >= 120, 120, sidecar.log)
+        grown = sidecar.rss_kib() / 1024 - settled
+        assert grown < 25, f"{settled:.0f} MiB after 30 scrapes, {grown:.0f} MiB more after 120"
+        assert _peak_rss_mib(sidecar) < 150
