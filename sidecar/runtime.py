@@ -32,6 +32,13 @@ log = logging.getLogger("spec_sidecar.runtime")
 
 # A latency window needs this many requests before its P99/P50 may become a baseline.
 MIN_BASELINE_OBSERVATIONS = 50.0
+# The setting behind each reason something is dropped (specdecode_dropped_total), for the log.
+_BOUND_FLAGS = {
+    "label_bytes": "--scrape-max-label-bytes",
+    "series": "--scrape-max-series",
+    "models": "--max-models",
+    "trend_points": "--trend-max-points",
+}
 # How far back /status charts acceptance.
 TREND_SECONDS = 3600.0
 
@@ -98,7 +105,7 @@ class Monitor:
 
     def observe(self, result: ScrapeResult, now: float) -> View:
         self._scrapes[result.result] += 1
-        self._note_dropped(result.dropped, result.detail)
+        self._note_dropped(result.dropped)
         previous = self.view
         bad_total = previous.bad_lines_total + result.bad_lines
         if result.snapshot is None:
@@ -137,7 +144,7 @@ class Monitor:
             # Oldest first: the chart loses its left edge, never the present.
             for _ in range(over):
                 self._trend.popleft()
-            self._note_dropped({"trend_points": over}, f"--trend-max-points {self.settings.trend_max_points}")
+            self._note_dropped({"trend_points": over})
         self._trend_view = tuple(self._trend)
 
     def _remember(self, snapshot: Snapshot, now: float) -> None:
@@ -147,13 +154,13 @@ class Monitor:
         while len(self._history) >= 2 and (self._history[1].taken_at or 0.0) <= start:
             self._history.popleft()
 
-    def _note_dropped(self, dropped: Mapping[str, int], detail: str) -> None:
+    def _note_dropped(self, dropped: Mapping[str, int]) -> None:
         for reason, count in dropped.items():
             if count and not self._dropped[reason]:
                 # Once per reason per process: the counter says how often, the log says that it started.
-                log.warning(
-                    "dropping %s beyond its configured bound (%s); see specdecode_dropped_total", reason, detail
-                )
+                flag = _BOUND_FLAGS.get(reason, "")
+                bound = getattr(self.settings, flag[2:].replace("-", "_"), "") if flag else ""
+                log.warning("dropping %s beyond %s %s; counted in specdecode_dropped_total", reason, flag, bound)
             self._dropped[reason] += count
 
     def _log_failure(self, result: ScrapeResult, previous: View) -> None:

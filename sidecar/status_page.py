@@ -524,9 +524,10 @@ def collect(
     config = AdviceConfig(thresholds=thresholds, slo=slo_from(getattr(settings, "slo", None)))  # slo: optional setting
     advice = advise_stats(stats, summaries or (), config) if stats is not None else ()
     last = view.last_scrape
+    detail = last.detail if last and not last.ok else ""
     health = Health(
-        settings.vllm_url, stats is not None, last.result if last else None, last.detail if last and not last.ok else "",
-        view.last_success_at, dict(view.scrapes),
+        settings.vllm_url, stats is not None, last.result if last else None, detail, view.last_success_at,
+        dict(view.scrapes),
     )  # fmt: skip
     return StatusPage(
         now=now,
