@@ -85,9 +85,10 @@ class ParseResult:
 
 
 # The text is parsed in pieces of about this many characters, cut after a newline. Each regex call then holds the
-# GIL for a few milliseconds at most (the scrape parses in a worker thread beside the event loop that answers
-# /healthz), and the list of matches in memory at once is one piece's.
-CHUNK_CHARS = 1 << 20
+# GIL for a millisecond or two (the scrape parses in a worker thread beside the event loop that answers
+# /healthz), and the list of matches in memory at once is one piece's. A line longer than a piece stays whole: a
+# 15 MB line is one regex pass of some 10-20 ms, and a label text that long is then dropped unparsed.
+CHUNK_CHARS = 1 << 18
 
 
 def text_chunks(body: str | bytes | bytearray, size: int = CHUNK_CHARS) -> Iterator[str]:
