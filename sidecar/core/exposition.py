@@ -134,6 +134,7 @@ class SampleParser:
         # Groups: name, label blob, value; the last one takes a candidate line that is not well formed (the
         # value group is then empty), so it is counted rather than skipped. A value is ASCII letters, digits,
         # sign and dot: Python's float() would also take '1_000' and non-ASCII digits, the format does not.
+        start = rf"[ \t]*(?:{names})(?=[ \t{{\r\n]|\Z)"
         line = (
             rf"[ \t]*({names})(?=[ \t{{\r\n]|\Z)"
             r"(?:[ \t]*(?:\{([^\n]*)\})?[ \t]*([-+.0-9a-zA-Z]+)(?:[ \t]+-?[0-9]+)?[ \t]*\r?(?=\n|\Z)|([^\n]*))"
@@ -142,6 +143,9 @@ class SampleParser:
         # in C. The first line gets its own anchored pattern rather than a copy of the text with '\n' in front.
         self._line = re.compile("\n" + line)
         self._first_line = re.compile(line)
+        # The same lines, only counted (over ParseLimits.max_samples): no groups, the rest of the line not read.
+        self._line_start = re.compile("\n" + start)
+        self._first_line_start = re.compile(start)
         self._layouts: dict[tuple[str, ...], _Layout] = {}
         # Consecutive lines usually share a layout (the buckets of one histogram): checked before the dict.
         self._last_layout: tuple[list[str], _Layout] = ([], None)
@@ -169,10 +173,11 @@ class SampleParser:
         wanted = 0  # wanted lines seen, kept or not
         over = False
         for chunk in chunks:
+            if over:  # only counting now: what is over the limit is never turned into samples
+                wanted += len(self._line_start.findall(chunk)) + bool(self._first_line_start.match(chunk))
+                continue
             matches = self._matches(chunk)
             wanted += len(matches)
-            if over:
-                continue  # only counting now: what is over the limit is never turned into samples
             bad = self._samples(matches, samples, limits.max_label_bytes, dropped)
             bad_lines += len(bad)
             if bad and len(examples) < _MAX_EXAMPLES:

@@ -57,11 +57,13 @@ def test_parsing_in_small_pieces_gives_the_samples_of_parsing_at_once() -> None:
 
 
 def test_a_parse_over_max_samples_keeps_nothing_and_counts_every_wanted_line() -> None:
-    body = histogram_body(200_000)
+    body = histogram_body(1_000_000)
+    assert len(list(text_chunks(body))) > 2  # past the first piece, lines are only counted
     everything = parser().parse(body)
-    over = parser().parse(body, ParseLimits(max_samples=len(everything.samples) - 1))
-    assert over.samples == ()
-    assert over.dropped == {"series": len(everything.samples)}
+    for limit in (100, len(everything.samples) - 1):
+        over = parser().parse(body, ParseLimits(max_samples=limit))
+        assert over.samples == ()
+        assert over.dropped == {"series": len(everything.samples)}
     at = parser().parse(body, ParseLimits(max_samples=len(everything.samples)))
     assert at.samples == everything.samples and not at.dropped
 
