@@ -17,7 +17,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -51,7 +51,7 @@ def _healthz_while_scraping(sidecar: SidecarProcess, engine: HostileEngine, scra
     wait_until(lambda: engine.hits >= 1, 30, sidecar.log)
     target = engine.hits + scrapes
     host, port = sidecar.url.removeprefix("http://").split(":")
-    futures = []
+    futures: list[Future[float]] = []
     deadline = time.monotonic() + 90
     with ThreadPoolExecutor(max_workers=256) as pool:
         next_at = time.monotonic()
