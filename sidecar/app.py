@@ -82,7 +82,7 @@ class Sidecar:
 def build_sidecar(settings: Settings) -> Sidecar:
     monitor = Monitor(settings)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(lambda: monitor.view))
+    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds()))
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
     fleet = FleetSource(settings) if settings.prometheus_url else None
@@ -143,8 +143,10 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         return Response(generate_latest(sc.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         # Liveness never depends on the engine: a slow-starting GPU engine must not get the sidecar killed.
+        # async: answered on the event loop itself, not after a hop through the thread pool, whose threads
+        # queue for the GIL behind a parse in progress.
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
@@ -159,14 +161,16 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
     def api_report() -> JSONResponse:
         """The current window in the `report --json` shape, plus health: for scripts, the demo and /status."""
         view = sc.monitor.view
-        body = report_json(view.stats) if view.stats is not None else {"engine": None, "models": []}
+        current = view.current(settings.stale_seconds())
+        body = report_json(view.stats) if view.stats is not None and current else {"engine": None, "models": []}
         summaries = sc.recorder.bucket_summary()
-        if view.stats is not None:
+        if view.stats is not None and current:
             config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
             body["advice"] = [advice_json(a) for a in advise_stats(view.stats, summaries, config)]
         body["buckets"] = [bucket_json(b) for b in summaries]
-        body["target_up"] = view.target_up
+        body["target_up"] = current
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
+        body["last_scrape_age_seconds"] = view.age()
         return JSONResponse(body)
 
     if sc.fleet is not None:

@@ -127,6 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
     gc.freeze()
+    # Scrapes are parsed in a worker thread (sidecar/adapters/scrape.py). While one runs, the event loop waits up
+    # to this long for the GIL each time it needs it, and one /healthz request needs it several times: at the
+    # default 5 ms a request took 20-70 ms during a big parse, at 1 ms a few (docs/benchmarks.md, "Hostile
+    # scrapes"). With no parse running the loop is the only thread and never waits.
+    sys.setswitchinterval(0.001)
     config = uvicorn.Config(
         app,
         host=host,

@@ -1,7 +1,9 @@
 """A prometheus-client Collector over the latest immutable View.
 
 Metrics are built at collection time from the View, so a gauge that has no data this window is simply not
-emitted (absent, not 0, and never stale). docs/metrics.md lists every family; a test keeps the two in step.
+emitted (absent, not 0, and never stale). A View whose last good scrape is older than --stale-after is not
+exported as current: target_up is 0 and the derived gauges go absent; the age itself is always exported.
+docs/metrics.md lists every family; a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -16,25 +18,46 @@ from sidecar.core.baseline import divergence
 from sidecar.core.stats import ModelStats
 from sidecar.runtime import View
 
-SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "bad_payload")
+SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "too_many_series", "bad_payload")
+DROP_REASONS = ("label_bytes", "series", "models", "trend_points")
 QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 
 
 class ScrapeCollector(Collector):
-    def __init__(self, view: Callable[[], View]) -> None:
+    def __init__(self, view: Callable[[], View], stale_after: float) -> None:
         self._view = view
+        self._stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
         view = self._view()
-        yield from _health(view)
-        if view.stats is not None:
+        current = view.current(self._stale_after)
+        yield from _health(view, current)
+        if current:
             yield from _model_families(view)
 
 
-def _health(view: View) -> Iterator[Metric]:
-    up = GaugeMetricFamily("specdecode_target_up", "1 if the last scrape of the engine's /metrics succeeded.")
-    up.add_metric([], 1.0 if view.target_up else 0.0)
+def _health(view: View, current: bool) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "specdecode_target_up",
+        "1 if the last scrape of the engine's /metrics succeeded and is not older than --stale-after.",
+    )
+    up.add_metric([], 1.0 if current else 0.0)
     yield up
+    age = view.age()
+    if age is not None:
+        family = GaugeMetricFamily(
+            "specdecode_last_scrape_age_seconds", "Seconds since the last successful scrape was taken in."
+        )
+        family.add_metric([], age)
+        yield family
+    dropped = CounterMetricFamily(
+        "specdecode_dropped",
+        "What the memory bounds left out, by reason: label_bytes, series (sample lines), models, trend_points.",
+        labels=["reason"],
+    )
+    for reason in DROP_REASONS:
+        dropped.add_metric([reason], float(view.dropped.get(reason, 0)))
+    yield dropped
     if view.last_scrape is not None:
         duration = GaugeMetricFamily("specdecode_scrape_duration_seconds", "Duration of the last engine scrape.")
         duration.add_metric([], view.last_scrape.duration_seconds)

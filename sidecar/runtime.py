@@ -1,7 +1,13 @@
 """The scrape loop: scrape, keep a window of snapshots, compute Stats, publish an immutable View.
 
 Readers (the exporter, /status, the decision loop) only ever see a complete View swapped in one assignment, so
-nothing needs a lock. A failed scrape publishes a View without Stats: derived gauges go absent, not stale.
+nothing needs a lock. A failed scrape publishes a View without Stats: derived gauges go absent, not stale; and a
+View whose last good scrape is older than --stale-after is not current either (``View.current``), whatever
+keeps the loop from publishing a newer one.
+
+The state transition (window, Stats, trend) runs in a worker thread like the parse, so a big scrape never holds
+the event loop; everything it keeps is bounded by settings (series per scrape, label bytes, models, trend
+points) and what it leaves out is counted in ``View.dropped``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sidecar.adapters.scrape import ScrapeResult, describe_failure, scrape
+from sidecar.adapters.scrape import ScrapeBounds, ScrapeResult, describe_failure, scrape
 from sidecar.core.baseline import Baseline, learn
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import Stats, compute_stats
@@ -26,6 +32,13 @@ log = logging.getLogger("spec_sidecar.runtime")
 
 # A latency window needs this many requests before its P99/P50 may become a baseline.
 MIN_BASELINE_OBSERVATIONS = 50.0
+# The setting behind each reason something is dropped (specdecode_dropped_total), for the log.
+_BOUND_FLAGS = {
+    "label_bytes": "--scrape-max-label-bytes",
+    "series": "--scrape-max-series",
+    "models": "--max-models",
+    "trend_points": "--trend-max-points",
+}
 # How far back /status charts acceptance.
 TREND_SECONDS = 3600.0
 
@@ -51,6 +64,20 @@ class View:
     baseline: Baseline = field(default_factory=Baseline)
     scrapes: Mapping[str, int] = field(default_factory=dict)
     bad_lines_total: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)  # totals since start, by reason
+    # time.monotonic() when the last good scrape was published: ages are measured on this clock, which neither
+    # jumps with the wall clock nor depends on the times a test feeds to observe().
+    success_monotonic: float | None = None
+
+    def age(self) -> float | None:
+        """Seconds since the last good scrape was published (None: none yet)."""
+        return None if self.success_monotonic is None else max(0.0, time.monotonic() - self.success_monotonic)
+
+    def current(self, stale_after: float) -> bool:
+        """Whether the window may be shown as the engine's present: last scrape good and not older than
+        ``stale_after`` (a scrape loop stuck behind a slow engine or a long parse publishes nothing new)."""
+        age = self.age()
+        return self.target_up and self.stats is not None and age is not None and age <= stale_after
 
 
 StatsListener = Callable[[Stats], Awaitable[None]]
@@ -63,23 +90,29 @@ class Monitor:
         self.settings = settings
         self.config = settings.analysis_config()
         self.view = View(baseline=Baseline(configured=dict(settings.baseline_p99_p50)))
+        self.bounds = ScrapeBounds(settings.scrape_max_series, settings.scrape_max_label_bytes, settings.max_models)
         self._history: deque[Snapshot] = deque()
         self._scrapes: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
         self._listeners: list[StatsListener] = []
         self._trend: deque[TrendPoint] = deque()
+        # What trend() hands out: a tuple rebuilt after each change, because observe runs in a worker thread and
+        # iterating the deque while it changes would raise.
+        self._trend_view: tuple[TrendPoint, ...] = ()
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
 
     def observe(self, result: ScrapeResult, now: float) -> View:
         self._scrapes[result.result] += 1
+        self._note_dropped(result.dropped)
         previous = self.view
         bad_total = previous.bad_lines_total + result.bad_lines
         if result.snapshot is None:
             self._log_failure(result, previous)
             self.view = View(
                 None, False, previous.ready, result, previous.last_success_at, previous.baseline,
-                dict(self._scrapes), bad_total,
+                dict(self._scrapes), bad_total, dict(self._dropped), previous.success_monotonic,
             )  # fmt: skip
             return self.view
         if not previous.target_up:
@@ -89,13 +122,16 @@ class Monitor:
         history = list(self._history)
         stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
-        self.view = View(stats, True, True, result, now, baseline, dict(self._scrapes), bad_total)
         self._record_trend(stats, now)
+        self.view = View(
+            stats, True, True, result, now, baseline, dict(self._scrapes), bad_total, dict(self._dropped),
+            time.monotonic(),
+        )  # fmt: skip
         return self.view
 
     def trend(self) -> tuple[TrendPoint, ...]:
         """Acceptance per model per scrape over the last TREND_SECONDS, oldest first."""
-        return tuple(self._trend)
+        return self._trend_view
 
     def _record_trend(self, stats: Stats, now: float) -> None:
         for m in stats.models:
@@ -103,6 +139,13 @@ class Monitor:
             self._trend.append(point)
         while self._trend and self._trend[0].at < now - TREND_SECONDS:
             self._trend.popleft()
+        over = len(self._trend) - self.settings.trend_max_points
+        if over > 0:
+            # Oldest first: the chart loses its left edge, never the present.
+            for _ in range(over):
+                self._trend.popleft()
+            self._note_dropped({"trend_points": over})
+        self._trend_view = tuple(self._trend)
 
     def _remember(self, snapshot: Snapshot, now: float) -> None:
         self._history.append(snapshot)
@@ -110,6 +153,15 @@ class Monitor:
         start = now - self.settings.window
         while len(self._history) >= 2 and (self._history[1].taken_at or 0.0) <= start:
             self._history.popleft()
+
+    def _note_dropped(self, dropped: Mapping[str, int]) -> None:
+        for reason, count in dropped.items():
+            if count and not self._dropped[reason]:
+                # Once per reason per process: the counter says how often, the log says that it started.
+                flag = _BOUND_FLAGS.get(reason, "")
+                bound = getattr(self.settings, flag[2:].replace("-", "_"), "") if flag else ""
+                log.warning("dropping %s beyond %s %s; counted in specdecode_dropped_total", reason, flag, bound)
+            self._dropped[reason] += count
 
     def _log_failure(self, result: ScrapeResult, previous: View) -> None:
         # Log transitions, not every failed scrape: an engine down for an hour should not flood the log.
@@ -121,9 +173,11 @@ class Monitor:
         while not stop.is_set():
             started = time.monotonic()
             result = await scrape(
-                client, self.settings.vllm_url, self.settings.scrape_timeout, self.settings.scrape_max_bytes
-            )
-            view = self.observe(result, time.time())
+                client, self.settings.vllm_url, self.settings.scrape_timeout, self.settings.scrape_max_bytes,
+                self.bounds,
+            )  # fmt: skip
+            # Off the event loop too: a window of big snapshots takes a while to turn into Stats.
+            view = await asyncio.to_thread(self.observe, result, time.time())
             if view.stats is not None:
                 for listener in self._listeners:
                     try:

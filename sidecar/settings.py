@@ -48,12 +48,55 @@ class Settings(BaseSettings):
     # --- scraping ------------------------------------------------------------------------------------------
     scrape_interval: float = Field(5.0, gt=0, description="Seconds between scrapes of the engine's /metrics.")
     scrape_timeout: float = Field(
-        3.0, gt=0, description="Seconds a scrape may take (connect + read) before it counts as failed."
+        3.0,
+        gt=0,
+        description=(
+            "Seconds a whole scrape may take (connect, headers and the last byte of the body) before it counts "
+            "as failed (timeout); an engine trickling its body cannot hold a scrape open longer."
+        ),
     )
     scrape_max_bytes: int = Field(
         32 * 1024 * 1024,
         gt=0,
         description="Largest /metrics body accepted, in bytes; a larger one is dropped and counted as too_large.",
+    )
+    scrape_max_series: int = Field(
+        25_000,
+        gt=0,
+        description=(
+            "Samples of the families the sidecar reads kept per scrape (a histogram bucket is one). A scrape with "
+            "more is dropped whole (too_many_series; its samples counted in specdecode_dropped_total): part of "
+            "a scrape would sum some engines and not others. One vLLM engine writes about 120."
+        ),
+    )
+    scrape_max_label_bytes: int = Field(
+        1024,
+        gt=0,
+        description=(
+            "Longest label text of one sample line (between the braces), in characters; a longer line is dropped "
+            "and counted. vLLM's are under 100 plus the model name."
+        ),
+    )
+    max_models: int = Field(
+        64,
+        gt=0,
+        description=("Model names tracked per scrape (the first ones by name); the others are dropped and counted."),
+    )
+    trend_max_points: int = Field(
+        20_000,
+        gt=0,
+        description=(
+            "Points (one per model per scrape) kept for the last hour's acceptance chart on /status; the "
+            "oldest beyond it are dropped and counted."
+        ),
+    )
+    stale_after: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds after the last good scrape from which its window is stale: target_up is 0 and the derived "
+            "gauges are no longer exported. Default: 2 x --scrape-interval + --scrape-timeout."
+        ),
     )
 
     # --- the numbers ---------------------------------------------------------------------------------------
@@ -308,6 +351,10 @@ class Settings(BaseSettings):
                 "set --threshold at or below --keep-threshold (acceptance between them is borderline)"
             )
         return self
+
+    def stale_seconds(self) -> float:
+        """--stale-after, or two missed scrapes and the longest a third may take."""
+        return self.stale_after if self.stale_after is not None else 2 * self.scrape_interval + self.scrape_timeout
 
     def analysis_config(self) -> AnalysisConfig:
         return AnalysisConfig(

@@ -517,14 +517,17 @@ def collect(
 ) -> StatusPage:
     settings, view = sidecar.settings, sidecar.monitor.view
     thresholds = sidecar.monitor.config.thresholds
-    models = view.stats.models if view.stats is not None else ()
+    # A window older than --stale-after is not shown as the engine's present (the health panel says since when).
+    stats = view.stats if view.current(settings.stale_seconds()) else None
+    models = stats.models if stats is not None else ()
     summaries = list(recorder.bucket_summary()) if recorder is not None else None
     config = AdviceConfig(thresholds=thresholds, slo=slo_from(getattr(settings, "slo", None)))  # slo: optional setting
-    advice = advise_stats(view.stats, summaries or (), config) if view.stats is not None else ()
+    advice = advise_stats(stats, summaries or (), config) if stats is not None else ()
     last = view.last_scrape
+    detail = last.detail if last and not last.ok else ""
     health = Health(
-        settings.vllm_url, view.target_up, last.result if last else None, last.detail if last and not last.ok else "",
-        view.last_success_at, dict(view.scrapes),
+        settings.vllm_url, stats is not None, last.result if last else None, detail, view.last_success_at,
+        dict(view.scrapes),
     )  # fmt: skip
     return StatusPage(
         now=now,

@@ -2,18 +2,24 @@
 
 Everything that can go wrong becomes a ScrapeResult with a short reason label (it is a metric label), never
 an exception: the scrape loop must keep running whatever the engine does.
+
+The whole GET, body included, runs under one deadline (a per-read timeout never fires on a target that sends a
+byte every half second). Parsing runs in a worker thread, in pieces (exposition.text_chunks), so the event loop
+that answers /healthz, /metrics and the tap keeps running while a 30 MB body is read into a Snapshot; what one
+parse may keep is bounded by ScrapeBounds, and what was left out is counted in ``dropped``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import httpx
 
 from sidecar.core.catalog import openmetrics_aliases, wanted_sample_names
-from sidecar.core.exposition import SampleParser
+from sidecar.core.exposition import ParseLimits, SampleParser
 from sidecar.core.snapshot import Snapshot, build_snapshot
 
 # The classic text format: with an OpenMetrics Accept header prometheus_client may rename colon names.
@@ -24,12 +30,26 @@ PARSER = SampleParser(_WANTED, openmetrics_aliases(_WANTED))
 
 
 @dataclass(frozen=True)
+class ScrapeBounds:
+    """What one scrape may keep (None: unbounded, for one-shot commands reading a file they were given)."""
+
+    max_series: int | None = None
+    max_label_bytes: int | None = None
+    max_models: int | None = None
+
+
+UNBOUNDED = ScrapeBounds()
+
+
+@dataclass(frozen=True)
 class ScrapeResult:
-    result: str  # success | timeout | unreachable | http_error | too_large | bad_payload
+    result: str  # success | timeout | unreachable | http_error | too_large | too_many_series | bad_payload
     snapshot: Snapshot | None
     duration_seconds: float
     bad_lines: int = 0
     detail: str = ""
+    # What the bounds left out, by reason: label_bytes and series (sample lines), models (model names).
+    dropped: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +62,7 @@ _HINTS = {
     "unreachable": "is the engine running, and is the address right?",
     "timeout": "the engine did not answer in time: check it, or raise --scrape-timeout",
     "too_large": "raise --scrape-max-bytes",
+    "too_many_series": "raise --scrape-max-series, and the memory limit with it (docs/benchmarks.md)",
     "bad_payload": "is it a vLLM engine (or SGLang, llama.cpp, TensorRT-LLM)?",
 }
 
@@ -50,7 +71,7 @@ def describe_failure(base_url: str, result: ScrapeResult) -> str:
     """One line for a person: the URL tried, what came back, and what to check."""
     hint = _HINTS.get(result.result, "")
     # An HTTP status or a size says it all; an exception's name and text need the word for what happened.
-    what = result.detail if result.result in ("http_error", "too_large", "bad_payload") else None
+    what = result.detail if result.result in ("http_error", "too_large", "too_many_series", "bad_payload") else None
     what = what or (f"{result.result} ({result.detail})" if result.detail else result.result)
     return f"GET {metrics_url(base_url)}: {what}" + (f"; {hint}" if hint else "")
 
@@ -60,30 +81,56 @@ def metrics_url(base_url: str) -> str:
     return base if base.endswith("/metrics") else base + "/metrics"
 
 
-def parse_payload(text: str, taken_at: float | None) -> tuple[Snapshot, int, tuple[str, ...]]:
-    parsed = PARSER.parse(text)
-    return build_snapshot(parsed.samples, taken_at), parsed.bad_lines, parsed.bad_examples
+def parse_payload(
+    text: str | bytes | bytearray, taken_at: float | None, bounds: ScrapeBounds = UNBOUNDED
+) -> tuple[Snapshot, int, tuple[str, ...]]:
+    snapshot, parsed_bad, examples, _dropped = _parse(text, taken_at, bounds)
+    return snapshot, parsed_bad, examples
 
 
-async def scrape(client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int) -> ScrapeResult:
+def _parse(
+    text: str | bytes | bytearray, taken_at: float | None, bounds: ScrapeBounds
+) -> tuple[Snapshot, int, tuple[str, ...], dict[str, int]]:
+    parsed = PARSER.parse(text, ParseLimits(bounds.max_series, bounds.max_label_bytes))
+    snapshot = build_snapshot(parsed.samples, taken_at, bounds.max_models)
+    dropped = dict(parsed.dropped)
+    if snapshot.dropped_models:
+        dropped["models"] = snapshot.dropped_models
+    return snapshot, parsed.bad_lines, parsed.bad_examples, dropped
+
+
+async def scrape(
+    client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int, bounds: ScrapeBounds = UNBOUNDED
+) -> ScrapeResult:
     started = time.monotonic()
     try:
-        async with client.stream("GET", metrics_url(base_url), headers={"Accept": ACCEPT}, timeout=timeout) as response:
-            if response.status_code != 200:
-                return _failed("http_error", started, f"HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                return _failed("too_large", started, f"{declared} bytes > {max_bytes}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    return _failed("too_large", started, f"more than {max_bytes} bytes")
+        async with asyncio.timeout(timeout):
+            body = await _get(client, base_url, timeout, max_bytes)
+    except TimeoutError:
+        return _failed("timeout", started, f"the whole scrape took more than {timeout:g} s")
     except httpx.TimeoutException as exc:
         return _failed("timeout", started, type(exc).__name__)
     except httpx.HTTPError as exc:
         return _failed("unreachable", started, f"{type(exc).__name__}: {exc}")
-    return _parsed(bytes(body), started)
+    if isinstance(body, ScrapeResult):
+        return body
+    return await asyncio.to_thread(_parsed, body, started, time.time(), bounds)
+
+
+async def _get(client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int) -> bytearray | ScrapeResult:
+    started = time.monotonic()
+    async with client.stream("GET", metrics_url(base_url), headers={"Accept": ACCEPT}, timeout=timeout) as response:
+        if response.status_code != 200:
+            return _failed("http_error", started, f"HTTP {response.status_code}")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            return _failed("too_large", started, f"{declared} bytes > {max_bytes}")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body.extend(chunk)
+            if len(body) > max_bytes:
+                return _failed("too_large", started, f"more than {max_bytes} bytes")
+    return body
 
 
 def scrape_sync(base_url: str, timeout: float, max_bytes: int) -> ScrapeResult:
@@ -96,14 +143,16 @@ def scrape_sync(base_url: str, timeout: float, max_bytes: int) -> ScrapeResult:
     return asyncio.run(once())
 
 
-def _parsed(body: bytes, started: float) -> ScrapeResult:
-    text = body.decode("utf-8", errors="replace")
-    snapshot, bad, examples = parse_payload(text, time.time())
+def _parsed(body: bytearray, started: float, received_at: float, bounds: ScrapeBounds) -> ScrapeResult:
+    snapshot, bad, examples, dropped = _parse(body, received_at, bounds)
     duration = time.monotonic() - started
+    if dropped.get("series"):
+        detail = f"{dropped['series']} samples > --scrape-max-series {bounds.max_series}"
+        return ScrapeResult("too_many_series", None, duration, bad, detail, dropped)
     if snapshot.dialect is None:
         detail = "no known engine metrics in the payload"
-        return ScrapeResult("bad_payload", None, duration, bad, detail)
-    return ScrapeResult("success", snapshot, duration, bad, "; ".join(examples))
+        return ScrapeResult("bad_payload", None, duration, bad, detail, dropped)
+    return ScrapeResult("success", snapshot, duration, bad, "; ".join(examples), dropped)
 
 
 def _failed(result: str, started: float, detail: str) -> ScrapeResult:

@@ -203,7 +203,8 @@ def test_sidecar_runs_non_root_read_only_without_capabilities_and_with_small_res
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
-        assert sidecar["resources"]["limits"]["memory"] in {"256Mi", "384Mi"}
+        # The worst scrape the default bounds admit peaks at 393 MiB (docs/benchmarks.md, "Hostile scrapes").
+        assert sidecar["resources"]["limits"]["memory"] == "512Mi"
         assert "nvidia.com/gpu" not in json.dumps(sidecar["resources"])
         assert {m["mountPath"] for m in sidecar["volumeMounts"]} >= {"/tmp"}
 
