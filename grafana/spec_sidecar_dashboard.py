@@ -358,7 +358,7 @@ def _health() -> list[PanelBuilder]:
         )
         .unit("short")
         .height(8)
-        .span(8),
+        .span(6),
         graph(
             "Decisions",
             "Decisions by outcome and reason (the status page says the same in sentences).",
@@ -369,7 +369,7 @@ def _health() -> list[PanelBuilder]:
         )
         .unit("short")
         .height(8)
-        .span(8),
+        .span(6),
         graph(
             "Toggles and actuator errors",
             "Speculation turned off/on (by the sidecar or a person), and failed writes to Kubernetes by reason.",
@@ -385,7 +385,17 @@ def _health() -> list[PanelBuilder]:
         )
         .unit("short")
         .height(8)
-        .span(8),
+        .span(6),
+        graph(
+            "Tap errors",
+            "Requests the tap could not relay whole, per second by reason. upstream_*: vLLM failed requests"
+            " in flight (SpecSidecarTapUpstreamFailing); the others: clients refused or cut off by the tap's own"
+            " settings (SpecSidecarTapRefusing). docs/runbook.md says what each means.",
+            query(f"sum by (reason) (rate(specdecode_tap_errors_total{{{POD}}}[$__rate_interval]))", "{{reason}}"),
+        )
+        .unit("reqps")
+        .height(8)
+        .span(6),
     ]
 
 

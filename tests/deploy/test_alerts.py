@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar.tap_metrics import ERROR_REASONS
 from tests.deploy.tooling import ROOT, RULES, run, tools
 
 UNIT_TESTS = Path(__file__).parent / "alerts" / "spec-sidecar-rules.test.yaml"
@@ -24,6 +25,8 @@ REQUIRED_ALERTS = {
     "SpecDecodeFlapLatched",
     "SpecDecodeLatencyDivergence",
     "SpecSidecarActuatorFailing",
+    "SpecSidecarTapUpstreamFailing",
+    "SpecSidecarTapRefusing",
     "SpecSidecarDown",
     "SpecSidecarAbsent",
     "SpecDecodeTargetDown",
@@ -51,6 +54,17 @@ def test_every_promised_alert_exists_with_severity_summary_description_and_runbo
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
+
+
+def test_every_tap_error_reason_is_watched_by_exactly_one_alert() -> None:
+    # The tap alerts list their reasons by name: a reason added to the sidecar must be given to one of them.
+    watched: list[str] = []
+    for rule in _rules():
+        if "specdecode_tap_errors_total" in rule["expr"]:
+            match = re.search(r'reason=~"([^"]+)"', rule["expr"])
+            assert match, f"{rule['alert']} selects tap errors without naming its reasons"
+            watched += match.group(1).split("|")
+    assert sorted(watched) == sorted(ERROR_REASONS)
 
 
 def _github_anchor(heading: str) -> str:

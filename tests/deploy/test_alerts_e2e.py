@@ -233,6 +233,33 @@ def test_a_sidecar_that_stops_answering_pages_as_sidecar_down(stack: Stack) -> N
     assert stack.webhook.firing("SpecSidecarDown")[0]["labels"]["severity"] == "critical"
 
 
+def test_refused_client_requests_reach_the_webhook_as_info_and_an_unreachable_vllm_as_a_warning(
+    stack: Stack,
+) -> None:
+    _wait(lambda: bool(stack.query('specdecode_tap_errors_total{reason="path_refused"} == 0')), 60, "tap errors")
+    tap = httpx.Client(base_url=stack.sidecar.url, timeout=5)
+    assert tap.get("/v1/models").status_code == 200  # forwarded to the stand-in engine: not an error
+    for _ in range(15):  # more than the rule's 10 in 15 minutes
+        assert tap.post("/reset_prefix_cache").status_code == 403
+    _wait(lambda: bool(stack.webhook.firing("SpecSidecarTapRefusing")), 60, "SpecSidecarTapRefusing at the webhook")
+    refusing = stack.webhook.firing("SpecSidecarTapRefusing")[0]
+    assert (refusing["labels"]["severity"], refusing["labels"]["reason"]) == ("info", "path_refused")
+    assert stack.query('ALERTS{alertname="SpecSidecarTapUpstreamFailing"}') == []
+
+    stack.engine.stop()  # nothing listens on vLLM's port any more: every request through the tap is a 502
+
+    def unreachable_and_alerted() -> bool:
+        assert tap.get("/v1/models").status_code == 502
+        return bool(stack.webhook.firing("SpecSidecarTapUpstreamFailing"))
+
+    _wait(unreachable_and_alerted, 60, "SpecSidecarTapUpstreamFailing at the webhook")
+    alert = stack.webhook.firing("SpecSidecarTapUpstreamFailing")[0]
+    assert alert["labels"]["severity"] == "warning"
+    assert "reason" not in alert["labels"]
+    assert alert["annotations"]["description"].startswith("The tap in ml/p1 could not relay ")
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#specsidecartapupstreamfailing"
+
+
 def test_the_sidecar_turning_speculation_off_in_the_charts_deployment_reaches_the_webhook(
     tmp_path: Path, webhook: Webhook
 ) -> None:

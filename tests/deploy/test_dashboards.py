@@ -176,6 +176,7 @@ def test_load_health_and_control_panels_are_present() -> None:
         "specdecode_decision_state",
         "specdecode_toggles_total",
         "specdecode_actuator_errors_total",
+        "specdecode_tap_errors_total",
         "specdecode_speculation_enabled",
         "specdecode_position_acceptance_ratio",
     ):
