@@ -264,7 +264,14 @@ def _digest(text: str) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock beside the manifest (the manifest itself is replaced by rename)."""
+    """An exclusive advisory lock beside the manifest (the manifest itself is replaced by rename).
+
+    A manifest that is not there (deleted or moved while the sidecar runs) is refused before the lock file is
+    made, so no lock is left beside a file that does not exist. The lock file is never removed afterwards: a
+    writer waiting on its inode would then lock a file no one else locks.
+    """
+    if not path.exists():
+        raise ManifestError("not_found", f"{path}: no such file")
     lock = path.with_name(f".{path.name}.lock")
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -194,6 +194,18 @@ def test_a_missing_container_or_file_is_an_error_outcome(tmp_path: Path) -> None
     assert gone.outcome is Outcome.ERROR and "not_found" in gone.detail
 
 
+@pytest.mark.parametrize("action", ["disable", "enable", "latch"])
+def test_a_write_to_a_missing_manifest_leaves_no_lock_file_beside_it(tmp_path: Path, action: str) -> None:
+    act = ManifestActuator(tmp_path / "absent.yaml", container="vllm")
+    if action == "latch":
+        result = act.write_record(ann.ControlRecord(latched="x"), action)
+    else:
+        result = act.disable("x") if action == "disable" else act.enable("x")
+    assert result.outcome is Outcome.ERROR and "no such file" in result.detail
+    assert act.errors == {"not_found": 1}
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_concurrent_edit_is_a_conflict_not_an_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, LIST_MANIFEST)
     act = actuator(path)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.actuator import TargetView
 from sidecar.adapters.manifest import ManifestActuator
 from sidecar.control import ControlCollector, Controller
 from sidecar.core import specargs
@@ -113,6 +115,27 @@ def test_an_unreadable_target_is_counted_and_the_loop_goes_on(tmp_path: Path) ->
     assert controller.actuator_errors()["not_found"] == 1
     path.write_text(LIST_MANIFEST)
     assert controller.step(stats(0.3), T0 + 60) is not None
+
+
+def test_a_manifest_deleted_between_the_read_and_the_write_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, controller = setup(tmp_path)
+    for i in range(2):
+        controller.step(stats(0.3), T0 + 60 * i)
+    read = controller.actuator.read
+
+    def read_then_lose_the_file() -> TargetView:
+        view = read()
+        path.unlink()  # a GitOps tool replacing the file, a person moving it
+        return view
+
+    monkeypatch.setattr(controller.actuator, "read", read_then_lose_the_file)
+    decision = controller.step(stats(0.3), T0 + 120)
+    assert decision is not None and decision.action is Action.DISABLE
+    assert [r.outcome for r in controller.decisions] == ["error"]
+    assert controller.actuator_errors()["not_found"] == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_controller_is_built_from_the_sidecars_own_settings(tmp_path: Path) -> None:
