@@ -49,29 +49,7 @@ fi
 # A Docker engine for the image test: Debian's docker.io runs dockerd locally (vfs storage, no bridge), and
 # debootstrap makes the base image no registry can give us here (deploy/docker/make-base-image.sh).
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-  # apt-get needs root: use sudo when not root, and say what to do when neither is possible (sudo -n never
-  # waits for a password that nobody will type under make).
-  SUDO=()
-  if [ "$(id -u)" != 0 ]; then
-    if ! command -v sudo >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
-      echo "install-tools: installing docker.io and debootstrap needs root or passwordless sudo;" \
-        "run as root, or install them yourself (apt-get install docker.io debootstrap)" >&2
-      exit 1
-    fi
-    SUDO=(sudo -n)
-  fi
-  POLICY=/usr/sbin/policy-rc.d
-  if [ ! -e "$POLICY" ]; then  # no service may start during the install: tests start their own dockerd
-    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$POLICY" >/dev/null
-    "${SUDO[@]}" chmod 755 "$POLICY"
-    trap '"${SUDO[@]}" rm -f "$POLICY"' EXIT
-  fi
-  # env, not export: sudo drops the caller's environment.
-  APT=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=600)
-  if ! "${APT[@]}" install --no-install-recommends docker.io debootstrap >&2; then
-    "${APT[@]}" update >&2
-    "${APT[@]}" install --no-install-recommends docker.io debootstrap >&2
-  fi
+  bash "$ROOT/scripts/apt-install.sh" install-tools --no-services docker.io debootstrap
 fi
 
 # promtool and alertmanager come from Debian's packages via the project's own (idempotent) installer.
