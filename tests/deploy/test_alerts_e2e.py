@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.deploy.tooling import RULES, documents, one, render, tools
+from tests.support.http_stub import serve_http
 from tests.support.payloads import vllm_payload
 from tests.support.prometheus import server_process
 from tests.support.replay import MetricsReplay, free_port, metrics_replay
@@ -56,15 +57,9 @@ def webhook() -> Iterator[Webhook]:
         def log_message(self, *_: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as url:
+        hook.url = url + "/"
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class BusyEngine:

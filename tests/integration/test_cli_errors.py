@@ -7,12 +7,12 @@ import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.http_stub import serve_http
 from tests.support.payloads import vllm_payload
 from tests.support.replay import free_port
 
@@ -51,13 +51,8 @@ class NotFound(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def not_vllm() -> Iterator[str]:
     """A web server that is not an engine: every path is a 404."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(NotFound) as url:
+        yield url
 
 
 def test_a_tap_that_is_not_a_sidecar_is_one_line_with_the_url_tried(tmp_path: Path, not_vllm: str) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import yaml
 
 from tests.kubeapi.manifests import list_deployment, vllm_container
 from tests.kubeapi.server import KubeAPI, kube_api
+from tests.support.http_stub import serve_http
 from tests.support.prometheus import Prometheus, run_prometheus, static_job
 from tests.support.sidecar_process import SidecarProcess, run_sidecar, wait_until
 
@@ -106,35 +107,26 @@ class Pod:
 @contextmanager
 def serving(pods: list[Pod]) -> Iterator[None]:
     """One HTTP server per pod on 127.0.0.1, answering /metrics with the pod's payload of the moment."""
-    servers = []
-    for pod in pods:
+    with ExitStack() as servers:
+        for pod in pods:
 
-        class Handler(BaseHTTPRequestHandler):
-            served = pod
+            class Handler(BaseHTTPRequestHandler):
+                served = pod
 
-            def do_GET(self) -> None:
-                body = self.served.payload()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a scraper that gave up
-                    self.wfile.write(body)
+                def do_GET(self) -> None:
+                    body = self.served.payload()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a scraper that gave up
+                        self.wfile.write(body)
 
-            def log_message(self, *_: object) -> None:
-                return
+                def log_message(self, *_: object) -> None:
+                    return
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        pod.url = f"http://127.0.0.1:{server.server_address[1]}"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-    try:
+            pod.url = servers.enter_context(serve_http(Handler))
         yield
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
 
 
 # name, namespace, workload, engine steps per second
@@ -362,15 +354,9 @@ def counting_proxy(upstream: str) -> Iterator[CountingProxy]:
         def log_message(self, *_: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serve_http(Handler) as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def kubeconfig(path: Path, server: KubeAPI) -> Path:

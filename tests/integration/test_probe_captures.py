@@ -13,14 +13,15 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.http_stub import serve_http
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vllm"
 STREAM = FIXTURES / "responses" / "draft_model" / "completion_stream_usage.sse"
@@ -64,14 +65,8 @@ def replay(stream: bytes) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as url:
+        yield url
 
 
 def probe_json(url: str) -> list[dict[str, Any]]:
