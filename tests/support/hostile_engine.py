@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from tests.support.http_stub import serve_http
 from tests.support.payloads import vllm_payload
 
 MB = 1024 * 1024
@@ -152,13 +153,6 @@ def hostile_engine(
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    engine.url = f"http://{host!s}:{port}"
-    try:
+    with serve_http(Handler) as url:
+        engine.url = url
         yield engine
-    finally:
-        server.shutdown()
-        server.server_close()
