@@ -39,6 +39,7 @@ from tests.support.hostile_engine import (  # noqa: E402
     many_models_body,
 )
 from tests.support.replay import free_port  # noqa: E402
+from tests.support.sidecar_process import stop_process  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,7 @@ def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags:
             peak = _peak_rss_kib(process.pid) / 1024
         finally:
             stop.set()
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=15)
     ordered = sorted(latencies) or [float("nan")]
     return Measured(
         case.name,

@@ -19,7 +19,7 @@ import httpx
 import yaml
 
 from tests.support.replay import free_port
-from tests.support.sidecar_process import wait_until
+from tests.support.sidecar_process import stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,17 +48,6 @@ def server_process(
         yield process
     finally:
         stop_process(process)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _tail(log: Path) -> str:
