@@ -18,7 +18,8 @@ import itertools
 import json
 import logging
 import os
-import tempfile
+import re
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ from sidecar.core.annotations import ControlRecord, from_annotations, to_annotat
 from sidecar.core.policy import Action, Decision
 
 log = logging.getLogger("spec_sidecar.manifest")
+
+# Temp files are ``.<manifest>.spec-sidecar-<16 hex digits>.tmp``: a name no editor or other tool produces, so
+# the clean-up after a killed writer can never delete someone else's file (``.deploy.yaml.swp``, ``.orig``).
+_TEMP_TAG = "spec-sidecar-"
+_TEMP_RANDOM = "[0-9a-f]{16}"  # secrets.token_hex(8)
+_TEMP_SUFFIX = ".tmp"
 
 
 class ManifestError(TargetError):
@@ -281,17 +288,27 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _temp_name(path: Path, random_part: str) -> str:
+    return f".{path.name}.{_TEMP_TAG}{random_part}{_TEMP_SUFFIX}"
+
+
+def _is_our_temp_file(path: Path, candidate: Path) -> bool:
+    """Only a name :func:`_atomic_write` makes for this manifest."""
+    head, tail = re.escape(f".{path.name}.{_TEMP_TAG}"), re.escape(_TEMP_SUFFIX)
+    return re.fullmatch(f"{head}{_TEMP_RANDOM}{tail}", candidate.name) is not None
+
+
 def _remove_stale_temp_files(path: Path) -> None:
     """Temp files a killed writer left behind; under the lock, no live writer can own one."""
-    lock = path.with_name(f".{path.name}.lock")
-    for stale in path.parent.glob(f".{path.name}.*"):
-        if stale != lock:
+    for stale in path.parent.iterdir():
+        if _is_our_temp_file(path, stale):
             stale.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o7777
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temp = path.with_name(_temp_name(path, secrets.token_hex(8)))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -234,6 +234,24 @@ def test_four_space_sequence_indentation_is_kept(tmp_path: Path) -> None:
 
 def test_a_temp_file_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path: Path) -> None:
     path = write(tmp_path, LIST_MANIFEST)
-    (tmp_path / ".deployment.yaml.k1ll3d").write_text("half a manifest")
+    (tmp_path / ".deployment.yaml.spec-sidecar-0123456789abcdef.tmp").write_text("half a manifest")
     actuator(path).disable("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".deployment.yaml.lock", "deployment.yaml"]
+
+
+def test_the_clean_up_leaves_files_it_did_not_create_next_to_the_manifest(tmp_path: Path) -> None:
+    path = write(tmp_path, LIST_MANIFEST)
+    others = [
+        ".deployment.yaml.swp",  # an editor's swap file
+        ".deployment.yaml.orig",
+        ".deployment.yaml.k1ll3d",  # what an older spec-sidecar's mkstemp made: no longer ours to judge
+        ".deployment.yaml.spec-sidecar-0123.tmp",  # our prefix, but not a name we make
+        ".other.yaml.spec-sidecar-0123456789abcdef.tmp",  # ours, for another manifest
+    ]
+    for name in others:
+        (tmp_path / name).write_text("keep me")
+    act = actuator(path)
+    act.disable("x")
+    act.enable("y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".deployment.yaml.lock", "deployment.yaml", *others])
+    assert all((tmp_path / name).read_text() == "keep me" for name in others)
