@@ -17,7 +17,13 @@ from rich.table import Table
 
 from sidecar.core.verdict import Thresholds
 
-VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
+VERDICT_STYLE = {
+    "keep": "green",
+    "borderline": "yellow",
+    "disable": "bold red",
+    "no-data": "dim",
+    "invalid": "bold magenta",
+}
 # The demo runs the sidecar with the default operating rule, so its lines are the defaults'.
 RULE = Thresholds()
 WINDOW_SECONDS = 15  # the demo's --window

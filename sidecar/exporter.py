@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from sidecar.core.baseline import divergence
 from sidecar.core.stats import ModelStats
+from sidecar.core.validity import INVALID_REASONS
 from sidecar.runtime import View
 
 SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "too_many_series", "bad_payload")
@@ -71,6 +72,19 @@ def _health(view: View, current: bool) -> Iterator[Metric]:
     )
     bad.add_metric([], float(view.bad_lines_total))
     yield bad
+    invalid = CounterMetricFamily(
+        "specdecode_invalid_windows",
+        "Windows (one per model per scrape) that held numbers no engine can produce, by reason; none is judged.",
+        labels=["reason"],
+    )
+    for reason in INVALID_REASONS:
+        invalid.add_metric([reason], float(view.invalid_windows.get(reason, 0)))
+    yield invalid
+    resets = CounterMetricFamily(
+        "specdecode_counter_resets", "Engine series seen restarting (counters back to zero) between two scrapes."
+    )
+    resets.add_metric([], float(view.counter_resets))
+    yield resets
     if view.last_success_at is not None:
         last = GaugeMetricFamily(
             "specdecode_last_scrape_success_timestamp_seconds", "Unix time of the last successful scrape."

@@ -27,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 import httpx
@@ -205,11 +206,17 @@ def baseline_json(baseline: Baseline, stats: Stats | None) -> dict[str, dict[str
     return {model: {metric: baseline.ratio(model, metric) for metric in LATENCY_METRICS} for model in models}
 
 
+# Prometheus' increase() extrapolates each series to the window's edges on its own, and stops at zero near a
+# start: accepted can come out a few percent above drafted (at most the extrapolation, about one scrape
+# interval of the window) with no engine having written that. Beyond this, the numbers are impossible.
+FLEET_CONSISTENCY_SLACK = 0.1
+
+
 def fleet_stats(increases: Snapshot, window: float, config: AnalysisConfig) -> Stats:
     """The increases as a window: an empty snapshot ``window`` seconds earlier, then the increases."""
     taken_at = increases.taken_at or 0.0
     start = Snapshot(increases.dialect, {}, taken_at - window)
-    return compute_stats([start, increases], config)
+    return compute_stats([start, increases], replace(config, consistency_slack=FLEET_CONSISTENCY_SLACK))
 
 
 class FleetCollector(Collector):

@@ -436,7 +436,13 @@ def _run_with_progress(plan: ProbePlan, show: bool) -> tuple[str, list[Temperatu
         return asyncio.run(run_probe(plan, advance))
 
 
-VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
+VERDICT_STYLE = {
+    "keep": "green",
+    "borderline": "yellow",
+    "disable": "bold red",
+    "no-data": "dim",
+    "invalid": "bold magenta",
+}
 
 
 def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Console) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -20,7 +21,13 @@ from sidecar.core.verdict import Thresholds, verdict
 from sidecar.tap_metrics import BucketSummary
 from sidecar.terminal_text import plain
 
-VERDICT_STYLE = {"keep": "green", "borderline": "yellow", "disable": "bold red", "no-data": "dim"}
+VERDICT_STYLE = {
+    "keep": "green",
+    "borderline": "yellow",
+    "disable": "bold red",
+    "no-data": "dim",
+    "invalid": "bold magenta",
+}
 
 
 def report_json(stats: Stats) -> dict[str, Any]:
@@ -59,6 +66,8 @@ def _model_json(m: ModelStats) -> dict[str, Any]:
         "generation_tokens_per_second": _finite(m.generation_tokens_per_second),
         "comparable_with_v1": m.comparable,
         "verdict": m.verdict.value,
+        # Only for verdict "invalid": why no number of this window can be trusted (null otherwise).
+        "invalid": {"reason": m.invalid, "detail": m.invalid_detail} if m.invalid is not None else None,
     }
 
 
@@ -149,6 +158,8 @@ def _summary_table(m: ModelStats) -> Table:
     table.add_column()
     verdict = m.verdict.value
     table.add_row("verdict", f"[{VERDICT_STYLE[verdict]}]{verdict}[/]")
+    if m.invalid is not None:
+        table.add_row("invalid", escape(f"{m.invalid}: {m.invalid_detail or ''}"))
     table.add_row("speculation", "on" if m.speculation else "off")
     table.add_row("acceptance ratio", _fmt(m.acceptance_ratio))
     table.add_row("mean acceptance length", _fmt(m.mean_acceptance_length))

@@ -26,6 +26,7 @@ from sidecar.adapters.scrape import ScrapeBounds, ScrapeResult, describe_failure
 from sidecar.core.baseline import Baseline, learn
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import Stats, compute_stats
+from sidecar.core.window import count_resets
 from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.runtime")
@@ -68,6 +69,8 @@ class View:
     # time.monotonic() when the last good scrape was published: ages are measured on this clock, which neither
     # jumps with the wall clock nor depends on the times a test feeds to observe().
     success_monotonic: float | None = None
+    invalid_windows: Mapping[str, int] = field(default_factory=dict)  # published windows per invalid reason
+    counter_resets: int = 0  # engine series restarts seen between consecutive scrapes
 
     def age(self) -> float | None:
         """Seconds since the last good scrape was published (None: none yet)."""
@@ -99,6 +102,9 @@ class Monitor:
         # What trend() hands out: a tuple rebuilt after each change, because observe runs in a worker thread and
         # iterating the deque while it changes would raise.
         self._trend_view: tuple[TrendPoint, ...] = ()
+        self._invalid: Counter[str] = Counter()
+        self._resets = 0
+        self._invalid_now: dict[str, str] = {}  # model -> reason of its current invalid episode
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
@@ -113,21 +119,44 @@ class Monitor:
             self.view = View(
                 None, False, previous.ready, result, previous.last_success_at, previous.baseline,
                 dict(self._scrapes), bad_total, dict(self._dropped), previous.success_monotonic,
+                invalid_windows=dict(self._invalid), counter_resets=self._resets,
             )  # fmt: skip
             return self.view
         if not previous.target_up:
             log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, result.snapshot.engine)
+        if self._history:
+            self._resets += count_resets(self._history[-1], result.snapshot)
         self._remember(result.snapshot, now)
         # Always a window: one snapshot alone is compared with itself (no increase yet), never with engine start.
         history = list(self._history)
         stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
+        self._note_invalid(stats)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
         self._record_trend(stats, now)
         self.view = View(
             stats, True, True, result, now, baseline, dict(self._scrapes), bad_total, dict(self._dropped),
-            time.monotonic(),
+            time.monotonic(), invalid_windows=dict(self._invalid), counter_resets=self._resets,
         )  # fmt: skip
         return self.view
+
+    def _note_invalid(self, stats: Stats) -> None:
+        """Count every invalid window, and log an episode once: when it starts or its reason changes, and when
+        the window is valid again (the bad snapshot has left it)."""
+        now: dict[str, str] = {}
+        for m in stats.models:
+            if m.invalid is None:
+                if m.model_name in self._invalid_now:
+                    log.info("window of model %r is valid again", m.model_name)
+                continue
+            self._invalid[m.invalid] += 1
+            now[m.model_name] = m.invalid
+            if self._invalid_now.get(m.model_name) != m.invalid:
+                log.warning(
+                    "window of model %r is invalid (%s: %s): no verdict and no decision from it until the bad "
+                    "scrape leaves the window; see specdecode_invalid_windows_total",
+                    m.model_name, m.invalid, (m.invalid_detail or "")[:300],
+                )  # fmt: skip
+        self._invalid_now = now
 
     def trend(self) -> tuple[TrendPoint, ...]:
         """Acceptance per model per scrape over the last TREND_SECONDS, oldest first."""

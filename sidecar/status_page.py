@@ -32,7 +32,13 @@ if TYPE_CHECKING:
 REFRESH_SECONDS = 10
 MIN_CHART_SECONDS = 60.0
 PALETTE = ("#2563eb", "#9333ea", "#0891b2", "#ea580c", "#4d7c0f", "#be185d")
-VERDICT_COLOUR = {"keep": "#15803d", "borderline": "#b45309", "disable": "#b91c1c", "no-data": "#6b7280"}
+VERDICT_COLOUR = {
+    "keep": "#15803d",
+    "borderline": "#b45309",
+    "disable": "#b91c1c",
+    "no-data": "#6b7280",
+    "invalid": "#7c3aed",
+}
 STATUS_COLOUR = {Status.OK: "#15803d", Status.WARN: "#b45309", Status.BAD: "#b91c1c", Status.UNKNOWN: "#6b7280"}
 
 
@@ -175,7 +181,7 @@ def _models_section(page: StatusPage) -> str:
     cards = []
     advice = {a.model_name: a.recommendation.value for a in page.advice}
     for m in page.models:
-        rows = (
+        rows: tuple[tuple[str, str], ...] = (
             ("recommendation", advice.get(m.model_name, "—")),
             ("speculation", "on" if m.speculation else "off"),
             ("acceptance ratio", _num(m.acceptance_ratio)),
@@ -183,6 +189,8 @@ def _models_section(page: StatusPage) -> str:
             ("draft tokens (window)", _count(m.draft_tokens)),
             ("KV cache usage", _pct(m.kv_cache_usage)),
         )
+        if m.invalid is not None:  # impossible numbers: say which, since no number is shown
+            rows = (*rows, ("invalid window", f"{m.invalid}: {m.invalid_detail or ''}"))
         details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
         cards.append(
             f'<div class="card"><div class="big"><b>{_e(m.model_name or "?")}</b> {_verdict_badge(m.verdict.value)}'

@@ -167,6 +167,11 @@ def advise_stats(
 
 def _data(model: ModelStats, config: AdviceConfig) -> Finding:
     need = config.thresholds.min_draft_tokens
+    if model.invalid is not None:
+        detail = f"{model.invalid}: {model.invalid_detail}" if model.invalid_detail else model.invalid
+        return Finding(
+            Condition.DATA, Status.BAD, f"The window holds numbers no engine can produce ({detail}): nothing is judged."
+        )
     if not model.speculation:
         return Finding(Condition.DATA, Status.UNKNOWN, "Speculation is off: there is no acceptance to measure.")
     if model.draft_tokens is None:

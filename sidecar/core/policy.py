@@ -46,6 +46,7 @@ class Reason(StrEnum):
     # no action: not enough to judge
     ENGINE_DOWN = "engine_down"
     NO_DATA = "no_data"
+    INVALID_WINDOW = "invalid_window"  # numbers no engine can produce: treated as no data, whatever they say
     SMALL_WINDOW = "small_window"
     WINDOW_FILLING = "window_filling"
     WARMING_UP = "warming_up"  # not enough earlier windows to know the noise yet
@@ -136,6 +137,7 @@ class Observation:
     p99_p50_baseline: Mapping[str, float | None] = field(default_factory=dict)
     window_seconds: float | None = None
     verdict: str | None = None
+    invalid: str | None = None  # why the window's numbers cannot be true (sidecar.core.validity); None: valid
 
 
 def observation_from_stats(
@@ -161,6 +163,7 @@ def observation_from_stats(
         p99_p50_baseline=dict(baseline or {}),
         window_seconds=window_seconds,
         verdict=str(model.verdict),
+        invalid=model.invalid if model.invalid is None else f"{model.invalid}: {model.invalid_detail or ''}",
     )
 
 
@@ -250,6 +253,9 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
     """The window counted, or a no-action Decision when it is no evidence either way."""
     if not obs.engine_up:
         return _hold(state, Reason.ENGINE_DOWN, "the engine is not answering")
+    if obs.invalid is not None:
+        # Before anything reads a number: every comparison with NaN is false, and a negative ratio is "low".
+        return _hold(state, Reason.INVALID_WINDOW, f"impossible numbers in this window ({obs.invalid}): no judgement")
     if not obs.speculation or obs.acceptance_ratio is None:
         return _hold(state, Reason.NO_DATA, "no speculation metrics in this window")
     if obs.window_seconds is not None and obs.window_seconds < 0.9 * config.window_seconds:

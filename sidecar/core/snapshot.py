@@ -31,6 +31,8 @@ class Histogram:
     buckets: tuple[tuple[float, float], ...]
     count: float
     created: float | None = None
+    # The ``_count`` sample as exposed (None when absent): checked against the +Inf bucket, never used as count.
+    count_sample: float | None = None
 
 
 CounterKey = tuple[Role, SeriesId, str]  # role, engine series, position ("" when not positional)
@@ -188,10 +190,14 @@ class _Builder:
             grouped[group][bound] = s.value
         for s in self.by_name.get(family + "_created", ()):
             created_by_series[self._model_and_series(s.labels)] = s.value
+        counts = {self._model_and_series(s.labels): s.value for s in self.by_name.get(family + "_count", ())}
         for (model, series), bounds in grouped.items():
             ordered = tuple(sorted(bounds.items()))
             count = ordered[-1][1] if ordered and ordered[-1][0] == float("inf") else 0.0
-            self.histograms[model][(metric, series)] = Histogram(ordered, count, created_by_series.get((model, series)))
+            key = (model, series)
+            self.histograms[model][(metric, series)] = Histogram(
+                ordered, count, created_by_series.get(key), counts.get(key)
+            )
 
 
 def _parse_bound(raw: str) -> float | None:

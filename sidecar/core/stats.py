@@ -2,7 +2,8 @@
 
 The window runs from the first snapshot to the last (one snapshot: since engine start). Counters and buckets
 are increases over the window, per engine series, then summed per model. Gauges an engine averages itself
-(SGLang, V0) are averaged over every snapshot of the window.
+(SGLang, V0) are averaged over every snapshot of the window. A window that holds a number no engine can produce
+(sidecar.core.validity) gives no numbers at all: verdict ``invalid``, with the reason.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from sidecar.core import acceptance
+from sidecar.core import acceptance, validity
 from sidecar.core.catalog import LATENCY_METRICS, Role
 from sidecar.core.quantile import histogram_quantile
 from sidecar.core.snapshot import Histogram, ModelSnapshot, Snapshot
 from sidecar.core.verdict import Thresholds, Verdict, verdict
-from sidecar.core.window import counter_window_increases, histogram_window_increases, sum_histograms
+from sidecar.core.window import counter_window, counter_window_increases, histogram_window_increases, sum_histograms
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -28,6 +29,9 @@ class AnalysisConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     # c in L > 1 + k·c: ~0 for ngram/suffix, small for EAGLE/MTP heads, ~draft/target size for a draft model.
     draft_cost_ratio: float = 0.0
+    # How far (relative) accepted may exceed drafted, and the like, before the window is invalid: 0 for scraped
+    # counters, which an engine keeps exactly; more for increases Prometheus extrapolated (sidecar.fleet).
+    consistency_slack: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class ModelStats:
     generation_tokens_per_second: float | None
     verdict: Verdict
     comparable: bool = True
+    # Set when the window holds numbers no engine can produce (sidecar.core.validity): the reason label and a
+    # sentence. Every number above is then None (or empty) and the verdict is ``invalid``.
+    invalid: str | None = None
+    invalid_detail: str | None = None
 
     @property
     def p99_p50_ratio(self) -> dict[str, float | None]:
@@ -114,6 +122,9 @@ def _model_stats(
     config: AnalysisConfig,
     comparable: bool,
 ) -> ModelStats:
+    problem = _window_problem(chain, config.consistency_slack)
+    if problem is not None:
+        return _invalid(after, problem, comparable)
     increases = counter_window_increases([m.counters if m else {} for m in chain])
     totals: dict[Role, float] = defaultdict(float)
     per_position: dict[int, float] = defaultdict(float)
@@ -140,7 +151,7 @@ def _model_stats(
     evidence = draft_tokens if draft_tokens is not None else _gauge_evidence(gauge_ratio, generation)
 
     latency, observations = _latency(chain)
-    kv = [v for v in after.gauges.get(Role.KV_CACHE_USAGE, ()) if not math.isnan(v)]
+    kv = [v for v in after.gauges.get(Role.KV_CACHE_USAGE, ()) if math.isfinite(v)]
     return ModelStats(
         model_name=after.model_name,
         speculation=speculation,
@@ -161,6 +172,57 @@ def _model_stats(
         generation_tokens_per_second=acceptance.ratio(generation, seconds),
         verdict=verdict(ratio, evidence, speculation, config.thresholds),
         comparable=comparable,
+    )
+
+
+def _window_problem(chain: Sequence[ModelSnapshot | None], slack: float) -> validity.Problem | None:
+    """The first impossible number in the window: in any snapshot, in how counters moved, or in the totals."""
+    for snapshot in chain:
+        if snapshot is not None and (problem := validity.snapshot_problem(snapshot, slack)) is not None:
+            return problem
+    window = counter_window([m.counters if m else {} for m in chain])
+    if window.decreased is not None:
+        return validity.Problem(validity.Invalid.COUNTER_DECREASED, window.decreased)
+    totals: dict[Role, float] = defaultdict(float)
+    positions: dict[str, float] = defaultdict(float)
+    for (role, _series, position), value in window.increases.items():
+        if role is Role.ACCEPTED_PER_POS:
+            positions[position] += value
+        else:
+            totals[role] += value
+    return validity.totals_problem(
+        totals.get(Role.DRAFTS),
+        totals.get(Role.DRAFT_TOKENS),
+        totals.get(Role.ACCEPTED_TOKENS),
+        list(positions.values()),
+        slack,
+        where="window increases",
+    )
+
+
+def _invalid(after: ModelSnapshot, problem: validity.Problem, comparable: bool) -> ModelStats:
+    return ModelStats(
+        model_name=after.model_name,
+        speculation=after.speculation,
+        drafts=None,
+        draft_tokens=None,
+        accepted_tokens=None,
+        acceptance_ratio=None,
+        mean_acceptance_length=None,
+        alpha_estimate=None,
+        num_speculative_tokens=None,
+        position_acceptance=(),
+        breakeven_acceptance_length=None,
+        expected_speedup=None,
+        latency={},
+        latency_observations={},
+        kv_cache_usage=None,
+        generation_tokens=None,
+        generation_tokens_per_second=None,
+        verdict=Verdict.INVALID,
+        comparable=comparable,
+        invalid=str(problem.reason),
+        invalid_detail=problem.detail,
     )
 
 

@@ -1,7 +1,8 @@
 """The operating rule for acceptance, as one pure function.
 
 acceptance ratio >= 0.65: keep; 0.5-0.65: borderline (measure P99 under load); below 0.5: disable.
-Too little evidence, or speculation off, is ``no-data``: never a verdict on noise.
+Too little evidence, or speculation off, is ``no-data``: never a verdict on noise. ``invalid`` (set by
+sidecar.core.stats, not here) is a window of impossible numbers: no verdict on them either.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ class Verdict(StrEnum):
     BORDERLINE = "borderline"
     DISABLE = "disable"
     NO_DATA = "no-data"
+    # The window holds numbers no engine can produce (sidecar.core.validity): like no-data, never acted on.
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True)

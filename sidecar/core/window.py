@@ -6,13 +6,18 @@ new value happens to be larger (PromQL cannot see this; we can). A series absent
 Histograms reset as a whole: if any bucket went down, or the bucket layout changed, the new buckets are the
 increase. Over a window of many snapshots the increases between neighbours are added up, so every reset inside
 the window is seen, not only one between its ends.
+
+Counters restart per engine series, not one by one (an engine restart zeroes them all): see
+:func:`series_restarted` for how a restart is told from a counter that went down without one (bad data, which
+``sidecar.core.validity`` turns into an invalid window).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from sidecar.core.snapshot import Counter, CounterKey, Histogram, HistogramKey
+from sidecar.core.snapshot import Counter, CounterKey, Histogram, HistogramKey, ModelSnapshot, SeriesId, Snapshot
 
 
 def counter_increase(before: Counter | None, after: Counter) -> float:
@@ -44,20 +49,90 @@ def histogram_increases(
     return {key: histogram_increase(before.get(key), value) for key, value in after.items()}
 
 
+@dataclass(frozen=True)
+class CounterWindow:
+    increases: dict[CounterKey, float]
+    resets: int = 0  # engine series that restarted inside the window (each restart once)
+    decreased: str | None = None  # a counter that went down without its series restarting (bad data), said how
+
+
 def counter_window_increases(history: Sequence[Mapping[CounterKey, Counter]]) -> dict[CounterKey, float]:
+    return counter_window(history).increases
+
+
+def counter_window(history: Sequence[Mapping[CounterKey, Counter]]) -> CounterWindow:
     """Per series, the increases between consecutive snapshots added up, as PromQL's ``increase`` adds up
     every reset inside its range. ``history[0]`` is the baseline; a series first seen later started at zero,
     and one missing from a snapshot (a failed scrape of one engine) is compared with its last value seen.
+
+    Unlike PromQL, a restart is judged per engine series, not per counter: an engine restart zeroes all its
+    counters at once (see :func:`series_restarted`), so when one of them shows it, all of them count afresh.
     """
     if not history:
-        return {}
+        return CounterWindow({})
     last: dict[CounterKey, Counter] = dict(history[0])
     totals: dict[CounterKey, float] = {}
+    resets = 0
+    decreased: str | None = None
     for snapshot in history[1:]:
-        for key, counter in snapshot.items():
-            totals[key] = totals.get(key, 0.0) + counter_increase(last.get(key), counter)
-            last[key] = counter
-    return totals
+        for series, keys in _by_series(snapshot).items():
+            pairs = [(last.get(key), snapshot[key]) for key in keys]
+            restarted, bad = series_restarted(pairs)
+            resets += restarted
+            if bad and decreased is None:
+                decreased = f"{_series_name(series)}: {bad}"
+            for key, (before, after) in zip(keys, pairs, strict=True):
+                increase = after.value if restarted else counter_increase(before, after)
+                totals[key] = totals.get(key, 0.0) + increase
+                last[key] = after
+    return CounterWindow(totals, resets, decreased)
+
+
+def series_restarted(pairs: Sequence[tuple[Counter | None, Counter]]) -> tuple[bool, str | None]:
+    """Whether one engine series restarted between two snapshots, from its counters' (before, after) pairs,
+    and, if what they show is no restart but a counter went down all the same, a sentence saying so.
+
+    A ``_created`` that changed is a restart, whatever the values. With ``_created`` present and unchanged, a
+    counter that went down is bad data (a restart would have changed it). Without ``_created`` (multiprocess
+    mode), counters that went down while none went up are a restart; some down and some up is bad data.
+    """
+    seen = [(b, a) for b, a in pairs if b is not None]
+    if any(_restarted(b.created, a.created) for b, a in seen):
+        return True, None
+    down = [(b, a) for b, a in seen if a.value < b.value]
+    if not down:
+        return False, None
+    before, after = down[0]
+    said = f"a counter went from {before.value:g} to {after.value:g}"
+    if any(b.created is not None and a.created is not None for b, a in seen):
+        return False, said + " with the same _created"
+    if any(a.value > b.value for b, a in seen):
+        return False, said + " while others of the same engine went up"
+    return True, None
+
+
+def _by_series(snapshot: Mapping[CounterKey, Counter]) -> dict[SeriesId, list[CounterKey]]:
+    grouped: dict[SeriesId, list[CounterKey]] = {}
+    for key in snapshot:
+        grouped.setdefault(key[1], []).append(key)
+    return grouped
+
+
+def _series_name(series: SeriesId) -> str:
+    return "{" + ",".join(f"{k}={v}" for k, v in series) + "}"
+
+
+def histogram_series_restarted(before: Histogram | None, after: Histogram) -> bool:
+    """The same question for one histogram: its ``_created`` changed, or a bucket or the count went down."""
+    if before is None:
+        return False
+    if _restarted(before.created, after.created):
+        return True
+    if [b for b, _ in before.buckets] != [b for b, _ in after.buckets]:
+        return True  # new bucket bounds: the engine came back with other --custom-histogram-buckets
+    return after.count < before.count or any(
+        a < b for (_, a), (_, b) in zip(after.buckets, before.buckets, strict=True)
+    )
 
 
 def histogram_window_increases(history: Sequence[Mapping[HistogramKey, Histogram]]) -> dict[HistogramKey, Histogram]:
@@ -86,3 +161,24 @@ def sum_histograms(histograms: list[Histogram]) -> Histogram | None:
 
 def _restarted(before: float | None, after: float | None) -> bool:
     return before is not None and after is not None and before != after
+
+
+def restarted_series(before: ModelSnapshot, after: ModelSnapshot) -> set[SeriesId]:
+    """The engine series of one model that restarted between two consecutive snapshots (counters or histograms)."""
+    restarted: set[SeriesId] = set()
+    for series, keys in _by_series(after.counters).items():
+        if series_restarted([(before.counters.get(key), after.counters[key]) for key in keys])[0]:
+            restarted.add(series)
+    for (metric, series), histogram in after.histograms.items():
+        if histogram_series_restarted(before.histograms.get((metric, series)), histogram):
+            restarted.add(series)
+    return restarted
+
+
+def count_resets(before: Snapshot, after: Snapshot) -> int:
+    """Engine series (per model) that restarted between two consecutive scrapes; each restart counted once."""
+    return sum(
+        len(restarted_series(previous, model))
+        for name, model in after.models.items()
+        if (previous := before.models.get(name)) is not None
+    )

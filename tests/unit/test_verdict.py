@@ -40,4 +40,4 @@ def test_unknown_ratio_or_evidence_is_no_data() -> None:
 
 
 def test_verdict_values_are_the_strings_of_the_report_contract() -> None:
-    assert [v.value for v in Verdict] == ["keep", "borderline", "disable", "no-data"]
+    assert [v.value for v in Verdict] == ["keep", "borderline", "disable", "no-data", "invalid"]
