@@ -82,7 +82,9 @@ class BusyEngine:
                     drafts=self.drafts,
                     draft_tokens=self.draft_tokens,
                     accepted=self.accepted,
-                    per_position=(self.accepted, 0),
+                    # Four positions (400 draft tokens per 100 drafts) that add up to accepted, none above
+                    # drafts: numbers an engine can write (the sidecar holds on any other).
+                    per_position=(self.accepted / 4,) * 4,
                 )
             )
 

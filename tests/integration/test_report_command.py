@@ -43,7 +43,7 @@ def report_json(*args: str) -> dict[str, Any]:
 def test_two_files_give_the_window_between_them(tmp_path: Path) -> None:
     before, after = tmp_path / "before.txt", tmp_path / "after.txt"
     before.write_text(vllm_payload(drafts=100, draft_tokens=400, accepted=300, per_position=(90, 80, 70, 60)))
-    after.write_text(vllm_payload(drafts=150, draft_tokens=600, accepted=340, per_position=(110, 95, 80, 55 + 60)))
+    after.write_text(vllm_payload(drafts=150, draft_tokens=600, accepted=340, per_position=(110, 90, 76, 64)))
     out = report_json("--min-draft-tokens", "100", str(before), str(after))
     assert out["engine"] == "vllm"
     (model,) = out["models"]
@@ -52,8 +52,8 @@ def test_two_files_give_the_window_between_them(tmp_path: Path) -> None:
     assert model["acceptance_ratio"] == 40 / 200
     assert model["mean_acceptance_length"] == 1 + 40 / 50
     assert model["verdict"] == "disable"
-    # Per-position counter 3 went from 60 to 115: +55 over 50 drafts.
-    assert model["position_acceptance"] == [20 / 50, 15 / 50, 10 / 50, 55 / 50]
+    # Per position +20, +10, +6, +4 (the 40 accepted) over 50 drafts.
+    assert model["position_acceptance"] == [20 / 50, 10 / 50, 6 / 50, 4 / 50]
 
 
 def test_one_source_is_totals_since_engine_start(tmp_path: Path) -> None:
@@ -89,10 +89,23 @@ def test_speculation_off_is_reported_as_off_with_null_numbers(tmp_path: Path) ->
 
 def test_a_url_source_is_scraped_with_the_classic_text_format() -> None:
     with metrics_replay() as replay:
-        replay.serve(vllm_payload(drafts=10, draft_tokens=400, accepted=100, per_position=(40, 30, 20, 10)))
+        replay.serve(vllm_payload(drafts=100, draft_tokens=400, accepted=100, per_position=(40, 30, 20, 10)))
         (model,) = report_json(replay.url)["models"]
         assert replay.accept_headers[-1].startswith("text/plain; version=0.0.4")
     assert model["acceptance_ratio"] == 100 / 400
+
+
+def test_a_window_of_impossible_numbers_is_reported_invalid_with_its_reason(tmp_path: Path) -> None:
+    before, after = tmp_path / "before.txt", tmp_path / "after.txt"
+    before.write_text(vllm_payload(drafts=100, draft_tokens=400, accepted=300, per_position=(90, 80, 70, 60)))
+    after.write_text(vllm_payload(drafts=150, draft_tokens=600, accepted=-37_000, per_position=(110, 90, 76, 64)))
+    (model,) = report_json(str(before), str(after))["models"]
+    assert model["verdict"] == "invalid"
+    assert model["invalid"]["reason"] == "negative"
+    assert model["acceptance_ratio"] is None and model["mean_acceptance_length"] is None
+    human = report(str(before), str(after))
+    assert human.returncode == 0, human.stderr
+    assert "invalid" in human.stdout and "negative" in human.stdout and "-37000" in human.stdout
 
 
 def test_the_human_report_shows_the_verdict_and_the_latency_table(tmp_path: Path) -> None:
