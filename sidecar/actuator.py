@@ -112,14 +112,16 @@ def plan(
     now: float,
     *,
     force: bool = False,
+    secret_flags: Sequence[str] = specargs.DEFAULT_SECRET_FLAGS,
 ) -> Plan | ActResult:
-    """What to write for ``action`` on ``view``, or why nothing should be written."""
+    """What to write for ``action`` on ``view``, or why nothing should be written. The values of
+    ``secret_flags`` never reach the record (see :mod:`sidecar.core.specargs`)."""
     refused = _refusal(view, action, decision)
     if refused is not None:
         return refused
     record = _next_record(view.record, action, reason, decision, now)
     if action is Action.DISABLE:
-        removal = specargs.remove(view.command, view.args)
+        removal = specargs.remove(view.command, view.args, secret_flags=secret_flags)
         record = replace(record, removed=removal.record)
         return Plan(removal.command, removal.args, record, describe(removal.removed))
     if view.record.removed is None:

@@ -38,7 +38,7 @@ from sidecar.core.policy import (
     observation_from_stats,
 )
 from sidecar.core.stats import ModelStats, Stats
-from sidecar.settings import Settings
+from sidecar.settings import Settings, secret_flags_of
 
 log = logging.getLogger("spec_sidecar.control")
 
@@ -329,10 +329,13 @@ def policy_config(settings: Settings) -> PolicyConfig:
 
 def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
     """The target named by the settings, or None (measure only). ``elect``: take part in leader election."""
+    secrets = secret_flags_of(getattr(settings, "secret_flags", None))
     if settings.deployment_file:
         from sidecar.adapters.manifest import ManifestActuator
 
-        return ManifestActuator(settings.deployment_file, container=settings.container, deployment=settings.deployment)
+        return ManifestActuator(
+            settings.deployment_file, container=settings.container, deployment=settings.deployment, secret_flags=secrets
+        )
     if not settings.deployment:
         return None
     from sidecar.adapters.kube import KubeActuator, LeaseElector, api_client
@@ -352,6 +355,7 @@ def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
         container=settings.container,
         identity=identity,
         elector=elector,
+        secret_flags=secrets,
     )
 
 

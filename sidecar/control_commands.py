@@ -123,6 +123,12 @@ def _target_flags(p: argparse.ArgumentParser) -> None:
         help="API server URL to use instead of a kubeconfig, without credentials "
         "(e.g. kubectl proxy's http://127.0.0.1:8001).",
     )
+    p.add_argument(
+        "--secret-flags",
+        default=env("SPEC_SIDECAR_SECRET_FLAGS"),
+        help="Engine flags whose values are credentials, never recorded "
+        "[env SPEC_SIDECAR_SECRET_FLAGS; default --api-key,--hf-token,--s3-access-key-id,--s3-secret-access-key].",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:

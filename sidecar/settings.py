@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.core.forward_paths import parse_forward_paths
+from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
 from sidecar.core.stats import AnalysisConfig
 from sidecar.core.temperature import parse_edges
 from sidecar.core.verdict import Thresholds
@@ -194,6 +195,13 @@ class Settings(BaseSettings):
     deployment_file: str | None = Field(
         None, description="A local YAML manifest to act on instead of a cluster (same contract)."
     )
+    secret_flags: str = Field(
+        ",".join(DEFAULT_SECRET_FLAGS),
+        description=(
+            "Comma-separated engine flags whose values are credentials: never written to the removal record, "
+            "Events or logs (restore takes them from the live args). Replaces the default list."
+        ),
+    )
     prometheus_url: str | None = Field(
         None, description="Prometheus to read fleet-wide rates from; the leader then judges all replicas as one."
     )
@@ -356,6 +364,17 @@ class Settings(BaseSettings):
         """--stale-after, or two missed scrapes and the longest a third may take."""
         return self.stale_after if self.stale_after is not None else 2 * self.scrape_interval + self.scrape_timeout
 
+    @field_validator("secret_flags")
+    @classmethod
+    def _check_secret_flags(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any(not n.startswith("-") for n in names):
+            raise ValueError(f"expected flag names such as --api-key, got {value!r}")
+        return value
+
+    def secret_flag_list(self) -> tuple[str, ...]:
+        return secret_flags_of(self.secret_flags)
+
     def analysis_config(self) -> AnalysisConfig:
         return AnalysisConfig(
             Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
@@ -366,6 +385,13 @@ def check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected a URL such as http://127.0.0.1:8000 (with http:// or https://), got {url!r}")
+
+
+def secret_flags_of(value: str | None) -> tuple[str, ...]:
+    """``--secret-flags`` text → flag names (None: the defaults)."""
+    if value is None:
+        return DEFAULT_SECRET_FLAGS
+    return tuple(n.strip() for n in value.split(",") if n.strip())
 
 
 def host_port(listen: str) -> tuple[str, int]:

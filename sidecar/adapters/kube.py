@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ from sidecar.actuator import (
 )
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
 from sidecar.core.policy import Action, Decision, Reason
+from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
 
 log = logging.getLogger("spec_sidecar.kube")
 
@@ -239,8 +240,10 @@ class KubeActuator:
         clock: Clock = wall_clock,
         sleep: Callable[[float], None] = time.sleep,
         manual_conflict_attempts: int = 3,
+        secret_flags: Sequence[str] = DEFAULT_SECRET_FLAGS,
     ) -> None:
         self.namespace, self.deployment, self.container = namespace, deployment, container
+        self.secret_flags = tuple(secret_flags)
         self.identity, self.elector, self.clock = identity, elector, clock
         self.errors: Counter[str] = Counter()
         self.retry = retry or RetryPolicy()
@@ -295,7 +298,9 @@ class KubeActuator:
         return self._write(
             str(action),
             reason,
-            lambda view: plan(view, action, reason, decision, self.clock(), force=force),
+            lambda view: plan(
+                view, action, reason, decision, self.clock(), force=force, secret_flags=self.secret_flags
+            ),
             automatic=decision is not None,
         )
 

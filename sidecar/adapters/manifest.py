@@ -46,6 +46,7 @@ from sidecar.actuator import (
 )
 from sidecar.core.annotations import ControlRecord, from_annotations, to_annotations
 from sidecar.core.policy import Action, Decision
+from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
 
 log = logging.getLogger("spec_sidecar.manifest")
 
@@ -73,9 +74,16 @@ class ManifestActuator:
     """The actuator contract (:class:`sidecar.actuator.Actuator`) on one container in a YAML file."""
 
     def __init__(
-        self, path: str | Path, *, container: str, deployment: str | None = None, clock: Clock = wall_clock
+        self,
+        path: str | Path,
+        *,
+        container: str,
+        deployment: str | None = None,
+        clock: Clock = wall_clock,
+        secret_flags: Sequence[str] = DEFAULT_SECRET_FLAGS,
     ) -> None:
         self.path, self.container, self.deployment, self.clock = Path(path), container, deployment, clock
+        self.secret_flags = tuple(secret_flags)
         self.errors: Counter[str] = Counter()
         self.target = f"file:{self.path} container={container}"
 
@@ -84,7 +92,9 @@ class ManifestActuator:
 
     def disable(self, reason: str, decision: Decision | None = None) -> ActResult:
         return self._write(
-            str(Action.DISABLE), reason, lambda v: plan(v, Action.DISABLE, reason, decision, self.clock())
+            str(Action.DISABLE),
+            reason,
+            lambda v: plan(v, Action.DISABLE, reason, decision, self.clock(), secret_flags=self.secret_flags),
         )
 
     def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:

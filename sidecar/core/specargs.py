@@ -9,6 +9,13 @@ Removing also drops what only works while speculation is on (``--per-request-spe
 refuses to start with it and no speculation). A :class:`Removal` records each removed piece verbatim with its
 position in the original lists, as plain JSON, so :func:`restore` rebuilds the original byte for byte.
 Not recognised: argparse prefix abbreviations (``--speculative-conf``) and flags hidden in env variables.
+
+The record is written where anyone who may read the Deployment reads it, so it holds no secret: only the
+speculation flags' own text and their positions, plus the args left after the removal with the values of
+credential flags (``--api-key``, ``--hf-token``, ... : ``secret_flags``) replaced by ``<redacted>``. Those are
+only compared with the live args before a restore (a redacted value matches any value there); everything a
+restore puts back around the speculation flags comes from the live spec, so the original is rebuilt byte for
+byte all the same. Records of version 1 (before redaction) are still read and restored.
 """
 
 from __future__ import annotations
@@ -20,7 +27,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: "after" as written, secrets included (read, never written any more)
+
+# Flags whose values are credentials: never written to a record. vLLM's own: the API keys of its server, the
+# Hugging Face token, the S3 keys of the tensorizer loader. ``--secret-flags`` replaces the list.
+DEFAULT_SECRET_FLAGS = ("--api-key", "--hf-token", "--s3-access-key-id", "--s3-secret-access-key")
+REDACTED = "<redacted>"
 
 # Flags that configure speculation; each takes exactly one value.
 CURRENT_FLAGS = frozenset({"--speculative-config", "-sc", "--spec-method", "--spec-model", "--spec-tokens"})
@@ -263,8 +276,13 @@ def _find_in_field(
     return sorted(found, key=lambda f: f.index)
 
 
-def remove(command: Sequence[str] | None, args: Sequence[str] | None) -> Removal:
-    """Drop every speculation flag (and its dependents) from both fields; record what went where."""
+def remove(
+    command: Sequence[str] | None,
+    args: Sequence[str] | None,
+    *,
+    secret_flags: Sequence[str] = DEFAULT_SECRET_FLAGS,
+) -> Removal:
+    """Drop every speculation flag (and its dependents) from both fields; record what went where (no secret)."""
     edits: list[dict[str, Any]] = []
     removed: list[Flag] = []
     new_fields: dict[str, list[str] | None] = {}
@@ -276,10 +294,15 @@ def remove(command: Sequence[str] | None, args: Sequence[str] | None) -> Removal
         new_fields[field] = kept
         edits.extend(field_edits)
         removed.extend(field_removed)
+    secrets = secret_flag_names(secret_flags)
     record = {
         "version": RECORD_VERSION,
         "edits": edits,
-        "after": {"command": new_fields["command"], "args": new_fields["args"]},
+        # Only to check, before a restore, that the args are still those the removal left; credentials redacted.
+        "after": {
+            "command": redact(new_fields["command"], new_fields["command"], new_fields["args"], "command", secrets),
+            "args": redact(new_fields["args"], new_fields["command"], new_fields["args"], "args", secrets),
+        },
     }
     return Removal(new_fields["command"], new_fields["args"], tuple(removed), record)
 
@@ -324,14 +347,18 @@ def restore(
     *,
     strict: bool = True,
 ) -> Fields:
-    """Put back what :func:`remove` took out. Strict: the fields must equal what the removal left."""
-    if record.get("version") != RECORD_VERSION:
-        raise RestoreConflictError(f"unknown removal record version {record.get('version')!r}")
+    """Put back what :func:`remove` took out. Strict: the fields must equal what the removal left (a redacted
+    value in the record matches any value; version 1 records compare exactly)."""
+    version = record.get("version")
+    if version not in READABLE_VERSIONS:
+        raise RestoreConflictError(f"unknown removal record version {version!r}")
     after = record.get("after", {})
     current = {"command": _listed(command), "args": _listed(args)}
     if strict:
         for field in ("command", "args"):
-            if (current[field] or []) != (after.get(field) or []):
+            live, recorded = current[field] or [], after.get(field) or []
+            same = live == recorded if version == 1 else _matches_redacted(live, recorded)
+            if not same:
                 raise RestoreConflictError(f"{field} changed since speculation was removed")
     restored = {field: _restore_field(current[field], field, record["edits"]) for field in current}
     return restored["command"], restored["args"]
@@ -365,3 +392,98 @@ def _uncut(text: str, spans: Sequence[Sequence[Any]]) -> str:
             raise RestoreConflictError("shell script is shorter than the recorded cut")
         text = text[:offset] + piece + text[offset:]
     return text
+
+
+# --- secrets ---------------------------------------------------------------------------------------------
+
+
+def secret_flag_names(flags: Sequence[str]) -> frozenset[str]:
+    """The flag names as :func:`_secret_flag` compares them (underscores are dashes, as vLLM reads them)."""
+    return frozenset(_normalised(f.strip()) for f in flags if f.strip().startswith("-"))
+
+
+def _normalised(key: str) -> str:
+    return key.replace("_", "-") if key.startswith("--") else key
+
+
+def _secret_flag(token: str, secrets: frozenset[str]) -> tuple[bool, bool]:
+    """(names a secret flag, carries its value inline). An abbreviation of one counts too: argparse accepts an
+    unambiguous prefix, and redacting a little too much only loosens the check before a restore."""
+    if not token.startswith("-") or _NEGATIVE_NUMBER.match(token):
+        return False, False
+    key, inline = token.split("=", 1)[0], "=" in token
+    key = _normalised(key)
+    if key in secrets:
+        return True, inline
+    prefix = key.startswith("--") and len(key) > 3 and any(s.startswith(key) for s in secrets if s.startswith("--"))
+    return prefix, inline and prefix
+
+
+def _redact_tokens(tokens: Sequence[str], secrets: frozenset[str]) -> list[tuple[int, bool]]:
+    """Every token that holds a credential: (index, inline), inline for ``--flag=value``. After a secret flag,
+    every value up to the next option is one (``--api-key`` takes several keys)."""
+    out: list[tuple[int, bool]] = []
+    taking = False
+    for i, token in enumerate(tokens):
+        secret, inline = _secret_flag(token, secrets)
+        if secret:
+            taking = not inline
+            if inline:
+                out.append((i, True))
+            continue
+        if _looks_like_option(token) or token in _OPERATORS:
+            taking = False
+        elif taking:
+            out.append((i, False))
+    return out
+
+
+def _redacted(raw: str, inline: bool) -> str:
+    """The text that replaces a credential: the flag's own text up to '=' is kept (quotes before it included)."""
+    return raw[: raw.index("=") + 1] + REDACTED if inline and "=" in raw else REDACTED
+
+
+def redact(
+    items: Sequence[str] | None,
+    command: Sequence[str] | None,
+    args: Sequence[str] | None,
+    field: str,
+    secrets: frozenset[str],
+) -> list[str] | None:
+    """``items`` (the ``field`` of a container with these ``command`` and ``args``) with every credential value
+    replaced by ``<redacted>``: list items, and words inside an ``sh -c`` script."""
+    if items is None:
+        return None
+    out = list(items)
+    for index, inline in _redact_tokens(out, secrets):
+        out[index] = _redacted(out[index], inline)
+    for index, item in enumerate(items):
+        if is_shell_script(command, args, field, index):
+            out[index] = _redact_script(item, secrets)
+    return out
+
+
+def _redact_script(script: str, secrets: frozenset[str]) -> str:
+    words = shell_words(script)
+    found = _redact_tokens([_word_value(w.raw) for w in words], secrets)
+    out, last = [], 0
+    for index, inline in found:
+        word = words[index]
+        out += [script[last : word.start], _redacted(word.raw, inline)]
+        last = word.end
+    out.append(script[last:])
+    return "".join(out)
+
+
+def _matches_redacted(live: Sequence[str], recorded: Sequence[Any]) -> bool:
+    """Item by item, ``<redacted>`` in a recorded item standing for any text (the live value is what counts)."""
+    if len(live) != len(recorded):
+        return False
+    for have, raw in zip(live, recorded, strict=True):
+        want = str(raw)
+        if REDACTED not in want:
+            if have != want:
+                return False
+        elif re.fullmatch(".*?".join(re.escape(part) for part in want.split(REDACTED)), have, re.DOTALL) is None:
+            return False
+    return True
