@@ -94,7 +94,8 @@ def series_restarted(pairs: Sequence[tuple[Counter | None, Counter]]) -> tuple[b
 
     A ``_created`` that changed is a restart, whatever the values. With ``_created`` present and unchanged, a
     counter that went down is bad data (a restart would have changed it). Without ``_created`` (multiprocess
-    mode), counters that went down while none went up are a restart; some down and some up is bad data.
+    mode), counters that went down while none that had counted (above 0) went up are a restart; some down and
+    some of those up is bad data.
     """
     seen = [(b, a) for b, a in pairs if b is not None]
     if any(_restarted(b.created, a.created) for b, a in seen):
@@ -106,7 +107,9 @@ def series_restarted(pairs: Sequence[tuple[Counter | None, Counter]]) -> tuple[b
     said = f"a counter went from {before.value:g} to {after.value:g}"
     if any(b.created is not None and a.created is not None for b, a in seen):
         return False, said + " with the same _created"
-    if any(a.value > b.value for b, a in seen):
+    # A counter that was 0 says nothing (after a restart it may have counted past 0 again); one that had
+    # counted and went up did not restart, so the one that went down is wrong.
+    if any(a.value > b.value > 0 for b, a in seen):
         return False, said + " while others of the same engine went up"
     return True, None
 

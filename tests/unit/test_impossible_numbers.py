@@ -177,6 +177,13 @@ def test_without_created_times_all_counters_down_together_is_a_reset() -> None:
     assert model.invalid is None and model.draft_tokens == 400 and model.acceptance_ratio == 0.5
 
 
+def test_without_created_times_a_counter_that_was_zero_may_rise_across_a_restart() -> None:
+    before = replace(later(GOOD, 5), per_position=(400, 300, 200, 0))  # nothing accepted at position 3 yet
+    after = replace(GOOD, per_position=(80, 60, 40, 20))
+    model = only_model(stats_of(without_created(v1_text(before)), without_created(v1_text(after))))
+    assert model.invalid is None and model.draft_tokens == 400
+
+
 def test_without_created_times_one_counter_down_while_others_rise_is_bad() -> None:
     before, after = without_created(v1_text(GOOD)), without_created(v1_text(later(GOOD, accepted=150)))
     assert_invalid(only_model(stats_of(before, after)), "counter_decreased")
