@@ -139,11 +139,11 @@ def scrapes(draw: st.DrawFn) -> tuple[list[Scrape], bool]:
     for _step in range(draw(st.integers(2, 7))):
         rendered: list[tuple[str, dict[str, Any], float | None]] = []
         corrupted: str | None = None
-        for index, e in enumerate(engines):
+        for index in range(len(engines)):
             if draw(st.integers(0, 9)) == 0:  # an engine restart: every counter of the series back to 0
-                fresh = EngineState(k, per_pos=[0.0] * k, created=e.created + 100.0)
-                engines[index] = e = fresh
+                engines[index] = EngineState(k, per_pos=[0.0] * k, created=engines[index].created + 100.0)
                 restarted_unmarked |= not with_created
+            e = engines[index]
             n = draw(st.integers(0, 60))
             at: list[int] = []
             for _ in range(k):
