@@ -42,8 +42,17 @@ PARSER = SampleParser(WANTED, openmetrics_aliases(frozenset(WANTED)))
 SPEC = "vllm:spec_decode_num_"
 BOUNDS = ("0.1", "1.0", "+Inf")
 # Corruptions no engine can write; each must make every window that holds it invalid.
-IMPOSSIBLE = ("negative", "nan", "inf", "-inf", "accepted_above_drafted", "position_above_drafts", "not_cumulative")
-IMPOSSIBLE += ("count_mismatch", "bucket_nan")
+IMPOSSIBLE = (
+    "negative",
+    "nan",
+    "inf",
+    "-inf",
+    "accepted_above_drafted",
+    "position_above_drafts",
+    "not_cumulative",
+    "count_mismatch",
+    "bucket_nan",
+)
 
 
 @dataclass
