@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sidecar.core.catalog import DIALECTS, Dialect, Role
 from sidecar.core.exposition import Labels, Sample
@@ -45,6 +46,9 @@ class ModelSnapshot:
     counters: Mapping[CounterKey, Counter] = field(default_factory=dict)
     gauges: Mapping[Role, tuple[float, ...]] = field(default_factory=dict)
     histograms: Mapping[HistogramKey, Histogram] = field(default_factory=dict)
+    # What the core derives from this snapshot alone, kept once computed: a window sees each of its snapshots
+    # again at every scrape (sidecar.core.stats keeps its validity check here). Not part of equality.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def speculation(self) -> bool:

@@ -19,7 +19,7 @@ from sidecar.core.catalog import LATENCY_METRICS, Role
 from sidecar.core.quantile import histogram_quantile
 from sidecar.core.snapshot import Histogram, ModelSnapshot, Snapshot
 from sidecar.core.verdict import Thresholds, Verdict, verdict
-from sidecar.core.window import counter_window, counter_window_increases, histogram_window_increases, sum_histograms
+from sidecar.core.window import CounterWindow, counter_window, histogram_window_increases, sum_histograms
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 
@@ -122,10 +122,11 @@ def _model_stats(
     config: AnalysisConfig,
     comparable: bool,
 ) -> ModelStats:
-    problem = _window_problem(chain, config.consistency_slack)
+    window = counter_window([m.counters if m else {} for m in chain])
+    problem = _window_problem(chain, window, config.consistency_slack)
     if problem is not None:
         return _invalid(after, problem, comparable)
-    increases = counter_window_increases([m.counters if m else {} for m in chain])
+    increases = window.increases
     totals: dict[Role, float] = defaultdict(float)
     per_position: dict[int, float] = defaultdict(float)
     for (role, _series, position), value in increases.items():
@@ -175,12 +176,13 @@ def _model_stats(
     )
 
 
-def _window_problem(chain: Sequence[ModelSnapshot | None], slack: float) -> validity.Problem | None:
+def _window_problem(
+    chain: Sequence[ModelSnapshot | None], window: CounterWindow, slack: float
+) -> validity.Problem | None:
     """The first impossible number in the window: in any snapshot, in how counters moved, or in the totals."""
     for snapshot in chain:
-        if snapshot is not None and (problem := validity.snapshot_problem(snapshot, slack)) is not None:
+        if snapshot is not None and (problem := _snapshot_problem(snapshot, slack)) is not None:
             return problem
-    window = counter_window([m.counters if m else {} for m in chain])
     if window.decreased is not None:
         return validity.Problem(validity.Invalid.COUNTER_DECREASED, window.decreased)
     totals: dict[Role, float] = defaultdict(float)
@@ -198,6 +200,14 @@ def _window_problem(chain: Sequence[ModelSnapshot | None], slack: float) -> vali
         slack,
         where="window increases",
     )
+
+
+def _snapshot_problem(snapshot: ModelSnapshot, slack: float) -> validity.Problem | None:
+    key = f"problem@{slack!r}"
+    if key not in snapshot.memo:
+        snapshot.memo[key] = validity.snapshot_problem(snapshot, slack)
+    problem: validity.Problem | None = snapshot.memo[key]
+    return problem
 
 
 def _invalid(after: ModelSnapshot, problem: validity.Problem, comparable: bool) -> ModelStats:

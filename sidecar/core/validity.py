@@ -72,11 +72,10 @@ def snapshot_problem(model: ModelSnapshot, slack: float = 0.0) -> Problem | None
 
 def _counter_values(counters: Mapping[CounterKey, Counter]) -> Problem | None:
     for (role, series, position), counter in counters.items():
-        what = _name(role, series, position)
-        if not math.isfinite(counter.value):
-            return Problem(Invalid.NOT_FINITE, f"{what} is {counter.value}")
-        if counter.value < 0:
-            return Problem(Invalid.NEGATIVE, f"{what} is {counter.value:g}")
+        value = counter.value
+        if not 0.0 <= value < math.inf:  # also false for NaN
+            reason = Invalid.NEGATIVE if value < 0 and value > -math.inf else Invalid.NOT_FINITE
+            return Problem(reason, f"{_name(role, series, position)} is {value:g}")
     return None
 
 

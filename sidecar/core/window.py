@@ -82,7 +82,12 @@ def counter_window(history: Sequence[Mapping[CounterKey, Counter]]) -> CounterWi
             if bad and decreased is None:
                 decreased = f"{_series_name(series)}: {bad}"
             for key, (before, after) in zip(keys, pairs, strict=True):
-                increase = after.value if restarted else counter_increase(before, after)
+                # Not restarted: a plain difference (a counter that went down anyway was named in ``bad``, and
+                # its window is invalid; its new value is taken, as PromQL would).
+                if restarted or before is None or after.value < before.value:
+                    increase = after.value
+                else:
+                    increase = after.value - before.value
                 totals[key] = totals.get(key, 0.0) + increase
                 last[key] = after
     return CounterWindow(totals, resets, decreased)
@@ -97,19 +102,27 @@ def series_restarted(pairs: Sequence[tuple[Counter | None, Counter]]) -> tuple[b
     mode), counters that went down while none that had counted (above 0) went up are a restart; some down and
     some of those up is bad data.
     """
-    seen = [(b, a) for b, a in pairs if b is not None]
-    if any(_restarted(b.created, a.created) for b, a in seen):
-        return True, None
-    down = [(b, a) for b, a in seen if a.value < b.value]
-    if not down:
+    down: tuple[Counter, Counter] | None = None
+    created_known = rose = False
+    for before, after in pairs:  # one pass: this runs for every series of every scrape in the window
+        if before is None:
+            continue
+        if before.created is not None and after.created is not None:
+            if before.created != after.created:
+                return True, None
+            created_known = True
+        if after.value < before.value:
+            down = down or (before, after)
+        elif after.value > before.value > 0:
+            rose = True
+    if down is None:
         return False, None
-    before, after = down[0]
-    said = f"a counter went from {before.value:g} to {after.value:g}"
-    if any(b.created is not None and a.created is not None for b, a in seen):
+    said = f"a counter went from {down[0].value:g} to {down[1].value:g}"
+    if created_known:
         return False, said + " with the same _created"
     # A counter that was 0 says nothing (after a restart it may have counted past 0 again); one that had
     # counted and went up did not restart, so the one that went down is wrong.
-    if any(a.value > b.value > 0 for b, a in seen):
+    if rose:
         return False, said + " while others of the same engine went up"
     return True, None
 
