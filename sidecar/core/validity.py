@@ -6,8 +6,9 @@ tokens, then its accepted tokens per position, and a step accepts at most the to
 token per position per draft. So at every instant, per engine series: drafts <= draft tokens, accepted <= draft
 tokens and accepted at any position <= drafts. vLLM renders /metrics in the event loop that records the
 steps, so a scrape never sees half a step (in multiprocess mode, several API servers, one could: that window is
-invalid once, which costs a window of no data and never an action; taking it as data could cost a toggle). A classic histogram's buckets are cumulative (never lower at a
-higher bound) and its ``_count`` equals its ``+Inf`` bucket (prometheus_client computes both from one read).
+invalid once, which costs a window of no data and never an action; taking it as data could cost a toggle).
+A classic histogram's buckets are cumulative (never lower at a higher bound) and its ``_count`` equals its
+``+Inf`` bucket (prometheus_client computes both from one read).
 
 A counter reset is not a bad value: an engine restart (vLLM restarts on every toggle) brings every counter of
 its series back to 0 together, and ``sidecar.core.window`` counts the series from zero. What is told apart
