@@ -30,6 +30,7 @@ REQUIRED_ALERTS = {
     "SpecSidecarDown",
     "SpecSidecarAbsent",
     "SpecDecodeTargetDown",
+    "SpecDecodeNumbersInvalid",
 }
 
 
