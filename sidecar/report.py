@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -159,7 +158,7 @@ def _summary_table(m: ModelStats) -> Table:
     verdict = m.verdict.value
     table.add_row("verdict", f"[{VERDICT_STYLE[verdict]}]{verdict}[/]")
     if m.invalid is not None:
-        table.add_row("invalid", escape(f"{m.invalid}: {m.invalid_detail or ''}"))
+        table.add_row("invalid", plain(f"{m.invalid}: {m.invalid_detail or ''}"))  # label values from the engine
     table.add_row("speculation", "on" if m.speculation else "off")
     table.add_row("acceptance ratio", _fmt(m.acceptance_ratio))
     table.add_row("mean acceptance length", _fmt(m.mean_acceptance_length))
