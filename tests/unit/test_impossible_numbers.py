@@ -233,7 +233,7 @@ def scrape(text: str, at: float) -> ScrapeResult:
 
 def exported(view: View) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(lambda: view))
+    registry.register(ScrapeCollector(lambda: view, stale_after=1e9))
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:

@@ -185,7 +185,7 @@ POLICY = PolicyConfig(
 
 def exported(monitor: Monitor) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(lambda: monitor.view))
+    registry.register(ScrapeCollector(lambda: monitor.view, stale_after=1e9))
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:
