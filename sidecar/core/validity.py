@@ -1,6 +1,6 @@
 """Numbers no engine can produce: the window that holds one is ``invalid``, never a verdict or a decision.
 
-What a real engine guarantees (FACTS.md; vLLM's ``SpecDecodingProm.observe``, llama.cpp's counters alike):
+What a real engine guarantees (docs/engines.md; vLLM's ``SpecDecodingProm.observe``, llama.cpp's counters alike):
 every counter is finite and >= 0; one engine step adds its drafts, then its draft tokens, then its accepted
 tokens, then its accepted tokens per position, and a step accepts at most the tokens it drafted and at most one
 token per position per draft. So at every instant, per engine series: drafts <= draft tokens, accepted <= draft
