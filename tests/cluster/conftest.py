@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.cluster import Cluster, running_cluster
+from tests.cluster.cluster import Cluster, binaries, running_cluster
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +25,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A cold build takes far longer than a test's timeout (pytest-timeout counts fixture setup): build, or find the
+    # cached build, once collection is done and only if a selected test needs the cluster.
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        binaries()
