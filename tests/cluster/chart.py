@@ -100,8 +100,10 @@ def install_crds(cluster: Cluster) -> list[str]:
     """The Prometheus Operator's CRDs from its pinned module; server-side apply (some exceed the annotation limit
     client-side apply writes)."""
     folder = Path(cluster.bin["prometheus_operator_crds"])
-    cluster.kubectl("apply", "--server-side", "--field-manager", "spec-sidecar-tests", "-f", str(folder))
-    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted(folder.glob("*.yaml"))]
+    applied = cluster.kubectl(
+        "apply", "--server-side", "--field-manager", "spec-sidecar-tests", "-f", str(folder), "-o", "name"
+    ).stdout.split()
+    names = [line.split("/", 1)[1] for line in applied]
     cluster.kubectl("wait", "--for", "condition=Established", "--timeout", "60s", *(f"crd/{n}" for n in names))
     return names
 

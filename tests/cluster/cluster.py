@@ -321,6 +321,16 @@ def _bring_up(work: Path, bins: dict[str, str], components: list[Component]) -> 
             # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation refuses; no pod
             # here talks to the API server through that Service.
             "--endpoint-reconciler-type", "none",
+            # It taints every new Node not-ready; the node lifecycle controller would lift the taint once the node
+            # is Ready, but that controller is not run (see CONTROLLERS), so the taint would keep pods Pending.
+            "--disable-admission-plugins", "TaintNodesByCondition",
+            # The front-proxy CA the controller manager and scheduler read from extension-apiserver-authentication
+            # (they log an error every 20 s without one). No front proxy exists; the allowed name is nobody's.
+            "--requestheader-client-ca-file", str(pki / "ca.crt"),
+            "--requestheader-allowed-names", "spec-sidecar-no-front-proxy",
+            "--requestheader-username-headers", "X-Remote-User",
+            "--requestheader-group-headers", "X-Remote-Group",
+            "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
             "--profiling=false",
         ],
         work,
