@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.adapters.kube import LeaseElector, api_client
 from sidecar.core import annotations as ann
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
@@ -129,3 +130,33 @@ def test_the_token_reads_its_own_deployment_but_gets_403_for_another_deployment_
     assert request(cluster, release.token, "GET", f"/api/v1/namespaces/{ns}/secrets") == 403
     # Not even its own Deployment can be deleted: the Role grants get and patch only.
     assert request(cluster, release.token, "DELETE", own) == 403
+
+
+def test_the_lease_is_created_renewed_and_handed_over_with_the_token_and_only_one_holder_at_a_time(
+    cluster: Cluster, release: Release
+) -> None:
+    # The names control.py uses: <deployment>-spec-sidecar, the pod's name as identity.
+    lease = f"{release.name}-spec-sidecar"
+    api = api_client(kubeconfig=str(release.kubeconfig))
+    first = LeaseElector(api, namespace=release.namespace, name=lease, identity="pod-a", duration=30)
+    second = LeaseElector(api, namespace=release.namespace, name=lease, identity="pod-b", duration=30)
+
+    assert first.acquire_or_renew()  # GET 404, then create: allowed without resourceNames
+    assert not second.acquire_or_renew() and second.holder == "pod-a"
+    held = cluster.get_json("lease", lease, "-n", release.namespace)
+    assert held["spec"]["holderIdentity"] == "pod-a"
+    assert first.acquire_or_renew()  # update, by resourceNames
+    renewed = cluster.get_json("lease", lease, "-n", release.namespace)
+    assert int(renewed["metadata"]["resourceVersion"]) > int(held["metadata"]["resourceVersion"])
+
+    first.release()
+    assert second.acquire_or_renew()
+    assert cluster.get_json("lease", lease, "-n", release.namespace)["spec"]["holderIdentity"] == "pod-b"
+    # The only error is the first GET's 404 (no Lease yet): nothing was refused.
+    assert first.errors + second.errors == {"not_found": 1}, (first.errors, second.errors)
+    # Another Lease is out of reach: RBAC cannot restrict create by name, but the elector reads first, and that GET
+    # is outside resourceNames, so it stops at a 403 and creates nothing.
+    stray = LeaseElector(api, namespace=release.namespace, name="someone-elses-lease", identity="pod-a", duration=30)
+    assert not stray.acquire_or_renew()
+    assert stray.errors == {"forbidden": 1}
+    assert cluster.kubectl("get", "lease", "someone-elses-lease", "-n", release.namespace, check=False).returncode
