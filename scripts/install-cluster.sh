@@ -69,6 +69,12 @@ write_crds() {
   rm -rf "$CRDS" && mv "$CRDS.tmp" "$CRDS"
 }
 
+# The cluster's certificates and keys are made with openssl at every start (tests/cluster/cluster.py).
+command -v openssl >/dev/null 2>&1 || {
+  echo "installing openssl (the test cluster's certificates)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=600 install --no-install-recommends openssl >&2
+}
+
 if [ -f "$STAMP" ]; then
   echo "cluster binaries: reusing $DEST" >&2
   [ -f "$STAGES" ] || write_stages
