@@ -20,6 +20,11 @@ MONITORING = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     "prometheusRule": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
+    # The chart's NetworkPolicy keeps vLLM's own port closed unless Prometheus is listed (the chart requires it
+    # with a ServiceMonitor): here, a Prometheus in the "monitoring" namespace.
+    "networkPolicy": {
+        "vllmFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    },
 }
 
 
@@ -43,7 +48,11 @@ def test_the_server_accepts_every_object_of_the_chart_with_monitoring_under_stri
     created = set(done.stdout.split())
     for kind in ("deployment.apps", "servicemonitor.monitoring.coreos.com", "prometheusrule.monitoring.coreos.com"):
         assert f"{kind}/llm-spec-sidecar" in created, done.stdout
-    assert {"role.rbac.authorization.k8s.io/llm-spec-sidecar", "serviceaccount/llm-spec-sidecar"} <= created
+    assert {
+        "role.rbac.authorization.k8s.io/llm-spec-sidecar",
+        "serviceaccount/llm-spec-sidecar",
+        "networkpolicy.networking.k8s.io/llm-spec-sidecar",
+    } <= created, done.stdout
 
 
 def test_helm_install_with_monitoring_rolls_the_vllm_deployment_out_to_ready_pods_on_the_kwok_nodes(
