@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,48 @@ def test_run_with_the_charts_token_disables_speculation_once_rolls_it_out_and_ho
     assert on.returncode == 0, on.stdout + on.stderr
     chart.rollout(cluster, namespace, name)
     assert chart.vllm_args(deployment()) == original
+
+
+def test_a_sidecar_killed_right_after_its_patch_and_restarted_converges_from_the_annotations_without_a_second_toggle(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    namespace = chart.new_namespace(cluster, "kill")
+    chart.install(cluster, "llm", namespace)
+    name = chart.fullname("llm")
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration", "1h").stdout.strip()
+    env = {"KUBECONFIG": str(cluster.token_kubeconfig(token, tmp_path / "kubeconfig", namespace)), "POD_NAME": POD}
+    loop = ("--deployment", name, "--namespace", namespace, "--container", "vllm", "--window", "2",
+            "--trip-windows", "1", "--warmup-windows", "0", "--scrape-interval", "0.3",
+            "--min-draft-tokens", "100")  # fmt: skip
+
+    def args() -> list[str]:
+        return chart.vllm_args(cluster.get_json("deployment", name, "-n", namespace))
+
+    with fake_vllm() as engine:
+        with run_sidecar(tmp_path, "--vllm-url", engine.url, *loop, env=env) as first:
+            with httpx.Client(base_url=first.url, timeout=30) as client:
+
+                def disabled() -> bool:
+                    send(client, temperature=1.0, count=4)
+                    return "--speculative-config" not in args()
+
+                wait_until(disabled, 90, first.log)
+            first.process.kill()  # SIGKILL: no lease release, no clean shutdown
+            first.process.wait(10)
+        # The same pod name comes back (a container restart) to the same low acceptance.
+        with run_sidecar(tmp_path, "--vllm-url", engine.url, *loop, env=env) as second:
+            with httpx.Client(base_url=second.url, timeout=30) as client:
+                for _ in range(10):  # several 2 s windows of traffic that would trip the rule again
+                    send(client, temperature=1.0, count=4)
+                    time.sleep(1)
+            # It read its state back from the Deployment: speculation is off, and it knows so.
+            wait_until(lambda: "speculation</dt><dd>off" in httpx.get(second.url + "/status").text, 10, second.log)
+            log = second.log()
+    chart.rollout(cluster, namespace, name)
+    after = cluster.get_json("deployment", name, "-n", namespace)
+    record = ann.from_annotations(after["metadata"]["annotations"])
+    assert record.state == "off" and len(record.history) == 1, record
+    reasons = [e["reason"] for e in cluster.get_json("events", "-n", namespace)["items"]]
+    assert reasons.count("SpeculationDisabled") == 1 and "SpeculationEnabled" not in reasons
+    assert "--speculative-config" not in args()
+    assert "forbidden" not in log.lower(), log[-3000:]
