@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import os
 import shutil
 import signal
 import socket
@@ -29,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install-cluster.sh"
@@ -141,9 +140,6 @@ class Cluster:
         path.write_text(json.dumps(_kubeconfig(self.server, self.ca_cert, {"token": token}, namespace)))
         return path
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {c.name} ({c.log})\n{c.tail()}" for c in self.components)
-
 
 # --- certificates ----------------------------------------------------------------------------------------------
 
@@ -231,7 +227,6 @@ def wait_until(what: str, ready: Callable[[], bool], components: Sequence[Compon
 def _start(name: str, argv: Sequence[str], workdir: Path, components: list[Component]) -> Component:
     log = workdir / "logs" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
-    out: IO[bytes]
     with log.open("wb") as out:
         process = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
@@ -407,8 +402,3 @@ def _nodes_ready(cluster: Cluster) -> bool:
         if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
     }
     return ready >= set(NODE_NAMES)
-
-
-def environment(cluster: Cluster) -> dict[str, str]:
-    """The environment a child process (helm, the sidecar) needs to talk to this cluster as the admin."""
-    return {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
