@@ -101,6 +101,15 @@ def test_run_with_the_charts_token_disables_speculation_once_rolls_it_out_and_ho
     chart.rollout(cluster, namespace, name)
     assert chart.vllm_args(deployment()) == original
 
+    # helm uninstall removes all it made; the Lease is the sidecar's, not Helm's, and stays until deleted by hand,
+    # as docs/install.md ("Uninstall") says.
+    chart.helm(cluster, "uninstall", "llm", "--namespace", namespace, "--wait", "--timeout", "120s")
+    cluster.kubectl(
+        "wait", "--for=delete", "pods,replicasets", "-l", "app.kubernetes.io/instance=llm", "-n", namespace,
+        "--timeout", "60s",
+    )  # fmt: skip
+    assert chart.leftovers(cluster, namespace) == [f"Lease/{name}-spec-sidecar"]
+
 
 def test_a_sidecar_killed_right_after_its_patch_and_restarted_converges_from_the_annotations_without_a_second_toggle(
     cluster: Cluster, tmp_path: Path
