@@ -156,7 +156,9 @@ def _spec_counts(spec: object) -> SpecCounts | None:
     if not isinstance(spec, dict):
         return None
     draft, accepted = spec.get("num_draft_tokens"), spec.get("num_accepted_draft_tokens")
-    if not _is_count(draft) or not _is_count(accepted):
+    # More accepted than drafted cannot happen; such a response is not attributed rather than counted as a
+    # ratio above 1 that would lift its temperature bucket.
+    if not _is_count(draft) or not _is_count(accepted) or accepted > draft:
         return None
     return SpecCounts(draft, accepted)
 

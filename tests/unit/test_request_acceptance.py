@@ -167,6 +167,13 @@ def test_unusable_response_bodies_give_no_facts_rather_than_an_error(body: bytes
     assert facts_from_body(body).spec is None
 
 
+def test_a_response_claiming_more_accepted_than_drafted_tokens_has_no_spec_counts() -> None:
+    spec = {"num_draft_tokens": 4, "num_accepted_draft_tokens": 5}
+    assert facts_from_payload({"metrics": {"speculative_decoding": spec}}).spec is None
+    spec_ok = {"num_draft_tokens": 5, "num_accepted_draft_tokens": 5}
+    assert facts_from_payload({"metrics": {"speculative_decoding": spec_ok}}).spec == SpecCounts(5, 5)
+
+
 def test_zero_drafts_has_no_ratio_rather_than_a_zero_ratio() -> None:
     assert SpecCounts(0, 0).ratio is None
 
