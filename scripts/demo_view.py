@@ -16,14 +16,8 @@ from typing import Any
 from rich.table import Table
 
 from sidecar.core.verdict import Thresholds
+from sidecar.terminal_text import VERDICT_STYLE
 
-VERDICT_STYLE = {
-    "keep": "green",
-    "borderline": "yellow",
-    "disable": "bold red",
-    "no-data": "dim",
-    "invalid": "bold magenta",
-}
 # The demo runs the sidecar with the default operating rule, so its lines are the defaults'.
 RULE = Thresholds()
 WINDOW_SECONDS = 15  # the demo's --window

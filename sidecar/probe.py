@@ -32,7 +32,7 @@ from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.core.verdict import Thresholds, Verdict, verdict
 from sidecar.settings import check_url
-from sidecar.terminal_text import plain
+from sidecar.terminal_text import VERDICT_STYLE, plain
 
 SOURCE_PER_REQUEST = "per-request"
 SOURCE_METRICS_DELTA = "metrics-delta"
@@ -434,15 +434,6 @@ def _run_with_progress(plan: ProbePlan, show: bool) -> tuple[str, list[Temperatu
             progress.update(task, advance=1, description=f"temperature {temperature:g}")
 
         return asyncio.run(run_probe(plan, advance))
-
-
-VERDICT_STYLE = {
-    "keep": "green",
-    "borderline": "yellow",
-    "disable": "bold red",
-    "no-data": "dim",
-    "invalid": "bold magenta",
-}
 
 
 def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Console) -> None:

@@ -18,15 +18,7 @@ from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 from sidecar.tap_metrics import BucketSummary
-from sidecar.terminal_text import plain
-
-VERDICT_STYLE = {
-    "keep": "green",
-    "borderline": "yellow",
-    "disable": "bold red",
-    "no-data": "dim",
-    "invalid": "bold magenta",
-}
+from sidecar.terminal_text import VERDICT_STYLE, plain
 
 
 def report_json(stats: Stats) -> dict[str, Any]:

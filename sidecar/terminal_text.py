@@ -13,6 +13,15 @@ import re
 
 from rich.text import Text
 
+# How a verdict is coloured wherever a terminal shows one (report, probe, the demo).
+VERDICT_STYLE = {
+    "keep": "green",
+    "borderline": "yellow",
+    "disable": "bold red",
+    "no-data": "dim",
+    "invalid": "bold magenta",
+}
+
 # C0 controls but tab and newline, DEL, and C1 controls (some terminals act on them too).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
