@@ -168,6 +168,7 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
             config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
             body["advice"] = [advice_json(a) for a in advise_stats(view.stats, summaries, config)]
         body["buckets"] = [bucket_json(b) for b in summaries]
+        body["bucket_window_seconds"] = settings.bucket_window
         body["target_up"] = current
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None
         body["last_scrape_age_seconds"] = view.age()

@@ -195,25 +195,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     snapshots = [_load_source(source, settings) for source in args.sources]
     stats = compute_stats(snapshots, settings.analysis_config())
     thresholds = settings.analysis_config().thresholds
-    buckets = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else []
+    buckets, bucket_window = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None)
     advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
         body = report_json(stats)
         body["advice"] = [advice_json(a) for a in advice]
         body["buckets"] = [bucket_json(b) for b in buckets]
+        if args.tap:
+            body["bucket_window_seconds"] = bucket_window
         print(json.dumps(body, indent=2))
         return 0
     console = Console()
     render(stats, console, "since engine start" if len(snapshots) == 1 else "window between the two sources")
     if buckets:
-        render_buckets(buckets, thresholds, console)
+        render_buckets(buckets, thresholds, console, bucket_window)
     for item in advice:
         render_advice(item, console)
     return 0
 
 
-def _tap_buckets(sidecar_url: str, timeout: float) -> list[BucketSummary]:
-    """The per-temperature buckets a running sidecar's tap has seen (its /api/report)."""
+def _tap_buckets(sidecar_url: str, timeout: float) -> tuple[list[BucketSummary], float | None]:
+    """The per-temperature buckets a running sidecar's tap has seen (its /api/report), and over how many seconds
+    (None from a sidecar too old to say)."""
     import httpx
 
     from sidecar.report import bucket_from_json
@@ -231,7 +234,10 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> list[BucketSummary]:
     if response.status_code != 200:
         raise UsageError(f"GET {url}: HTTP {response.status_code}; {hint}")
     try:
-        return [bucket_from_json(row) for row in response.json()["buckets"]]
+        body = response.json()
+        buckets = [bucket_from_json(row) for row in body["buckets"]]
+        window = body.get("bucket_window_seconds")
+        return buckets, float(window) if isinstance(window, int | float) and not isinstance(window, bool) else None
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"GET {url}: not a sidecar's report ({type(exc).__name__}: {exc}); {hint}") from exc
 

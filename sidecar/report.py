@@ -100,9 +100,22 @@ def bucket_from_json(row: dict[str, Any]) -> BucketSummary:
     )
 
 
-def render_buckets(summaries: Sequence[BucketSummary], thresholds: Thresholds, console: Console) -> None:
+def bucket_window_words(seconds: float | None) -> str:
+    """How far back the tap's buckets reach, as a reader would say it: "its last 5 min"."""
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return "over its --bucket-window, which that sidecar does not report"
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"its last {int(seconds // size)} {unit}"
+    return f"its last {seconds:g} s"
+
+
+def render_buckets(
+    summaries: Sequence[BucketSummary], thresholds: Thresholds, console: Console, window_seconds: float | None = None
+) -> None:
     """Per temperature bucket over the tap's window: share of requests, acceptance, P10/P50/P90, verdict."""
-    table = Table(title="per temperature bucket (requests seen by the tap, its window)", title_justify="left")
+    title = f"per temperature bucket (requests seen by the tap, {bucket_window_words(window_seconds)})"
+    table = Table(title=title, title_justify="left")
     for column in ("model", "bucket", "requests", "share", "acceptance", "P10", "P50", "P90", "verdict"):
         table.add_column(column, justify="left" if column in {"model", "bucket"} else "right")
     totals: dict[str, int] = {}

@@ -168,6 +168,21 @@ def test_with_a_sidecar_tap_report_shows_the_buckets_and_calls_out_the_mixed_wor
     assert "per temperature bucket" in human.stdout
     assert "disable" in human.stdout  # the hot bucket's own verdict
     assert "looks healthy" in human.stdout
+    # A sidecar from before bucket_window_seconds was in /api/report: the title says the reach is unknown.
+    assert "which that sidecar does not report" in " ".join(human.stdout.split())
+
+
+def test_report_names_how_far_back_the_taps_buckets_reach(tmp_path: Path) -> None:
+    engine = tmp_path / "engine.txt"
+    engine.write_text(vllm_payload(drafts=100, draft_tokens=4000, accepted=3000, per_position=(90, 80, 70, 60)))
+    served = {"models": [], "buckets": [_bucket("0", 70, 3000, 2800, 0.85)], "bucket_window_seconds": 300}
+    with metrics_replay() as sidecar:
+        sidecar.serve(json.dumps(served))
+        out = report_json("--tap", sidecar.url, str(engine))
+        human = report("--tap", sidecar.url, str(engine))
+    assert out["bucket_window_seconds"] == 300
+    assert human.returncode == 0, human.stderr
+    assert "requests seen by the tap, its last 5 min" in " ".join(human.stdout.split())
 
 
 def test_an_unreachable_tap_is_one_clear_line(tmp_path: Path) -> None:

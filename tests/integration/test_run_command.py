@@ -41,6 +41,7 @@ def test_exported_acceptance_is_the_window_increase_of_the_engine_counters(
         metrics = sidecar.metrics()
         report = httpx.get(sidecar.url + "/api/report").json()
     assert report["target_up"] is True
+    assert report["bucket_window_seconds"] == 300  # the default --bucket-window: how far back the buckets reach
     assert report["models"][0]["acceptance_ratio"] == pytest.approx(600 / 800)
     assert report["models"][0]["verdict"] == "keep"
     model = (("model_name", "tiny"),)
