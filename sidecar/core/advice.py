@@ -264,10 +264,16 @@ def _mixed(model: ModelStats, judged: Sequence[BucketInput], shares: _Shares, co
         names = ", ".join(
             f"{_name(b.bucket)} ({shares.of(b):.0%} of requests, acceptance {_r(_ratio(b))})" for b in low
         )
+        # "Healthy" only from the keep line up: a borderline aggregate (0.5-0.65) is merely above the disable line.
+        looks = (
+            "looks healthy"
+            if model.acceptance_ratio >= config.thresholds.keep_from
+            else f"is above {config.thresholds.disable_below:g}"
+        )
         return Finding(
             Condition.MIXED,
             Status.BAD,
-            f"The aggregate {_r(model.acceptance_ratio)} looks healthy, but {names} "
+            f"The aggregate {_r(model.acceptance_ratio)} {looks}, but {names} "
             f"{'is' if len(low) == 1 else 'are'} below {config.thresholds.disable_below:g}.",
         )
     return Finding(

@@ -78,6 +78,14 @@ def test_mixed_workload_trap_healthy_aggregate_hides_a_losing_bucket_with_a_real
     assert any("[1,+Inf)" in r for r in advice.reasons)
 
 
+def test_a_borderline_aggregate_over_a_losing_bucket_is_not_called_healthy() -> None:
+    buckets = [bucket("0", 60, 0.99), bucket("[0.3,0.6)", 40, 0.01)]
+    trap = advise(model(acceptance_ratio=0.54), buckets, TPOT).finding(Condition.MIXED)
+    assert trap.status is Status.BAD
+    assert "looks healthy" not in trap.says
+    assert trap.says.startswith("The aggregate 0.54 is above 0.5, but")
+
+
 def test_a_losing_bucket_with_a_negligible_share_is_not_the_trap() -> None:
     buckets = [bucket("0", 190, 0.90), bucket("[1,+Inf)", 10, 0.30)]  # 5% < the 10% real share
     advice = advise(model(acceptance_ratio=0.85), buckets, TPOT)
