@@ -9,7 +9,7 @@ docs/metrics.md lists every family; a test keeps the two in step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -51,35 +51,30 @@ def _health(view: View, current: bool) -> Iterator[Metric]:
         )
         family.add_metric([], age)
         yield family
-    dropped = CounterMetricFamily(
+    yield _counts_by(
         "specdecode_dropped",
         "What the memory bounds left out, by reason: label_bytes, series (sample lines), models, trend_points.",
-        labels=["reason"],
+        "reason",
+        DROP_REASONS,
+        view.dropped,
     )
-    for reason in DROP_REASONS:
-        dropped.add_metric([reason], float(view.dropped.get(reason, 0)))
-    yield dropped
     if view.last_scrape is not None:
         duration = GaugeMetricFamily("specdecode_scrape_duration_seconds", "Duration of the last engine scrape.")
         duration.add_metric([], view.last_scrape.duration_seconds)
         yield duration
-    scrapes = CounterMetricFamily("specdecode_scrapes", "Engine scrapes by result.", labels=["result"])
-    for result in SCRAPE_RESULTS:
-        scrapes.add_metric([result], float(view.scrapes.get(result, 0)))
-    yield scrapes
+    yield _counts_by("specdecode_scrapes", "Engine scrapes by result.", "result", SCRAPE_RESULTS, view.scrapes)
     bad = CounterMetricFamily(
         "specdecode_scrape_bad_lines", "Lines of wanted metric families that could not be parsed."
     )
     bad.add_metric([], float(view.bad_lines_total))
     yield bad
-    invalid = CounterMetricFamily(
+    yield _counts_by(
         "specdecode_invalid_windows",
         "Windows (one per model per scrape) that held numbers no engine can produce, by reason; none is judged.",
-        labels=["reason"],
+        "reason",
+        INVALID_REASONS,
+        view.invalid_windows,
     )
-    for reason in INVALID_REASONS:
-        invalid.add_metric([reason], float(view.invalid_windows.get(reason, 0)))
-    yield invalid
     resets = CounterMetricFamily(
         "specdecode_counter_resets", "Engine series seen restarting (counters back to zero) between two scrapes."
     )
@@ -183,3 +178,11 @@ def _latency_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
             labels,
             divergence(ratio, baseline),
         )
+
+
+def _counts_by(name: str, documentation: str, label: str, keys: Iterable[str], counts: Mapping[str, int]) -> Metric:
+    """A counter with one series per known key, 0 for a key not seen yet (so rate() has a series from the start)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key in keys:
+        family.add_metric([key], float(counts.get(key, 0)))
+    return family
