@@ -16,6 +16,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -113,6 +114,18 @@ def text_chunks(body: str | bytes | bytearray, size: int = CHUNK_CHARS) -> Itera
 _Layout = tuple[tuple[str, ...], tuple[int, ...] | None] | None
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off for the block; back on afterwards only if it was on (so blocks nest)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 class SampleParser:
     """Compiled once per set of wanted names; ``parse`` is then safe to call from any thread.
 
@@ -157,13 +170,8 @@ class SampleParser:
     def parse(self, text: str | bytes | bytearray, limits: ParseLimits = NO_LIMITS) -> ParseResult:
         # Tens of thousands of small tuples are made and kept here; the cyclic collector would walk them again
         # and again (a third of the time on a big payload) although none can be part of a cycle.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():
             return self._parse(text_chunks(text), limits)
-        finally:
-            if collecting:
-                gc.enable()
 
     def _parse(self, chunks: Iterable[str], limits: ParseLimits) -> ParseResult:
         samples: list[Sample] = []

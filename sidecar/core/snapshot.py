@@ -8,7 +8,7 @@ as PromQL's ``sum(increase(...))`` does.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,75 @@ class Histogram:
 CounterKey = tuple[Role, SeriesId, str]  # role, engine series, position ("" when not positional)
 HistogramKey = tuple[str, SeriesId]  # latency metric (ttft, tpot, itl, e2e), engine series
 
+_ROLES = {role.value: role for role in Role}
+
+
+class CounterTable(Mapping[CounterKey, Counter]):
+    """One model's counters, kept as plain tuples of strings and floats; read as ``Counter`` objects.
+
+    Why not a dict of ``Counter``: the window holds 13 snapshots of up to tens of thousands of counters, and
+    CPython's cyclic collector walks every object it tracks at each full pass (100-140 ms per pass at the default
+    bounds' worst case, a stalled event loop meanwhile: docs/benchmarks.md, "The slowest probes"). It stops
+    tracking an exact tuple whose items are strings, floats and such tuples, never a dataclass, and never a tuple
+    holding a ``Role`` member. So rows are exact tuples keyed by the role's text, untracked after the first young
+    pass; a lookup with a ``Role`` key still finds them (a ``StrEnum`` member hashes and compares as its text).
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, counters: Mapping[CounterKey, Counter] | None = None) -> None:
+        self._rows: dict[tuple[str, SeriesId, str], tuple[float, float | None]] = {}
+        for key, counter in (counters or {}).items():
+            self.put(key, counter.value, counter.created)
+
+    def put(self, key: CounterKey, value: float, created: float | None = None) -> None:
+        role, series, position = key
+        self._rows[(str(role.value), series, position)] = (value, created)
+
+    def __getitem__(self, key: CounterKey) -> Counter:
+        value, created = self._rows[key]
+        return Counter(value, created)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[CounterKey]:
+        for role, series, position in self._rows:
+            yield _ROLES[role], series, position
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"CounterTable({dict(self.items())!r})"
+
+
+class HistogramTable(Mapping[HistogramKey, Histogram]):
+    """One model's histograms as exact tuples, read as ``Histogram`` objects: why, see ``CounterTable``."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, histograms: Mapping[HistogramKey, Histogram] | None = None) -> None:
+        self._rows: dict[HistogramKey, tuple[tuple[tuple[float, float], ...], float, float | None, float | None]]
+        self._rows = {}
+        for key, h in (histograms or {}).items():
+            self._rows[key] = (h.buckets, h.count, h.created, h.count_sample)
+
+    def __getitem__(self, key: HistogramKey) -> Histogram:
+        return Histogram(*self._rows[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[HistogramKey]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return f"HistogramTable({dict(self.items())!r})"
+
 
 @dataclass(frozen=True)
 class ModelSnapshot:
@@ -49,6 +118,13 @@ class ModelSnapshot:
     # What the core derives from this snapshot alone, kept once computed: a window sees each of its snapshots
     # again at every scrape (sidecar.core.stats keeps its validity check here). Not part of equality.
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Whatever mapping a caller gives, the snapshot keeps the untracked form (see CounterTable).
+        if not isinstance(self.counters, CounterTable):
+            object.__setattr__(self, "counters", CounterTable(self.counters))
+        if not isinstance(self.histograms, HistogramTable):
+            object.__setattr__(self, "histograms", HistogramTable(self.histograms))
 
     @property
     def speculation(self) -> bool:
@@ -119,7 +195,7 @@ class _Builder:
         self.dialect = dialect
         self.by_name = by_name
         self.duplicates = 0
-        self.counters: dict[str, dict[CounterKey, Counter]] = defaultdict(dict)
+        self.counters: dict[str, CounterTable] = defaultdict(CounterTable)
         self.gauges: dict[str, dict[Role, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.histograms: dict[str, dict[HistogramKey, Histogram]] = defaultdict(dict)
 
@@ -134,7 +210,7 @@ class _Builder:
         return {
             m: ModelSnapshot(
                 m,
-                self.counters.get(m, {}),
+                self.counters.get(m, CounterTable()),
                 {r: tuple(v) for r, v in self.gauges.get(m, {}).items()},
                 self.histograms.get(m, {}),
             )
@@ -162,7 +238,7 @@ class _Builder:
             key = (role, series, position)
             if key in self.counters[model]:
                 self.duplicates += 1
-            self.counters[model][key] = Counter(s.value, created.get(s.labels))
+            self.counters[model].put(key, s.value, created.get(s.labels))
 
     def _gauge(self, role: Role, names: tuple[str, ...]) -> None:
         # The first spelling present wins (renamed metrics: newest name first).
