@@ -22,7 +22,7 @@ RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --no-deps /wheels/spec_sidecar-*.whl \
  && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
- && /opt/venv/bin/python -c "import sidecar.adapters.kube, sidecar.app" \
+ && /opt/venv/bin/python -c "import sidecar.adapters.kube.actuator, sidecar.web.app" \
  && /opt/venv/bin/spec-sidecar --help >/dev/null
 
 FROM ${BASE_IMAGE}

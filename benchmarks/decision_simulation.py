@@ -38,10 +38,10 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.control import policy_config
 from sidecar.core.acceptance import iid_acceptance_ratio
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
 from sidecar.settings import Settings
+from sidecar.wiring import policy_config
 
 K = 4
 CAPTURED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm" / "draft_model_workloads.json"

@@ -15,8 +15,8 @@ from typing import Any
 
 from rich.table import Table
 
+from sidecar.cli.terminal_text import VERDICT_STYLE
 from sidecar.core.verdict import Thresholds
-from sidecar.terminal_text import VERDICT_STYLE
 
 # The demo runs the sidecar with the default operating rule, so its lines are the defaults'.
 RULE = Thresholds()

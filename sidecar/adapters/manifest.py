@@ -32,7 +32,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
 
-from sidecar.actuator import (
+from sidecar.core.actuator import (
     ActResult,
     Clock,
     Outcome,
@@ -71,7 +71,7 @@ class _Loaded:
 
 
 class ManifestActuator:
-    """The actuator contract (:class:`sidecar.actuator.Actuator`) on one container in a YAML file."""
+    """The actuator contract (:class:`sidecar.core.actuator.Actuator`) on one container in a YAML file."""
 
     def __init__(
         self,

@@ -15,6 +15,8 @@ from statistics import median
 from sidecar.core.stats import Stats
 
 MAX_LEARNED = 30
+# A latency window needs this many requests before its P99/P50 may become a baseline.
+MIN_BASELINE_OBSERVATIONS = 50.0
 
 
 @dataclass(frozen=True)

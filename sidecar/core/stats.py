@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 
@@ -30,7 +30,7 @@ class AnalysisConfig:
     # c in L > 1 + k·c: ~0 for ngram/suffix, small for EAGLE/MTP heads, ~draft/target size for a draft model.
     draft_cost_ratio: float = 0.0
     # How far (relative) accepted may exceed drafted, and the like, before the window is invalid: 0 for scraped
-    # counters, which an engine keeps exactly; more for increases Prometheus extrapolated (sidecar.fleet).
+    # counters, which an engine keeps exactly; more for increases Prometheus extrapolated (sidecar.control.fleet).
     consistency_slack: float = 0.0
 
 
@@ -271,3 +271,8 @@ def _latency(chain: Sequence[ModelSnapshot | None]) -> tuple[dict[str, Quantiles
         values = [histogram_quantile(q, summed.buckets) for q in QUANTILES]
         latency[metric] = Quantiles(*values)
     return latency, observations
+
+
+# Who hears of each new window of Stats (the controller): called by the scrape loop, or by the fleet loop in
+# fleet mode.
+StatsListener = Callable[[Stats], Awaitable[None]]

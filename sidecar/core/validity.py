@@ -18,7 +18,7 @@ same series went up are a restart; some down and others up is bad.
 
 Everything here is pure and returns the first problem found (a reason label and a sentence), or None.
 ``slack`` is the relative excess tolerated in the orderings above: 0 for numbers scraped from an engine, a
-little for increases Prometheus computed (it extrapolates each series on its own; see ``sidecar.fleet``).
+little for increases Prometheus computed (it extrapolates each series on its own; see ``sidecar.control.fleet``).
 """
 
 from __future__ import annotations

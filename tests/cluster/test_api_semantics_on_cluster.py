@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from sidecar.adapters.kube import api_client
+from sidecar.adapters.kube.client import api_client
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
 from tests.kubeapi.manifests import NAME, list_deployment

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def cli(cluster: Cluster, namespace: str, kubeconfig: Path, *args: str) -> dict[str, Any]:
     target = ["--deployment", chart.fullname("llm"), "--namespace", namespace, "--kubeconfig", str(kubeconfig)]
     done = subprocess.run(
-        [sys.executable, "-m", "sidecar.control_commands", *args, *target, "--json"],
+        [sys.executable, "-m", "sidecar.cli.control_commands", *args, *target, "--json"],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

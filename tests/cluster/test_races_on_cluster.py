@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.actuator import ActResult, Outcome
-from sidecar.adapters.kube import KubeActuator, LeaseElector, RetryPolicy, api_client
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.adapters.kube.client import RetryPolicy, api_client
+from sidecar.adapters.kube.lease import LeaseElector
 from sidecar.core import annotations as ann
+from sidecar.core.actuator import ActResult, Outcome
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision, PolicyState, Reason
 from tests.cluster import chart

@@ -94,7 +94,7 @@ def test_run_with_the_charts_token_disables_speculation_once_rolls_it_out_and_ho
     # A human turns it back on with the same token: the chart's args come back byte for byte.
     target = ["--deployment", name, "--namespace", namespace, "--kubeconfig", str(kubeconfig)]
     on = subprocess.run(
-        [sys.executable, "-m", "sidecar.control_commands", "enable", *target, "--json"],
+        [sys.executable, "-m", "sidecar.cli.control_commands", "enable", *target, "--json"],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert on.returncode == 0, on.stdout + on.stderr

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.adapters.kube import LeaseElector, api_client
+from sidecar.adapters.kube.client import api_client
+from sidecar.adapters.kube.lease import LeaseElector
 from sidecar.core import annotations as ann
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
@@ -56,7 +57,7 @@ def release(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def sidecar_cli(release: Release, *args: str) -> subprocess.CompletedProcess[str]:
     target = ["--deployment", release.name, "--namespace", release.namespace, "--container", "vllm"]
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.control_commands", *args, *target, "--kubeconfig", str(release.kubeconfig)],
+        [sys.executable, "-m", "sidecar.cli.control_commands", *args, *target, "--kubeconfig", str(release.kubeconfig)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -135,7 +136,7 @@ def test_the_token_reads_its_own_deployment_but_gets_403_for_another_deployment_
 def test_the_lease_is_created_renewed_and_handed_over_with_the_token_and_only_one_holder_at_a_time(
     cluster: Cluster, release: Release
 ) -> None:
-    # The names control.py uses: <deployment>-spec-sidecar, the pod's name as identity.
+    # The names sidecar/wiring.py uses: <deployment>-spec-sidecar, the pod's name as identity.
     lease = f"{release.name}-spec-sidecar"
     api = api_client(kubeconfig=str(release.kubeconfig))
     first = LeaseElector(api, namespace=release.namespace, name=lease, identity="pod-a", duration=30)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.tap_metrics import ERROR_REASONS
+from sidecar.tap.recorder import ERROR_REASONS
 from tests.deploy.tooling import ROOT, RULES, run, tools
 
 UNIT_TESTS = Path(__file__).parent / "alerts" / "spec-sidecar-rules.test.yaml"

@@ -16,9 +16,9 @@ from typing import NamedTuple
 
 import pytest
 
-from sidecar.actuator import Outcome
-from sidecar.adapters.kube import KubeActuator
-from sidecar.control import build_actuator
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.core.actuator import Outcome
+from sidecar.wiring import build_actuator
 from tests.deploy.tooling import Manifest, documents, one, render
 from tests.kubeapi.server import KubeAPI, kube_api
 

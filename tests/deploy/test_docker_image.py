@@ -204,7 +204,7 @@ def test_container_serves_health_readiness_and_the_metrics_it_scraped_on_a_read_
 
         assert _docker(docker_env, "exec", name, "id", "-u").stdout.strip() == "10001"
         # The Kubernetes actuator imports in the trimmed image (kubernetes/aio and pip were removed for size).
-        _docker(docker_env, "exec", name, "python3", "-c", "import sidecar.adapters.kube")
+        _docker(docker_env, "exec", name, "python3", "-c", "import sidecar.adapters.kube.actuator")
         denied = _docker(docker_env, "exec", name, "python3", "-c", "open('/opt/venv/x', 'w')", check=False)
         assert denied.returncode != 0 and "Read-only file system" in denied.stderr
         logs = _docker(docker_env, "logs", name).stdout + _docker(docker_env, "logs", name).stderr

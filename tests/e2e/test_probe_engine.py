@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.adapters.scrape import parse_payload
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
+from sidecar.scrape.fetch import parse_payload
 from tests.engine import Engine, fetch_metrics
 from tests.engine.workload import default_prompts
 

@@ -1,4 +1,4 @@
-"""Which requests go through FastAPI and which go straight to the tap (sidecar.app.SidecarApp).
+"""Which requests go through FastAPI and which go straight to the tap (sidecar.web.app.SidecarApp).
 
 The OpenAI API under /v1/ is the tap's hot path: it must not pay for FastAPI's middleware on every request and
 every streamed chunk (docs/benchmarks.md, "Tap"). Everything else keeps FastAPI: the sidecar's own routes, and
@@ -12,8 +12,8 @@ import asyncio
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.app import create_app
 from sidecar.settings import Settings
+from sidecar.web.app import create_app
 from tests.support.tap_upstream import running_upstream
 
 

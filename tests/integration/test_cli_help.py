@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli import build_parser
+from sidecar.cli.main import build_parser
 
 ENTRY_POINT = Path(sys.executable).with_name("spec-sidecar")
 # Words that belong to the code, not to a user: design notes ("the seed"), module docstrings, registration, reST.

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from sidecar.actuator import Outcome
-from sidecar.adapters.kube import KubeActuator, KubeError, RetryPolicy, api_client, rollout_complete
-from sidecar.control import Controller
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.adapters.kube.client import KubeError, RetryPolicy, api_client
+from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
+from sidecar.core.actuator import Outcome
 from sidecar.core.annotations import By, ControlRecord, Toggle
+from sidecar.core.patch import rollout_complete
 from sidecar.core.policy import Action, Decision, Observation, PolicyConfig, PolicyState, Reason, TrialConfig, decide
 from tests.integration.test_manifest_control_loop import stats
 from tests.kubeapi.manifests import (

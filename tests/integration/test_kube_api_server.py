@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from sidecar.adapters.kube import api_client
+from sidecar.adapters.kube.client import api_client
 from tests.kubeapi.manifests import NAME, NAMESPACE, list_deployment
 from tests.kubeapi.server import KubeAPI, kube_api
 

@@ -26,7 +26,7 @@ def server() -> Iterator[KubeAPI]:
 def cli(server: KubeAPI, *args: str) -> subprocess.CompletedProcess[str]:
     target = ["--deployment", NAME, "--namespace", NAMESPACE, "--container", "vllm", "--kube-host", server.url]
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.control_commands", *args, *target],
+        [sys.executable, "-m", "sidecar.cli.control_commands", *args, *target],
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.actuator import ActResult, Outcome
-from sidecar.adapters.kube import KubeActuator, LeaseElector, RetryPolicy, api_client
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.adapters.kube.client import RetryPolicy, api_client
+from sidecar.adapters.kube.lease import LeaseElector
+from sidecar.core.actuator import ActResult, Outcome
 from tests.kubeapi.manifests import NAME, NAMESPACE, list_deployment, vllm_container
 from tests.kubeapi.server import KubeAPI, kube_api
 
@@ -188,7 +190,7 @@ def test_releasing_a_lease_someone_else_holds_changes_nothing(server: KubeAPI) -
 
 
 def test_the_controller_keeps_the_lease_while_alive_and_hands_it_over_on_close(server: KubeAPI) -> None:
-    from sidecar.control import ControlCollector, Controller
+    from sidecar.control.loop import ControlCollector, Controller
     from sidecar.core.policy import PolicyConfig
 
     server.add_deployment(list_deployment())

@@ -11,10 +11,10 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from sidecar.actuator import Plan, plan, view_of
-from sidecar.adapters.kube import json_patch
 from sidecar.core import specargs
+from sidecar.core.actuator import Plan, plan, view_of
 from sidecar.core.annotations import ControlRecord, from_annotations
+from sidecar.core.patch import json_patch
 from sidecar.core.policy import Action
 from tests.kubeapi.manifests import list_deployment, shell_deployment, vllm_container
 

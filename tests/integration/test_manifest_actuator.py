@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from sidecar.actuator import Outcome
 from sidecar.adapters.manifest import ManifestActuator
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
+from sidecar.core.actuator import Outcome
 
 T0 = 1_800_000_000.0
 

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.actuator import TargetView
 from sidecar.adapters.manifest import ManifestActuator
-from sidecar.control import ControlCollector, Controller
+from sidecar.control.loop import ControlCollector, Controller
 from sidecar.core import specargs
+from sidecar.core.actuator import TargetView
 from sidecar.core.policy import Action, PolicyConfig, Reason
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Verdict
@@ -139,8 +139,8 @@ def test_a_manifest_deleted_between_the_read_and_the_write_leaves_no_lock_file(
 
 
 def test_the_controller_is_built_from_the_sidecars_own_settings(tmp_path: Path) -> None:
-    from sidecar.control import build_controller, policy_config
     from sidecar.settings import Settings
+    from sidecar.wiring import build_controller, policy_config
 
     path = tmp_path / "deploy.yaml"
     path.write_text(LIST_MANIFEST)

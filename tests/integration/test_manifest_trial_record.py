@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from sidecar.adapters.manifest import ManifestActuator
-from sidecar.control import Controller
+from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
 from sidecar.core.annotations import By, ControlRecord, Toggle
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, Reason, TrialConfig, decide

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from sidecar.adapters.kube import KubeActuator, RetryPolicy, api_client
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.adapters.kube.client import RetryPolicy, api_client
 from sidecar.adapters.manifest import ManifestActuator
-from sidecar.control import Controller
+from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
 from sidecar.core.policy import Action, PolicyConfig
 from tests.integration.test_manifest_control_loop import stats

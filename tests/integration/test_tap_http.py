@@ -1,4 +1,4 @@
-"""The tap's HTTP/1.1 upstream client (sidecar/tap_http.py) against scripted raw servers on real sockets."""
+"""The tap's HTTP/1.1 upstream client (sidecar/tap/upstream.py) against scripted raw servers on real sockets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.tap_http import Timeouts, UpstreamError, UpstreamPool, _complete_chunks
+from sidecar.tap.upstream import Timeouts, UpstreamError, UpstreamPool, _complete_chunks
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from sidecar.report import bucket_window_words
+from sidecar.cli.report import bucket_window_words
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scripts import demo
 from scripts.demo_view import WINDOW_SECONDS
-from sidecar.cli import build_parser, settings_from_args
+from sidecar.cli.main import build_parser, settings_from_args
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sidecar import fleet as fleet_module
 from sidecar.adapters.prometheus import FleetResult
-from sidecar.app import build_sidecar
-from sidecar.fleet import FleetCollector, FleetSource
+from sidecar.control import fleet as fleet_module
+from sidecar.control.fleet import FleetCollector, FleetSource
 from sidecar.settings import Settings
+from sidecar.wiring import build_sidecar
 from tests.unit.test_prometheus_adapter import FLEET, SELECTOR, Answers, fake_prometheus, fleet_round
 
 TPOT = "vllm:request_time_per_output_token_seconds_bucket"

@@ -14,14 +14,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.adapters.scrape import ScrapeResult, parse_payload
+from sidecar.control.fleet import FLEET_CONSISTENCY_SLACK
 from sidecar.core.policy import Action, PolicyConfig, PolicyState, Reason, decide, observation_from_stats
+from sidecar.core.report import report_json
 from sidecar.core.stats import AnalysisConfig, ModelStats
 from sidecar.core.verdict import Verdict
-from sidecar.exporter import ScrapeCollector
-from sidecar.fleet import FLEET_CONSISTENCY_SLACK
-from sidecar.report import report_json
-from sidecar.runtime import Monitor, View
+from sidecar.scrape.collector import ScrapeCollector
+from sidecar.scrape.fetch import ScrapeResult, parse_payload
+from sidecar.scrape.monitor import Monitor, View
 from sidecar.settings import Settings
 from tests.unit.test_stats import Engine, only_model, stats_of, v1_text
 

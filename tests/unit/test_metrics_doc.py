@@ -8,11 +8,11 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.adapters.scrape import ScrapeResult, parse_payload
-from sidecar.app import build_sidecar
 from sidecar.core.request_acceptance import SOURCE_METRICS, SpecCounts
+from sidecar.scrape.fetch import ScrapeResult, parse_payload
 from sidecar.settings import Settings
-from sidecar.tap_metrics import RequestRecord
+from sidecar.tap.recorder import RequestRecord
+from sidecar.wiring import build_sidecar
 from tests.support.payloads import vllm_payload
 
 DOC = Path(__file__).parents[2] / "docs" / "metrics.md"

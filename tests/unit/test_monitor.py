@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sidecar.adapters.scrape import ScrapeResult, parse_payload
-from sidecar.runtime import Monitor
+from sidecar.scrape.fetch import ScrapeResult, parse_payload
+from sidecar.scrape.monitor import Monitor
 from sidecar.settings import Settings
 from tests.support.payloads import vllm_payload
 

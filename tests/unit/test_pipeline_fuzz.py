@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.adapters.scrape import ScrapeResult, parse_payload
 from sidecar.core.catalog import openmetrics_aliases, wanted_sample_names
 from sidecar.core.exposition import SampleParser
 from sidecar.core.policy import Action, PolicyConfig, PolicyState, Reason, decide, observation_from_stats
 from sidecar.core.verdict import Verdict
-from sidecar.exporter import ScrapeCollector
-from sidecar.runtime import Monitor
+from sidecar.scrape.collector import ScrapeCollector
+from sidecar.scrape.fetch import ScrapeResult, parse_payload
+from sidecar.scrape.monitor import Monitor
 from sidecar.settings import Settings
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

@@ -7,9 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from sidecar.core.request_acceptance import SpecCounts
-from sidecar.core.verdict import Thresholds, Verdict
-from sidecar.probe import (
+from sidecar.cli.probe import (
     SOURCE_METRICS_DELTA,
     SOURCE_NONE,
     SOURCE_PER_REQUEST,
@@ -18,6 +16,8 @@ from sidecar.probe import (
     render,
     summarize,
 )
+from sidecar.core.request_acceptance import SpecCounts
+from sidecar.core.verdict import Thresholds, Verdict
 
 T = Thresholds(min_draft_tokens=10)
 

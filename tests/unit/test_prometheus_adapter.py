@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from sidecar import control
+from sidecar.adapters.kube import namespace
 from sidecar.adapters.prometheus import (
     FleetQuery,
     FleetResult,
@@ -31,10 +31,10 @@ from sidecar.adapters.prometheus import (
     query_fleet,
     range_duration,
 )
-from sidecar.adapters.scrape import parse_payload
+from sidecar.control.fleet import FleetSource, default_selector, fleet_stats
 from sidecar.core.catalog import VLLM_V1
 from sidecar.core.stats import AnalysisConfig, compute_stats
-from sidecar.fleet import FleetSource, default_selector, fleet_stats
+from sidecar.scrape.fetch import parse_payload
 from sidecar.settings import Settings
 from tests.support.payloads import vllm_payload
 
@@ -92,7 +92,7 @@ def test_without_namespace_the_selector_takes_the_namespace_the_kubernetes_actua
 ) -> None:
     own = tmp_path / "namespace"
     own.write_text("inference\n")
-    monkeypatch.setattr(control, "SERVICE_ACCOUNT_NAMESPACE", own)
+    monkeypatch.setattr(namespace, "SERVICE_ACCOUNT_NAMESPACE", own)
     settings = Settings(prometheus_url="http://p:9090", deployment="llm")
     assert FleetSource(settings).query.selector == 'namespace="inference",pod=~"llm-[a-z0-9]+-[a-z0-9]+"'
 

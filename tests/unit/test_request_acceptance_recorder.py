@@ -1,4 +1,4 @@
-"""The tap's recorder and its Prometheus collector (sidecar/tap_metrics.py), with a fake clock."""
+"""The tap's recorder and its Prometheus collector (sidecar/tap/recorder.py), with a fake clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.core.request_acceptance import SpecCounts
-from sidecar.tap_metrics import (
+from sidecar.tap.recorder import (
     ERROR_BODY_TOO_LARGE,
     ERROR_PATH_REFUSED,
     ERROR_REASONS,

@@ -7,11 +7,11 @@ import tracemalloc
 
 import pytest
 
-from sidecar.adapters.scrape import ScrapeBounds, ScrapeResult, parse_payload
 from sidecar.core import exposition
 from sidecar.core.catalog import openmetrics_aliases, wanted_sample_names
 from sidecar.core.exposition import ParseLimits, SampleParser, text_chunks
-from sidecar.runtime import Monitor
+from sidecar.scrape.fetch import ScrapeBounds, ScrapeResult, parse_payload
+from sidecar.scrape.monitor import Monitor
 from sidecar.settings import Settings
 from tests.support.hostile_engine import histogram_body, many_models_body
 from tests.support.payloads import vllm_payload

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from sidecar.cli import build_parser, main, settings_from_args
+from sidecar.cli.main import build_parser, main, settings_from_args
 from sidecar.settings import Settings, host_port
 
 

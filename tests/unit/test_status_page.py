@@ -8,20 +8,14 @@ from html.parser import HTMLParser
 
 import pytest
 
+from sidecar.control.loop import DecisionRecord
 from sidecar.core.advice import AdviceConfig, Slo, advise
 from sidecar.core.request_acceptance import SpecCounts
 from sidecar.core.verdict import Thresholds
-from sidecar.runtime import TrendPoint
-from sidecar.status_page import (
-    ActuatorState,
-    DecisionRecord,
-    Health,
-    StatusPage,
-    acceptance_chart,
-    bucket_rows,
-    render_status,
-)
-from sidecar.tap_metrics import RequestRecord, TapRecorder
+from sidecar.scrape.monitor import TrendPoint
+from sidecar.tap.recorder import RequestRecord, TapRecorder
+from sidecar.web.status_data import bucket_rows
+from sidecar.web.status_page import ActuatorState, Health, StatusPage, acceptance_chart, render_status
 from tests.unit.test_advice import bucket, model
 
 NOW = 1_800_000_000.0

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sidecar.adapters.manifest import ManifestActuator
-from sidecar.control import Controller
+from sidecar.control.loop import Controller
 from sidecar.core.policy import PolicyConfig
-from sidecar.status_page import actuator_state_of, render_status
+from sidecar.web.status_data import actuator_state_of
+from sidecar.web.status_page import render_status
 from tests.integration.test_manifest_actuator import LIST_MANIFEST
 from tests.integration.test_manifest_control_loop import T0, stats
 from tests.unit.test_status_page import page

@@ -9,10 +9,11 @@ import re
 import httpx
 
 from sidecar.adapters.prometheus import FleetQuery, query_fleet
-from sidecar.app import build_sidecar
 from sidecar.core.verdict import Verdict
 from sidecar.settings import Settings
-from sidecar.status_page import FleetPanel, collect, render_status
+from sidecar.web.status_data import collect
+from sidecar.web.status_page import FleetPanel, render_status
+from sidecar.wiring import build_sidecar
 from tests.unit.test_advice import model
 from tests.unit.test_fleet_leadership import FakeLease
 from tests.unit.test_prometheus_adapter import FLEET, SELECTOR, fake_prometheus

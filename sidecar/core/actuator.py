@@ -1,6 +1,6 @@
 """The actuator contract: read a target's speculation state, turn it off, turn it back on.
 
-Two adapters implement it: :mod:`sidecar.adapters.kube` (a Deployment, through the API server) and
+Two adapters implement it: :mod:`sidecar.adapters.kube.actuator` (a Deployment, through the API server) and
 :mod:`sidecar.adapters.manifest` (a local YAML file). Both call :func:`plan` here, so what a toggle writes
 (args without the speculation flags, the removal record, state/reason/time/history annotations) is decided
 once, on plain data; the adapters only read, write atomically and report.

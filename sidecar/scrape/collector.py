@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from sidecar.core.baseline import divergence
 from sidecar.core.stats import ModelStats
 from sidecar.core.validity import INVALID_REASONS
-from sidecar.runtime import View
+from sidecar.scrape.monitor import View
 
 SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "too_many_series", "bad_payload")
 DROP_REASONS = ("label_bytes", "series", "models", "trend_points")

@@ -6,7 +6,7 @@ Kubernetes client blocks. The persisted part of the policy state is read from th
 read per ``read_every`` seconds, and always after a write or a refusal); the in-memory part (trip count)
 carries over between steps and restarts from zero whenever the target changed under us.
 
-Wiring (in the app): ``controller = build_controller(settings, baseline_for)``; if not None,
+Wiring (:mod:`sidecar.wiring`): ``controller = build_controller(settings, baseline_for)``; if not None,
 ``monitor.add_listener(controller.on_stats)``, ``registry.register(ControlCollector(controller))``, and
 ``await asyncio.to_thread(controller.close)`` when the app stops (hands the Lease over).
 """
@@ -15,37 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.actuator import ActResult, Actuator, Outcome, TargetView
+from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetView
 from sidecar.core.policy import (
     Action,
     Decision,
     PolicyConfig,
     PolicyState,
     Reason,
-    TrialConfig,
     decide,
     observation_from_stats,
 )
 from sidecar.core.stats import ModelStats, Stats
-from sidecar.settings import Settings, secret_flags_of
 
 log = logging.getLogger("spec_sidecar.control")
 
 # Outcomes after which the next step may simply decide again (on a fresh read).
 RETRY_NOW = frozenset({Outcome.CONFLICT, Outcome.NOT_LEADER, Outcome.ROLLOUT_PENDING, Outcome.UNCHANGED})
 STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "pinned")
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 Baseline = Callable[[str], Mapping[str, float | None]]
 
 
@@ -296,78 +290,3 @@ class ControlCollector(Collector):
             )
             last.add_metric([], changed)
             yield last
-
-
-# --- building it from settings ---------------------------------------------------------------------------
-
-
-def policy_config(settings: Settings) -> PolicyConfig:
-    """The sidecar's Settings onto the pure policy config."""
-    trial = (
-        TrialConfig(after=settings.trial_after, max_tries=settings.trial_max_tries)
-        if settings.trial_after is not None
-        else None
-    )
-    return PolicyConfig(
-        threshold=settings.threshold,
-        evidence_z=settings.evidence_z,
-        spread_min=settings.warmup_windows,
-        hysteresis=settings.hysteresis,
-        min_draft_tokens=float(settings.min_draft_tokens),
-        trip_windows=settings.trip_windows,
-        window_seconds=settings.window,
-        cooldown=settings.cooldown,
-        manual_grace=settings.manual_grace,
-        flap_budget=settings.flap_budget,
-        flap_period=settings.flap_period,
-        breakeven_rule=settings.breakeven_rule,
-        divergence_factor=settings.divergence_factor,
-        trial=trial,
-        dry_run=settings.dry_run,
-    )
-
-
-def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
-    """The target named by the settings, or None (measure only). ``elect``: take part in leader election."""
-    secrets = secret_flags_of(getattr(settings, "secret_flags", None))
-    if settings.deployment_file:
-        from sidecar.adapters.manifest import ManifestActuator
-
-        return ManifestActuator(
-            settings.deployment_file, container=settings.container, deployment=settings.deployment, secret_flags=secrets
-        )
-    if not settings.deployment:
-        return None
-    from sidecar.adapters.kube import KubeActuator, LeaseElector, api_client
-
-    namespace = settings.namespace or own_namespace()
-    identity = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "spec-sidecar"
-    api = api_client(kubeconfig=getattr(settings, "kubeconfig", None), host=getattr(settings, "kube_host", None))
-    elector = (
-        LeaseElector(api, namespace=namespace, name=f"{settings.deployment}-spec-sidecar", identity=identity)
-        if elect
-        else None
-    )
-    return KubeActuator(
-        api,
-        namespace=namespace,
-        deployment=settings.deployment,
-        container=settings.container,
-        identity=identity,
-        elector=elector,
-        secret_flags=secrets,
-    )
-
-
-def build_controller(settings: Settings, baseline_for: Baseline | None = None) -> Controller | None:
-    actuator = build_actuator(settings, elect=True)
-    if actuator is None:
-        return None
-    return Controller(actuator, policy_config(settings), baseline_for=baseline_for)
-
-
-def own_namespace() -> str:
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"

@@ -22,15 +22,16 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from rich.console import Console
 
-from sidecar import __version__, control_commands, probe
-from sidecar.actuator import TargetError
-from sidecar.control_commands import target_problem
+from sidecar import __version__
+from sidecar.cli import control_commands, probe
+from sidecar.cli.control_commands import target_problem
+from sidecar.core.actuator import TargetError
 from sidecar.settings import Settings, check_url, host_port
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
-    from sidecar.app import Sidecar
+    from sidecar.core.report import BucketSummary
     from sidecar.core.snapshot import Snapshot
-    from sidecar.tap_metrics import BucketSummary
+    from sidecar.wiring import Sidecar
 
 REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
 
@@ -103,8 +104,8 @@ def _problem(error: ErrorDetails, given: dict[str, object]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from sidecar.app import create_app
-    from sidecar.listener import bounded_protocol
+    from sidecar.web.app import create_app
+    from sidecar.web.listener import bounded_protocol
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -127,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    # Scrapes are parsed in a worker thread (sidecar/adapters/scrape.py). While one runs, the event loop waits up
+    # Scrapes are parsed in a worker thread (sidecar/scrape/fetch.py). While one runs, the event loop waits up
     # to this long for the GIL each time it needs it, and one /healthz request needs it several times: at the
     # default 5 ms a request took 20-70 ms during a big parse, at 1 ms a few (docs/benchmarks.md, "Hostile
     # scrapes"). With no parse running the loop is the only thread and never waits.
@@ -154,8 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _count_timeouts(sidecar: Sidecar) -> Callable[[str], None]:
-    from sidecar.listener import HEADER
-    from sidecar.tap_metrics import ERROR_CLIENT_BODY_TIMEOUT, ERROR_CLIENT_HEADER_TIMEOUT
+    from sidecar.tap.recorder import ERROR_CLIENT_BODY_TIMEOUT, ERROR_CLIENT_HEADER_TIMEOUT
+    from sidecar.web.listener import HEADER
 
     def count(which: str) -> None:
         sidecar.recorder.error(ERROR_CLIENT_HEADER_TIMEOUT if which == HEADER else ERROR_CLIENT_BODY_TIMEOUT)
@@ -186,10 +187,11 @@ def _check_free(host: str, port: int) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sidecar.advice_render import render_advice
+    from sidecar.cli.advice_render import render_advice
+    from sidecar.cli.report import render, render_buckets
     from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
+    from sidecar.core.report import bucket_json, report_json
     from sidecar.core.stats import compute_stats
-    from sidecar.report import bucket_json, render, render_buckets, report_json
 
     settings = settings_from_args(args)
     snapshots = [_load_source(source, settings) for source in args.sources]
@@ -219,7 +221,7 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> tuple[list[BucketSummary],
     (None from a sidecar too old to say)."""
     import httpx
 
-    from sidecar.report import bucket_from_json
+    from sidecar.core.report import bucket_from_json
 
     try:
         check_url(sidecar_url)
@@ -243,7 +245,7 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> tuple[list[BucketSummary],
 
 
 def _load_source(source: str, settings: Settings) -> Snapshot:
-    from sidecar.adapters.scrape import describe_failure, parse_payload, scrape_sync
+    from sidecar.scrape.fetch import describe_failure, parse_payload, scrape_sync
 
     if source.startswith(("http://", "https://")):
         result = scrape_sync(source, settings.scrape_timeout, settings.scrape_max_bytes)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.core.report import BucketSummary
 from sidecar.core.request_acceptance import SOURCE_ESTIMATE, SOURCE_METRICS, SOURCE_NONE, SpecCounts
 
 RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0)
@@ -33,7 +34,7 @@ ERROR_UPSTREAM_UNREACHABLE = "upstream_unreachable"  # 502: no response head (re
 ERROR_UPSTREAM_TIMEOUT = "upstream_timeout"  # 504: no response head within the read timeout
 ERROR_BODY_TOO_LARGE = "body_too_large"  # 413: an observed request body over tap_max_body_bytes
 ERROR_PATH_REFUSED = "path_refused"  # 403: a path tap_forward_paths does not allow
-# Counted by the listener (sidecar/listener.py), on either port: a client cut off for being too slow.
+# Counted by the listener (sidecar/web/listener.py), on either port: a client cut off for being too slow.
 ERROR_CLIENT_HEADER_TIMEOUT = "client_header_timeout"
 ERROR_CLIENT_BODY_TIMEOUT = "client_body_timeout"
 ERROR_REASONS = (
@@ -57,25 +58,6 @@ class RequestRecord:
     spec: SpecCounts | None = None
     ttft_seconds: float | None = None
     tpot_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class BucketSummary:
-    """One (model, temperature bucket) row for `report` and /status. None means unknown, never 0."""
-
-    model_name: str
-    bucket: str
-    requests: int  # since start
-    draft_tokens: int  # since start
-    accepted_tokens: int  # since start
-    window_requests: int  # in the gauge window, any source
-    window_draft_tokens: int
-    window_accepted_tokens: int
-    acceptance: float | None  # token-weighted over the window
-    p10: float | None  # per-request acceptance quantiles over the window
-    p50: float | None
-    p90: float | None
-    sources: dict[str, int]  # requests since start by source
 
 
 class _Histogram:

@@ -31,19 +31,16 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import httpx
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.adapters.kube.namespace import own_namespace
 from sidecar.adapters.prometheus import RESULTS, FleetQuery, FleetResult, query_fleet
-from sidecar.control import own_namespace
-from sidecar.core.baseline import Baseline, learn
+from sidecar.core.baseline import MIN_BASELINE_OBSERVATIONS, Baseline, learn
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.report import report_json
 from sidecar.core.snapshot import Snapshot
-from sidecar.core.stats import AnalysisConfig, Stats, compute_stats
-from sidecar.report import report_json
-from sidecar.runtime import MIN_BASELINE_OBSERVATIONS, StatsListener
+from sidecar.core.stats import AnalysisConfig, Stats, StatsListener, compute_stats
 from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.fleet")
@@ -54,7 +51,7 @@ POLL_SECONDS = 1.0
 
 
 class Leadership(Protocol):
-    """The Lease, as the fleet loop needs it (sidecar.control.Controller): only its holder queries Prometheus."""
+    """The Lease, as the fleet loop needs it (sidecar.control.loop.Controller): only its holder queries Prometheus."""
 
     def campaign(self, now: float) -> bool: ...
     def lease_holder(self) -> str | None: ...
@@ -238,11 +235,3 @@ class FleetCollector(Collector):
         )
         querying.add_metric([], 1.0 if self._fleet.querying else 0.0)
         yield querying
-
-
-def install_fleet_api(app: FastAPI, fleet: FleetSource) -> None:
-    @app.get("/api/fleet")
-    def api_fleet() -> JSONResponse:
-        """The numbers the leader decides on (report --json shape under "stats"), whether this replica is the one
-        that queries (only the Lease holder does; elsewhere "stats" is null) and the query health."""
-        return JSONResponse(fleet.status())

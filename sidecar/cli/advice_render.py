@@ -7,8 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from sidecar.cli.terminal_text import plain
 from sidecar.core.advice import Action, Advice, Status
-from sidecar.terminal_text import plain
 
 STATUS_STYLE = {Status.OK: "green", Status.WARN: "yellow", Status.BAD: "bold red", Status.UNKNOWN: "dim"}
 ACTION_STYLE = {

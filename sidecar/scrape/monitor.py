@@ -17,22 +17,20 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
 
-from sidecar.adapters.scrape import ScrapeBounds, ScrapeResult, describe_failure, scrape
-from sidecar.core.baseline import Baseline, learn
+from sidecar.core.baseline import MIN_BASELINE_OBSERVATIONS, Baseline, learn
 from sidecar.core.snapshot import Snapshot
-from sidecar.core.stats import Stats, compute_stats
+from sidecar.core.stats import Stats, StatsListener, compute_stats
 from sidecar.core.window import count_resets
+from sidecar.scrape.fetch import ScrapeBounds, ScrapeResult, describe_failure, scrape
 from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.runtime")
 
-# A latency window needs this many requests before its P99/P50 may become a baseline.
-MIN_BASELINE_OBSERVATIONS = 50.0
 # The setting behind each reason something is dropped (specdecode_dropped_total), for the log.
 _BOUND_FLAGS = {
     "label_bytes": "--scrape-max-label-bytes",
@@ -81,9 +79,6 @@ class View:
         ``stale_after`` (a scrape loop stuck behind a slow engine or a long parse publishes nothing new)."""
         age = self.age()
         return self.target_up and self.stats is not None and age is not None and age <= stale_after
-
-
-StatsListener = Callable[[Stats], Awaitable[None]]
 
 
 class Monitor:

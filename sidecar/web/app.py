@@ -9,27 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.control import ControlCollector, Controller, build_controller
+from sidecar.control.fleet import FleetSource
 from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
-from sidecar.core.catalog import LATENCY_METRICS
-from sidecar.core.forward_paths import parse_forward_paths
-from sidecar.core.temperature import TemperatureBuckets, parse_edges
-from sidecar.exporter import ScrapeCollector
-from sidecar.fleet import FleetCollector, FleetSource, install_fleet_api
-from sidecar.report import bucket_json, report_json
-from sidecar.runtime import Monitor
+from sidecar.core.report import bucket_json, report_json
 from sidecar.settings import Settings, host_port
-from sidecar.status_page import actuator_state_of, install_status
-from sidecar.tap import TapConfig, install_tap
-from sidecar.tap_metrics import TapRecorder
+from sidecar.tap.proxy import install_tap
+from sidecar.web.status_data import actuator_state_of, install_status
+from sidecar.wiring import Sidecar, build_sidecar, tap_config
 
 
 class SidecarApp(FastAPI):
@@ -58,62 +51,6 @@ class SidecarApp(FastAPI):
                 await lane(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
-
-
-@dataclass
-class Sidecar:
-    """Everything one running sidecar holds; handed to route modules so they need no globals."""
-
-    settings: Settings
-    monitor: Monitor
-    registry: CollectorRegistry
-    recorder: TapRecorder
-    controller: Controller | None = None
-    fleet: FleetSource | None = None  # fleet mode (--prometheus-url): the controller's source of Stats
-
-    def speculative_tokens(self) -> int | None:
-        """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
-        stats = self.monitor.view.stats
-        return (
-            next((m.num_speculative_tokens for m in stats.models if m.num_speculative_tokens), None) if stats else None
-        )
-
-
-def build_sidecar(settings: Settings) -> Sidecar:
-    monitor = Monitor(settings)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds()))
-    recorder = TapRecorder(window_seconds=settings.bucket_window)
-    registry.register(recorder.collector())
-    fleet = FleetSource(settings) if settings.prometheus_url else None
-    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own.
-    controller = build_controller(settings, fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model))
-    if fleet is not None:
-        registry.register(FleetCollector(fleet))
-        if controller is not None and controller.elects:
-            fleet.elect_by(controller)  # only the Lease holder queries Prometheus
-    if controller is not None:
-        (fleet or monitor).add_listener(controller.on_stats)
-        registry.register(ControlCollector(controller))
-    return Sidecar(settings, monitor, registry, recorder, controller, fleet)
-
-
-def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
-    return {metric: monitor.view.baseline.ratio(model, metric) for metric in LATENCY_METRICS}
-
-
-def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
-    return TapConfig(
-        upstream_url=settings.vllm_url,
-        max_body_bytes=settings.tap_max_body_bytes,
-        temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
-        ask_for_usage=settings.tap_ask_for_usage,
-        upstream_idle_seconds=settings.tap_upstream_idle,
-        forward_paths=parse_forward_paths(settings.tap_forward_paths),
-        estimate_from_chunks=settings.tap_estimate_from_chunks,
-        window_seconds=settings.bucket_window,
-        speculative_tokens=sidecar.speculative_tokens,
-    )
 
 
 def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
@@ -190,3 +127,11 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
     app.fast_lane = install_tap(app, tap_config(settings, sc), sc.recorder, mount=own is None)
     app.own_port = host_port(own)[1] if own is not None else None
     return app
+
+
+def install_fleet_api(app: FastAPI, fleet: FleetSource) -> None:
+    @app.get("/api/fleet")
+    def api_fleet() -> JSONResponse:
+        """The numbers the leader decides on (report --json shape under "stats"), whether this replica is the one
+        that queries (only the Lease holder does; elsewhere "stats" is null) and the query health."""
+        return JSONResponse(fleet.status())

@@ -4,30 +4,25 @@ It shows, per model, the current verdict and the decision framework's recommenda
 hour as a line chart with the threshold lines, the tap's per-temperature-bucket table, the actuator's state, the
 decision history and the scrape health. In fleet mode it also shows the fleet's numbers (the Deployment's pods
 summed, from Prometheus: what the controller decides on) next to this pod's, or, on a replica that does not
-hold the Lease, who does. ``render_status`` is pure (a StatusPage in, a string out); ``install_status``
-gathers the data from a running sidecar. Every value that comes from outside (model names, bucket labels, reasons,
-URLs) goes through ``html.escape``: model names are user input.
+hold the Lease, who does. This module is the pure half: ``render_status`` takes a StatusPage and returns a
+string; :mod:`sidecar.web.status_data` gathers the StatusPage from a running sidecar and serves it. Every
+value that comes from outside (model names, bucket labels, reasons, URLs) goes through ``html.escape``: model
+names are user input.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-from sidecar.core.advice import Advice, AdviceConfig, Status, advise_stats, slo_from
+from sidecar.core.advice import Advice, Status
 from sidecar.core.stats import ModelStats
-from sidecar.core.verdict import Thresholds, verdict
-from sidecar.runtime import TREND_SECONDS, TrendPoint
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from sidecar.app import Sidecar
+from sidecar.core.verdict import Thresholds
+from sidecar.scrape.monitor import TREND_SECONDS, TrendPoint
 
 REFRESH_SECONDS = 10
 MIN_CHART_SECONDS = 60.0
@@ -40,14 +35,6 @@ VERDICT_COLOUR = {
     "invalid": "#7c3aed",
 }
 STATUS_COLOUR = {Status.OK: "#15803d", Status.WARN: "#b45309", Status.BAD: "#b91c1c", Status.UNKNOWN: "#6b7280"}
-
-
-@dataclass(frozen=True)
-class DecisionRecord:
-    at: float  # epoch seconds
-    action: str
-    reason: str
-    detail: str = ""
 
 
 class DecisionLike(Protocol):
@@ -446,143 +433,3 @@ def _pct(value: float | None) -> str:
 
 def _count(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
-
-
-# --- gathering the data from a running sidecar -----------------------------------------------------------------
-
-
-class TargetLike(Protocol):
-    @property
-    def target(self) -> str: ...
-    @property
-    def speculation(self) -> bool: ...
-
-
-class DecidedLike(Protocol):
-    @property
-    def detail(self) -> str: ...
-
-
-class ControllerLike(Protocol):
-    """What /status reads from the decision loop (sidecar.control.Controller), without importing it."""
-
-    @property
-    def view(self) -> TargetLike | None: ...
-    @property
-    def last(self) -> DecidedLike | None: ...
-    @property
-    def actuator(self) -> object: ...
-    def decision_state(self) -> str | None: ...
-
-
-def actuator_state_of(controller: ControllerLike, *, dry_run: bool = False) -> ActuatorState:
-    """The decision loop's target and state, for the ``actuator_state`` provider of install_status."""
-    view, last = controller.view, controller.last
-    suffix = " (dry run: nothing is written)" if dry_run else ""
-    if view is None:
-        target = str(getattr(controller.actuator, "target", "?"))
-        return ActuatorState(target, None, "unknown" + suffix, "the target has not been read yet")
-    state = (controller.decision_state() or "unknown") + suffix
-    return ActuatorState(view.target, view.speculation, state, last.detail if last is not None else "")
-
-
-class BucketSource(Protocol):
-    def bucket_summary(self) -> Sequence[Any]: ...
-
-
-def bucket_rows(summaries: Sequence[Any], thresholds: Thresholds) -> tuple[BucketRow, ...]:
-    """The tap's BucketSummary objects → table rows with each bucket's share of its model's window requests."""
-    totals: dict[str, int] = {}
-    for s in summaries:
-        totals[s.model_name] = totals.get(s.model_name, 0) + s.window_requests
-    rows = []
-    for s in summaries:
-        total = totals[s.model_name]
-        judged = verdict(s.acceptance, float(s.window_draft_tokens), True, thresholds)
-        rows.append(
-            BucketRow(
-                s.model_name,
-                s.bucket,
-                s.window_requests,
-                s.window_requests / total if total else 0.0,
-                s.acceptance,
-                s.p10,
-                s.p50,
-                s.p90,
-                judged.value,
-            )
-        )
-    return tuple(rows)
-
-
-def collect(
-    sidecar: Sidecar,
-    *,
-    recorder: BucketSource | None,
-    decisions: Callable[[], Sequence[DecisionLike]],
-    actuator_state: Callable[[], ActuatorState | None],
-    now: float,
-) -> StatusPage:
-    settings, view = sidecar.settings, sidecar.monitor.view
-    thresholds = sidecar.monitor.config.thresholds
-    # A window older than --stale-after is not shown as the engine's present (the health panel says since when).
-    stats = view.stats if view.current(settings.stale_seconds()) else None
-    models = stats.models if stats is not None else ()
-    summaries = list(recorder.bucket_summary()) if recorder is not None else None
-    config = AdviceConfig(thresholds=thresholds, slo=slo_from(getattr(settings, "slo", None)))  # slo: optional setting
-    advice = advise_stats(stats, summaries or (), config) if stats is not None else ()
-    last = view.last_scrape
-    detail = last.detail if last and not last.ok else ""
-    health = Health(
-        settings.vllm_url, stats is not None, last.result if last else None, detail, view.last_success_at,
-        dict(view.scrapes),
-    )  # fmt: skip
-    return StatusPage(
-        now=now,
-        health=health,
-        thresholds=thresholds,
-        models=tuple(models),
-        advice=advice,
-        trend=sidecar.monitor.trend(),
-        buckets=bucket_rows(summaries, thresholds) if summaries is not None else None,
-        actuator=actuator_state(),
-        decisions=tuple(decisions()),
-        fleet=fleet_panel(sidecar),
-    )
-
-
-def fleet_panel(sidecar: Sidecar) -> FleetPanel | None:
-    """Fleet mode's numbers beside the pod's; None when the sidecar is not in fleet mode."""
-    fleet = sidecar.fleet
-    if fleet is None:
-        return None
-    stats, last, pod = fleet.stats, fleet.last, sidecar.monitor.view
-    models = stats.models if stats is not None else ()
-    names = {m.model_name for m in pod.stats.models} if pod.stats is not None else set()
-    return FleetPanel(
-        source=f"{fleet.query.base_url} {{{fleet.query.selector}}}",
-        querying=fleet.querying,
-        lease_holder=fleet.lease_holder(),
-        last_result=last.result if last else None,
-        last_detail=last.detail if last and last.snapshot is None else "",
-        window_seconds=stats.window_seconds if stats is not None else None,
-        models=tuple(models),
-        baseline={m.model_name: fleet.baseline_ratios(m.model_name) for m in models},
-        pod_baseline={n: {k: pod.baseline.ratio(n, k) for k in DIVERGENCE_METRICS} for n in names},
-    )
-
-
-def install_status(
-    app: FastAPI,
-    sidecar: Sidecar,
-    *,
-    recorder: BucketSource | None = None,
-    decisions: Callable[[], Sequence[DecisionLike]] = lambda: (),
-    actuator_state: Callable[[], ActuatorState | None] = lambda: None,
-) -> None:
-    from fastapi.responses import HTMLResponse
-
-    @app.get("/status", response_class=HTMLResponse)
-    def status() -> HTMLResponse:
-        page = collect(sidecar, recorder=recorder, decisions=decisions, actuator_state=actuator_state, now=time.time())
-        return HTMLResponse(render_status(page), headers={"Cache-Control": "no-store"})

@@ -26,13 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sidecar.adapters.scrape import scrape
+from sidecar.cli.terminal_text import VERDICT_STYLE, plain
 from sidecar.core.request_acceptance import SpecCounts, facts_from_payload
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.core.verdict import Thresholds, Verdict, verdict
+from sidecar.scrape.fetch import scrape
 from sidecar.settings import check_url
-from sidecar.terminal_text import VERDICT_STYLE, plain
 
 SOURCE_PER_REQUEST = "per-request"
 SOURCE_METRICS_DELTA = "metrics-delta"

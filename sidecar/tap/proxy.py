@@ -46,8 +46,7 @@ from sidecar.core.request_acceptance import (
     token_events,
 )
 from sidecar.core.temperature import TemperatureBuckets
-from sidecar.tap_http import Timeouts, UpstreamError, UpstreamPool, UpstreamResponse
-from sidecar.tap_metrics import (
+from sidecar.tap.recorder import (
     ERROR_BODY_TOO_LARGE,
     ERROR_PATH_REFUSED,
     ERROR_UPSTREAM_BROKE,
@@ -56,6 +55,7 @@ from sidecar.tap_metrics import (
     RequestRecord,
     TapRecorder,
 )
+from sidecar.tap.upstream import Timeouts, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -103,7 +103,7 @@ def _openai_paths() -> ForwardPaths:
 
 @dataclass(frozen=True)
 class TapConfig:
-    """How the tap forwards and what it records (sidecar/app.py maps the settings onto it)."""
+    """How the tap forwards and what it records (sidecar/web/app.py maps the settings onto it)."""
 
     upstream_url: str  # vLLM base URL, e.g. http://127.0.0.1:8000
     max_body_bytes: int = 16 * 1024 * 1024  # cap on observed request bodies (they are buffered to be read)
@@ -128,7 +128,7 @@ def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder, 
     """Mount the tap behind every route registered so far (call it last; ``mount=False`` leaves it to the
     caller to route requests to it). Its upstream client is created on first use and closed when the app's
     lifespan ends (``close_tap`` does it by hand). Returns the tap, so the app can also hand it the OpenAI API's
-    paths directly (see ``sidecar.app.SidecarApp``)."""
+    paths directly (see ``sidecar.web.app.SidecarApp``)."""
     tap = Tap(config, recorder)
     app.state.tap = tap
     # The tap ends a response vLLM broke off by raising UpstreamBrokeError (the server then cuts the client's

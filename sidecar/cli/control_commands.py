@@ -4,7 +4,7 @@ A human's toggle is recorded as ``changed-by: manual``: it clears a latch and re
 manual enable is left alone for the grace period, and only a contrary pin stops it (``--pin`` sets the pin
 first, so ``disable --pin`` turns speculation off and keeps it off). Exit codes: 0 done or already so,
 1 refused (pinned, not restorable, conflict, ...), 2 usage or target error (the target cannot be read or
-written). Standalone: ``python -m sidecar.control_commands status --deployment-file deploy.yaml``.
+written). Standalone: ``python -m sidecar.cli.control_commands status --deployment-file deploy.yaml``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sidecar.actuator import ActResult, Actuator, Outcome, TargetError, TargetView
-from sidecar.control import build_actuator
+from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetError, TargetView
+from sidecar.wiring import build_actuator
 
 OK = (Outcome.CHANGED, Outcome.UNCHANGED)
 

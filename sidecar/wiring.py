@@ -1,0 +1,156 @@
+"""The composition root: builds one running sidecar (scrape loop, collectors, tap recorder, controller, fleet
+loop) from Settings.
+
+This is the only module that knows every capability package; they never import each other or anything above
+them (import-linter's layers, docs/architecture.md). The web app (:mod:`sidecar.web.app`) serves what is built
+here, and the CLI (:mod:`sidecar.cli.main`) starts it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from sidecar.adapters.kube.namespace import own_namespace
+from sidecar.control.fleet import FleetCollector, FleetSource
+from sidecar.control.loop import Baseline, ControlCollector, Controller
+from sidecar.core.actuator import Actuator
+from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.forward_paths import parse_forward_paths
+from sidecar.core.policy import PolicyConfig, TrialConfig
+from sidecar.core.temperature import TemperatureBuckets, parse_edges
+from sidecar.scrape.collector import ScrapeCollector
+from sidecar.scrape.monitor import Monitor
+from sidecar.settings import Settings, secret_flags_of
+from sidecar.tap.proxy import TapConfig
+from sidecar.tap.recorder import TapRecorder
+
+
+@dataclass
+class Sidecar:
+    """Everything one running sidecar holds; handed to route modules so they need no globals."""
+
+    settings: Settings
+    monitor: Monitor
+    registry: CollectorRegistry
+    recorder: TapRecorder
+    controller: Controller | None = None
+    fleet: FleetSource | None = None  # fleet mode (--prometheus-url): the controller's source of Stats
+
+    def speculative_tokens(self) -> int | None:
+        """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
+        stats = self.monitor.view.stats
+        return (
+            next((m.num_speculative_tokens for m in stats.models if m.num_speculative_tokens), None) if stats else None
+        )
+
+
+def build_sidecar(settings: Settings) -> Sidecar:
+    monitor = Monitor(settings)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds()))
+    recorder = TapRecorder(window_seconds=settings.bucket_window)
+    registry.register(recorder.collector())
+    fleet = FleetSource(settings) if settings.prometheus_url else None
+    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own.
+    controller = build_controller(settings, fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model))
+    if fleet is not None:
+        registry.register(FleetCollector(fleet))
+        if controller is not None and controller.elects:
+            fleet.elect_by(controller)  # only the Lease holder queries Prometheus
+    if controller is not None:
+        (fleet or monitor).add_listener(controller.on_stats)
+        registry.register(ControlCollector(controller))
+    return Sidecar(settings, monitor, registry, recorder, controller, fleet)
+
+
+def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
+    return {metric: monitor.view.baseline.ratio(model, metric) for metric in LATENCY_METRICS}
+
+
+def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
+    return TapConfig(
+        upstream_url=settings.vllm_url,
+        max_body_bytes=settings.tap_max_body_bytes,
+        temperature_buckets=TemperatureBuckets(parse_edges(settings.temperature_buckets)),
+        ask_for_usage=settings.tap_ask_for_usage,
+        upstream_idle_seconds=settings.tap_upstream_idle,
+        forward_paths=parse_forward_paths(settings.tap_forward_paths),
+        estimate_from_chunks=settings.tap_estimate_from_chunks,
+        window_seconds=settings.bucket_window,
+        speculative_tokens=sidecar.speculative_tokens,
+    )
+
+
+# --- the decision loop and its target ----------------------------------------------------------------------
+
+
+def policy_config(settings: Settings) -> PolicyConfig:
+    """The sidecar's Settings onto the pure policy config."""
+    trial = (
+        TrialConfig(after=settings.trial_after, max_tries=settings.trial_max_tries)
+        if settings.trial_after is not None
+        else None
+    )
+    return PolicyConfig(
+        threshold=settings.threshold,
+        evidence_z=settings.evidence_z,
+        spread_min=settings.warmup_windows,
+        hysteresis=settings.hysteresis,
+        min_draft_tokens=float(settings.min_draft_tokens),
+        trip_windows=settings.trip_windows,
+        window_seconds=settings.window,
+        cooldown=settings.cooldown,
+        manual_grace=settings.manual_grace,
+        flap_budget=settings.flap_budget,
+        flap_period=settings.flap_period,
+        breakeven_rule=settings.breakeven_rule,
+        divergence_factor=settings.divergence_factor,
+        trial=trial,
+        dry_run=settings.dry_run,
+    )
+
+
+def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
+    """The target named by the settings, or None (measure only). ``elect``: take part in leader election."""
+    secrets = secret_flags_of(getattr(settings, "secret_flags", None))
+    if settings.deployment_file:
+        from sidecar.adapters.manifest import ManifestActuator
+
+        return ManifestActuator(
+            settings.deployment_file, container=settings.container, deployment=settings.deployment, secret_flags=secrets
+        )
+    if not settings.deployment:
+        return None
+    # Imported here: the Kubernetes client takes a while to import, and a manifest or no target never needs it.
+    from sidecar.adapters.kube.actuator import KubeActuator
+    from sidecar.adapters.kube.client import api_client
+    from sidecar.adapters.kube.lease import LeaseElector
+
+    namespace = settings.namespace or own_namespace()
+    identity = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "spec-sidecar"
+    api = api_client(kubeconfig=getattr(settings, "kubeconfig", None), host=getattr(settings, "kube_host", None))
+    elector = (
+        LeaseElector(api, namespace=namespace, name=f"{settings.deployment}-spec-sidecar", identity=identity)
+        if elect
+        else None
+    )
+    return KubeActuator(
+        api,
+        namespace=namespace,
+        deployment=settings.deployment,
+        container=settings.container,
+        identity=identity,
+        elector=elector,
+        secret_flags=secrets,
+    )
+
+
+def build_controller(settings: Settings, baseline_for: Baseline | None = None) -> Controller | None:
+    actuator = build_actuator(settings, elect=True)
+    if actuator is None:
+        return None
+    return Controller(actuator, policy_config(settings), baseline_for=baseline_for)
