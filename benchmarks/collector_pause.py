@@ -38,7 +38,7 @@ def _bodies(case: str) -> Callable[[int], bytes]:
 
 
 def measure(case: str, snapshots: int = 13, passes: int = 5) -> dict[str, float]:
-    from sidecar.adapters.scrape import parse_payload
+    from sidecar.scrape.fetch import parse_payload
 
     body = _bodies(case)
     window = []

@@ -12,9 +12,9 @@ import gc
 from collections.abc import Iterator
 from enum import Enum
 
-from sidecar.adapters.scrape import parse_payload
 from sidecar.core.catalog import Role
 from sidecar.core.snapshot import Counter, Histogram, ModelSnapshot, Snapshot
+from sidecar.scrape.fetch import parse_payload
 from tests.support.hostile_engine import admitted_worst_body, histogram_body
 
 
