@@ -18,11 +18,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonpatch
 
@@ -85,6 +85,8 @@ class Recorded:
 
 @dataclass
 class KubeAPI:
+    # The real server also bumps the generation when only a Deployment's annotations change (docs/testing.md).
+    annotations_bump_generation: ClassVar[bool] = False
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
     events: list[Obj] = field(default_factory=list)
@@ -130,6 +132,18 @@ class KubeAPI:
                 "readyReplicas": replicas,
                 "availableReplicas": replicas,
             }
+
+    def edit(self, namespace: str, name: str, change: Callable[[Obj], None]) -> Obj:
+        """Another client's write: change the stored Deployment; it gets a new resourceVersion (and generation,
+        if its spec changed). tests/cluster/real_kubeapi.py does the same on the real server."""
+        with self.lock:
+            obj = self.deployments[(namespace, name)]
+            spec = copy.deepcopy(obj.get("spec"))
+            change(obj)
+            obj["metadata"]["resourceVersion"] = self._next_version()
+            if obj.get("spec") != spec:
+                obj["metadata"]["generation"] += 1
+            return copy.deepcopy(obj)
 
     def inject(self, method: str, path: str, status: int | None = None, **kwargs: Any) -> Fault:
         fault = Fault(method.upper(), re.compile(path), status, **kwargs)
