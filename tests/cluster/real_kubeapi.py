@@ -203,7 +203,7 @@ def _handler(api: RealKubeAPI) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward  # noqa: N815 - BaseHTTPRequestHandler naming
 
     return Forward
 

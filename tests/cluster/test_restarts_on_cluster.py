@@ -161,39 +161,57 @@ def toggle_events(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip().startswith("Speculation")]
 
 
+@dataclass
+class Release:
+    """The chart's release in its namespace, as the tests look at it (admin) and as the sidecar's token sees it."""
+
+    cluster: Cluster
+    namespace: str
+    kubeconfig: Path  # the chart's ServiceAccount token
+    name: str = chart.fullname("llm")
+
+    def deployment(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.get_json("deployment", self.name, "-n", self.namespace)
+        return found
+
+    def replicasets(self) -> dict[str, int]:
+        items = self.cluster.get_json("rs", "-n", self.namespace, "-l", "app.kubernetes.io/instance=llm")["items"]
+        return {rs["metadata"]["name"]: rs["spec"]["replicas"] for rs in items}
+
+    def lease(self) -> dict[str, Any]:
+        spec: dict[str, Any] = self.cluster.get_json("lease", f"{self.name}-spec-sidecar", "-n", self.namespace)["spec"]
+        return spec
+
+    def cli(self, command: str) -> dict[str, Any]:
+        return cli(command, self.name, self.namespace, self.kubeconfig)
+
+    def rolled_out(self) -> bool:
+        """`spec-sidecar status` says the rollout is complete, and one pod is left."""
+        live = [p for p in chart.pods(self.cluster, self.namespace, "llm") if "deletionTimestamp" not in p["metadata"]]
+        return bool(self.cli("status")["rollout_complete"]) and len(live) == 1
+
+    def status(self, *keys: str) -> tuple[Any, ...]:
+        found = self.cli("status")
+        return tuple(found[k] for k in keys)
+
+
 def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_restarted_by_the_rollout_keeps_it_so(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     namespace = chart.new_namespace(cluster, "restarts")
     chart.install(cluster, "llm", namespace)
     name = chart.fullname("llm")
-    lease_name = f"{name}-spec-sidecar"
     token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration", "1h").stdout.strip()
     kubeconfig = cluster.token_kubeconfig(token, tmp_path / "kubeconfig", namespace)
-
-    def deployment() -> dict[str, Any]:
-        found: dict[str, Any] = cluster.get_json("deployment", name, "-n", namespace)
-        return found
-
-    def replicasets() -> dict[str, int]:
-        items = cluster.get_json("rs", "-n", namespace, "-l", "app.kubernetes.io/instance=llm")["items"]
-        return {rs["metadata"]["name"]: rs["spec"]["replicas"] for rs in items}
-
-    def lease() -> dict[str, Any]:
-        spec: dict[str, Any] = cluster.get_json("lease", lease_name, "-n", namespace)["spec"]
-        return spec
-
-    def rolled_out() -> bool:
-        status = cli("status", name, namespace, kubeconfig)
-        live = [p for p in chart.pods(cluster, namespace, "llm") if "deletionTimestamp" not in p["metadata"]]
-        return bool(status["rollout_complete"]) and len(live) == 1
-
+    release = Release(cluster, namespace, kubeconfig)
+    deployment, replicasets, lease, rolled_out = (
+        release.deployment, release.replicasets, release.lease, release.rolled_out,
+    )  # fmt: skip
     before = deployment()
     original = chart.vllm_args(before)
     generation = before["metadata"]["generation"]
     [first_rs] = replicasets()
-    status = cli("status", name, namespace, kubeconfig)
-    assert (status["speculation"], status["rollout_complete"], status["toggles"]) == ("on", True, 0), status
+    assert release.status("speculation", "rollout_complete", "toggles") == ("on", True, 0)
 
     kubelet = Kubelet(cluster, namespace, "llm", tmp_path, kubeconfig)
     try:
@@ -210,10 +228,9 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         kubelet.wait("the new pod's sidecar to lead", lambda: lease().get("holderIdentity") == second_pod, 30)
         renewed = lease()["renewTime"]
         kubelet.wait("a renewal", lambda: lease()["renewTime"] != renewed, 20)
-        status = cli("status", name, namespace, kubeconfig)
-        assert (status["speculation"], status["rollout_complete"], status["state"], status["changed_by"],
-                status["reason"], status["restorable"], status["toggles"]) == (
-            "off", True, "off", "sidecar", "low_acceptance", True, 1), status  # fmt: skip
+        assert release.status(
+            "speculation", "rollout_complete", "state", "changed_by", "reason", "restorable", "toggles"
+        ) == ("off", True, "off", "sidecar", "low_acceptance", True, 1)
         live = [p for p in chart.pods(cluster, namespace, "llm") if chart.ready_on_fake_nodes(p)]
         assert [chart.vllm_args(p) for p in live] == [chart.vllm_args(after_disable)]
         assert len(replicasets()) == 2 and replicasets()[first_rs] == 0  # a new ReplicaSet; the old one at 0
@@ -221,7 +238,7 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         kubelet.sync()
 
         # A human turns it back on with the same token; the rollout replaces the second pod in turn.
-        enabled = cli("enable", name, namespace, kubeconfig)
+        enabled = release.cli("enable")
         assert enabled["outcome"] == "changed", enabled
         kubelet.wait("the second restart", lambda: len(kubelet.started) == 3 and second_pod not in kubelet.running)
         third_pod = kubelet.started[2]
@@ -238,25 +255,31 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
             30,
         )
         kubelet.wait("the third pod's sidecar to lead", lambda: lease().get("holderIdentity") == third_pod, 30)
-        status = cli("status", name, namespace, kubeconfig)
-        assert (status["speculation"], status["rollout_complete"], status["state"], status["changed_by"],
-                status["restorable"], status["toggles"]) == ("on", True, "on", "manual", False, 2), status  # fmt: skip
+        on = release.status("speculation", "rollout_complete", "state", "changed_by", "restorable", "toggles")
+        assert on == ("on", True, "on", "manual", False, 2)
     finally:
         kubelet.stop_all()
 
-    # Each stopped sidecar exited on SIGTERM within the grace period, handing the Lease over on its way out.
     assert [s.pod for s in kubelet.stopped] == [first_pod, second_pod, third_pod]
+    assert_stopped_cleanly_and_toggled_once_each_way(kubelet, release, generation)
+
+
+def assert_stopped_cleanly_and_toggled_once_each_way(kubelet: Kubelet, release: Release, generation: int) -> None:
+    # Each stopped sidecar exited on SIGTERM within the grace period, handing the Lease over on its way out.
     # (uvicorn shuts down cleanly, then ends by the signal it got: -15, not SIGKILL's -9.)
     assert all(s.returncode in (0, -signal.SIGTERM) and s.seconds < 60 for s in kubelet.stopped), kubelet.stopped
     assert all("Application shutdown complete" in s.log for s in kubelet.stopped)
     logs = kubelet.logs()
     assert "forbidden" not in logs.lower(), logs[-3000:]
     # No second toggle, no flap, nothing lost: two patches in all (the sidecar's disable, the human's enable).
-    final = deployment()
+    final = release.deployment()
     assert final["metadata"]["generation"] == generation + 2
     record = ann.from_annotations(final["metadata"]["annotations"])
     assert [(h.action, str(h.by), h.reason) for h in record.history] == [
         ("disable", "sidecar", "low_acceptance"),
         ("enable", "manual", "manual"),
     ]
-    assert toggle_events(cluster, namespace, name) == ["SpeculationDisabled", "SpeculationEnabled"]
+    assert toggle_events(release.cluster, release.namespace, release.name) == [
+        "SpeculationDisabled",
+        "SpeculationEnabled",
+    ]
