@@ -190,12 +190,14 @@ class KubeAPI:
             if method == "PUT":
                 return 200, self._put(self.deployments, key, body, "deployments", spec_generation=True)
         if (m := LEASES.match(path)) and method == "POST":
+            _validate_lease(body)
             return 201, self._create(self.leases, m["ns"], body, "leases")
         if m := LEASE.match(path):
             key = (m["ns"], m["name"])
             if method == "GET":
                 return 200, self._get(self.leases, key, "leases")
             if method == "PUT":
+                _validate_lease(body)
                 return 200, self._put(self.leases, key, body, "leases", spec_generation=False)
         if m := EVENTS.match(path):
             if method == "POST":
@@ -287,6 +289,17 @@ class KubeAPI:
                     fault.times -= 1
                     return fault
         return None
+
+
+# A Lease's acquireTime and renewTime are MicroTime: the real server parses them with six fraction digits.
+MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def _validate_lease(obj: Obj) -> None:
+    for name in ("acquireTime", "renewTime"):
+        value = (obj.get("spec") or {}).get(name)
+        if value is not None and not MICRO_TIME.fullmatch(str(value)):
+            raise ApiError(400, f"Lease cannot be handled: parsing time {value!r} needs six fraction digits")
 
 
 def _validate_deployment(obj: Obj) -> None:
