@@ -63,13 +63,11 @@ class RealKubeAPI:
     # The real server bumps a Deployment's generation when only its annotations change (it copies them to the
     # ReplicaSets); the test server does not. docs/testing.md lists the differences.
     annotations_bump_generation = True
-    real = True
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.requests: list[Recorded] = []
         self.leases = _Leases(cluster)
-        self.lock = threading.RLock()  # only so that tests written for the test server still import cleanly
         self._server: ThreadingHTTPServer | None = None
 
     # --- the test server's interface ---------------------------------------------------------------------
