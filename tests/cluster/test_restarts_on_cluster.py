@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.adapters.kube import rollout_complete
 from sidecar.core import annotations as ann
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
@@ -186,9 +187,9 @@ class Release:
         return cli(command, self.name, self.namespace, self.kubeconfig)
 
     def rolled_out(self) -> bool:
-        """`spec-sidecar status` says the rollout is complete, and one pod is left."""
+        """The rollout is complete by the sidecar's own check (what `status` prints), and one pod is left."""
         live = [p for p in chart.pods(self.cluster, self.namespace, "llm") if "deletionTimestamp" not in p["metadata"]]
-        return bool(self.cli("status")["rollout_complete"]) and len(live) == 1
+        return rollout_complete(self.deployment()) and len(live) == 1
 
     def status(self, *keys: str) -> tuple[Any, ...]:
         found = self.cli("status")
