@@ -99,9 +99,11 @@ def test_disable_is_one_guarded_json_patch_that_removes_flags_and_records_them(s
 def test_restore_puts_the_original_args_back_byte_for_byte_after_the_rollout(server: KubeAPI) -> None:
     original = vllm_container(server.add_deployment(shell_deployment()))
     act = actuator(server)
-    assert act.disable("low_acceptance").changed
+    disabled = act.disable("low_acceptance")
+    assert disabled.changed
     assert "speculative" not in vllm_container(stored(server))["args"][0]
-    assert not act.read().rollout_complete
+    # As written, the new args are not rolled out yet (on the real server, kwok may finish it a moment later).
+    assert disabled.view is not None and not disabled.view.rollout_complete
     server.complete_rollout(NAMESPACE, NAME)
 
     fresh = actuator(server)  # a restarted sidecar: everything it needs is on the Deployment
@@ -273,7 +275,8 @@ def test_latch_writes_annotations_only(server: KubeAPI) -> None:
     after = stored(server)
     assert vllm_container(after)["args"] == LIST_ARGS
     assert after["metadata"]["annotations"][ann.LATCHED] == latched.latched
-    assert after["metadata"]["generation"] == 1  # no rollout
+    # No rollout: the template is unchanged. The real server still bumps the generation for the annotations.
+    assert after["metadata"]["generation"] == 1 + server.annotations_bump_generation
     assert server.events[-1]["reason"] == "SpeculationLatched" and server.events[-1]["type"] == "Warning"
 
 
@@ -290,8 +293,7 @@ def test_enable_without_a_removal_record_says_so(server: KubeAPI) -> None:
     act = actuator(server)
     act.disable("x")
     server.complete_rollout(NAMESPACE, NAME)
-    with server.lock:
-        del server.deployments[(NAMESPACE, NAME)]["metadata"]["annotations"][ann.REMOVED_ARGS]
+    server.edit(NAMESPACE, NAME, lambda obj: obj["metadata"]["annotations"].pop(ann.REMOVED_ARGS))
     assert act.enable("manual").outcome is Outcome.NOT_RESTORABLE
 
 
@@ -300,8 +302,7 @@ def test_enable_after_a_hand_edit_is_refused_unless_forced(server: KubeAPI) -> N
     act = actuator(server)
     act.disable("x")
     server.complete_rollout(NAMESPACE, NAME)
-    with server.lock:
-        vllm_container(server.deployments[(NAMESPACE, NAME)])["args"][-1] = "2048"
+    server.edit(NAMESPACE, NAME, lambda obj: vllm_container(obj)["args"].__setitem__(-1, "2048"))
     assert act.enable("manual").outcome is Outcome.NOT_RESTORABLE
     assert act.enable("manual", force=True).changed
     assert vllm_container(stored(server))["args"] == [*LIST_ARGS[:-1], "2048"]
@@ -384,7 +385,8 @@ def test_a_passed_trial_is_recorded_by_one_guarded_patch_of_annotations_only(ser
     assert {"op": "test", "path": "/metadata/resourceVersion", "value": version} in patch.body
     after = stored(server)
     assert after["spec"] == before["spec"]  # the pod template is untouched ...
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]  # ... so no rollout
+    # ... so no rollout (the real server still bumps the generation: it copies annotations to the ReplicaSet)
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + server.annotations_bump_generation
     notes = after["metadata"]["annotations"]
     assert (notes[ann.STATE], notes[ann.REASON], notes[ann.CHANGED_BY]) == ("on", "trial_passed", "sidecar")
     assert notes[ann.CHANGED_AT] == ann.timestamp(T0) and ann.TRIAL not in notes  # counters reset
@@ -430,8 +432,7 @@ def test_a_record_decided_on_annotations_that_changed_since_is_not_written(serve
     server.add_deployment(trial_deployment())
     act = actuator(server)
     decision = passed_trial(act)
-    with server.lock:  # a human pins it meanwhile
-        server.deployments[(NAMESPACE, NAME)]["metadata"]["annotations"][ann.PIN] = "on"
+    server.edit(NAMESPACE, NAME, lambda obj: obj["metadata"]["annotations"].update({ann.PIN: "on"}))  # a human pins it
     assert act.write_record(decision.state.record, str(decision.action), decision).outcome is Outcome.CONFLICT
     assert server.applied_patches() == []
 
@@ -440,8 +441,8 @@ def test_a_pass_is_not_recorded_once_speculation_is_gone_from_the_args(server: K
     server.add_deployment(trial_deployment())
     act = actuator(server)
     decision = passed_trial(act)
-    with server.lock:  # someone removed the flags by hand, leaving our annotations alone
-        vllm_container(server.deployments[(NAMESPACE, NAME)])["args"] = ["--model", "/models/target"]
+    # Someone removed the flags by hand, leaving our annotations alone.
+    server.edit(NAMESPACE, NAME, lambda obj: vllm_container(obj).update(args=["--model", "/models/target"]))
     assert act.write_record(decision.state.record, str(decision.action), decision).outcome is Outcome.CONFLICT
     assert server.applied_patches() == []
 

@@ -18,11 +18,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonpatch
 
@@ -85,6 +85,8 @@ class Recorded:
 
 @dataclass
 class KubeAPI:
+    # The real server also bumps the generation when only a Deployment's annotations change (docs/testing.md).
+    annotations_bump_generation: ClassVar[bool] = False
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     leases: dict[tuple[str, str], Obj] = field(default_factory=dict)
     events: list[Obj] = field(default_factory=list)
@@ -131,6 +133,18 @@ class KubeAPI:
                 "availableReplicas": replicas,
             }
 
+    def edit(self, namespace: str, name: str, change: Callable[[Obj], None]) -> Obj:
+        """Another client's write: change the stored Deployment; it gets a new resourceVersion (and generation,
+        if its spec changed). tests/cluster/real_kubeapi.py does the same on the real server."""
+        with self.lock:
+            obj = self.deployments[(namespace, name)]
+            spec = copy.deepcopy(obj.get("spec"))
+            change(obj)
+            obj["metadata"]["resourceVersion"] = self._next_version()
+            if obj.get("spec") != spec:
+                obj["metadata"]["generation"] += 1
+            return copy.deepcopy(obj)
+
     def inject(self, method: str, path: str, status: int | None = None, **kwargs: Any) -> Fault:
         fault = Fault(method.upper(), re.compile(path), status, **kwargs)
         with self.lock:
@@ -176,12 +190,14 @@ class KubeAPI:
             if method == "PUT":
                 return 200, self._put(self.deployments, key, body, "deployments", spec_generation=True)
         if (m := LEASES.match(path)) and method == "POST":
+            _validate_lease(body)
             return 201, self._create(self.leases, m["ns"], body, "leases")
         if m := LEASE.match(path):
             key = (m["ns"], m["name"])
             if method == "GET":
                 return 200, self._get(self.leases, key, "leases")
             if method == "PUT":
+                _validate_lease(body)
                 return 200, self._put(self.leases, key, body, "leases", spec_generation=False)
         if m := EVENTS.match(path):
             if method == "POST":
@@ -273,6 +289,17 @@ class KubeAPI:
                     fault.times -= 1
                     return fault
         return None
+
+
+# A Lease's acquireTime and renewTime are MicroTime: the real server parses them with six fraction digits.
+MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def _validate_lease(obj: Obj) -> None:
+    for name in ("acquireTime", "renewTime"):
+        value = (obj.get("spec") or {}).get(name)
+        if value is not None and not MICRO_TIME.fullmatch(str(value)):
+            raise ApiError(400, f"Lease cannot be handled: parsing time {value!r} needs six fraction digits")
 
 
 def _validate_deployment(obj: Obj) -> None:

@@ -49,6 +49,17 @@ def run_sidecar(
     tmp_path: Path, *flags: str, env: dict[str, str] | None = None, health_url: str | None = None
 ) -> Iterator[SidecarProcess]:
     """health_url: where /healthz answers, when not on the tap's port (--metrics-listen)."""
+    sidecar = start_sidecar(tmp_path, *flags, env=env, health_url=health_url)
+    try:
+        yield sidecar
+    finally:
+        stop_process(sidecar.process, timeout=15)
+
+
+def start_sidecar(
+    tmp_path: Path, *flags: str, env: dict[str, str] | None = None, health_url: str | None = None
+) -> SidecarProcess:
+    """Start one and wait until it answers /healthz; the caller stops it (``stop_process``)."""
     port = free_port()
     log_path = tmp_path / f"sidecar-{port}.log"
     cmd = [sys.executable, "-m", "sidecar.cli", "run", "--listen", f"127.0.0.1:{port}", *flags]
@@ -59,9 +70,10 @@ def run_sidecar(
     sidecar = SidecarProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_until(lambda: _answers(health_url or sidecar.url), 30, sidecar.log)
-        yield sidecar
-    finally:
+    except BaseException:
         stop_process(process, timeout=15)
+        raise
+    return sidecar
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

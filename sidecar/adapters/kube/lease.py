@@ -116,7 +116,8 @@ class LeaseElector:
     def _write(self, lease: Mapping[str, Any] | None, now: float) -> bool:
         spec = (lease or {}).get("spec") or {}
         mine = spec.get("holderIdentity") == self.identity
-        stamp = datetime.fromtimestamp(now, UTC)
+        stamp = _micro_time(datetime.fromtimestamp(now, UTC))
+        acquired = _parse_datetime(spec.get("acquireTime"))
         body = client.V1Lease(
             metadata=client.V1ObjectMeta(
                 name=self.name,
@@ -126,7 +127,7 @@ class LeaseElector:
             spec=client.V1LeaseSpec(
                 holder_identity=self.identity,
                 lease_duration_seconds=round(self.duration),
-                acquire_time=_parse_datetime(spec.get("acquireTime")) if mine else stamp,
+                acquire_time=(acquired and _micro_time(acquired)) if mine else stamp,
                 renew_time=stamp,
                 lease_transitions=(spec.get("leaseTransitions") or 0) + (0 if mine or lease is None else 1),
             ),
@@ -152,6 +153,18 @@ class LeaseElector:
             raise
         self.holder = self.identity
         return True
+
+
+class _MicroTime(datetime):
+    """A Lease's time as the API server parses it (MicroTime): always six fraction digits. The client serializes
+    a datetime with isoformat(), which drops the fraction on a whole second; the real server refuses that (400)."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "microseconds") -> str:
+        return super().isoformat(sep, timespec)
+
+
+def _micro_time(moment: datetime) -> datetime:
+    return _MicroTime.combine(moment.date(), moment.timetz())
 
 
 def _parse_time(text: str | None) -> float | None:
