@@ -218,14 +218,16 @@ def decide(observation: Observation, state: PolicyState, config: PolicyConfig, n
 
 
 def _speculates_without_flags(observation: Observation, state: PolicyState) -> bool:
-    """The engine reports speculation although no flag in the target's args turns it on, and it is not the
-    sidecar's own removal still rolling out."""
+    """The engine reports speculation although no flag in the target's args turns it on, and the record does
+    not say the flags were taken out through the sidecar (whose engine may still be going down)."""
+    record = state.record
     return (
         observation.engine_up
         and observation.speculation
         and not state.speculation
         and state.rollout_complete
-        and state.record.removed is None
+        and record.removed is None
+        and record.state != "off"
     )
 
 
