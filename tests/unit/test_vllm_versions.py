@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.core import catalog, specargs, vllm_versions
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, Reason, decide
@@ -173,3 +174,19 @@ def test_after_the_sidecars_own_removal_an_engine_still_reporting_speculation_is
     removed = PolicyState(speculation=False).record.__class__(removed={"version": 2, "edits": []})
     decision = decide(low_window(), PolicyState(speculation=False, record=removed), CONFIG, 1000.0)
     assert (decision.action, decision.reason) == (Action.NONE, Reason.SPECULATION_OFF)
+
+
+# --- the chart's defaults ----------------------------------------------------------------------------------
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "spec-sidecar"
+
+
+@pytest.mark.parametrize("values", ["values.yaml", "values-production-example.yaml"])
+@pytest.mark.parametrize("text", VERSIONS)
+def test_the_charts_speculative_configs_start_on_every_checked_version(values: str, text: str) -> None:
+    vllm = yaml.safe_load((CHART / values).read_text())["vllm"]
+    config = vllm["speculativeConfig"]
+    config = json.loads(config) if isinstance(config, str) else config
+    assert config and rejected_keys(config, version(text)) == ()
+    # the flag that depends on speculation exists in all three (and its values)
+    assert vllm.get("perRequestSpecDecodeMetrics", "summary") in ("", "summary", "detailed")
