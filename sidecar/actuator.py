@@ -196,7 +196,7 @@ def _refusal(view: TargetView, action: Action, decision: Decision | None) -> Act
     want_on = action is Action.ENABLE
     if not want_on and not view.speculation and decision is not None and view.record.removed is None:
         # An automatic disable is decided only on windows in which the engine reported speculation.
-        return ActResult(Outcome.NOT_REMOVABLE, name, NOT_IN_ARGS, view)
+        return check_decision(view, action, decision) or ActResult(Outcome.NOT_REMOVABLE, name, NOT_IN_ARGS, view)
     if view.speculation == want_on:
         detail = f"speculation is already {'on' if want_on else 'off'}"
         if not want_on and view.record.removed is None:

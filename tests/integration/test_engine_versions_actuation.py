@@ -21,6 +21,7 @@ from sidecar.control import Controller
 from sidecar.core import annotations as ann
 from sidecar.core.annotations import ControlRecord
 from sidecar.core.policy import Action, PolicyConfig
+from tests.integration.test_cli_errors import cli
 from tests.integration.test_kube_actuator import auto_decision
 from tests.integration.test_manifest_control_loop import stats
 from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
@@ -168,3 +169,22 @@ def test_the_control_loop_judges_a_speculators_model_and_each_disable_it_asks_fo
     assert controller.state is not None and controller.state.speculation is False
     assert controller.decision_state() == "off"  # what the args say; the refusals say why in /status
     assert path.read_text() == written
+
+
+# --- what a person sees: the installed command ------------------------------------------------------------
+
+
+def test_the_cli_names_the_rejected_key_and_the_missing_flag_and_exits_1(tmp_path: Path) -> None:
+    upgraded = tmp_path / "upgraded.yaml"
+    upgraded.write_text(json.dumps(with_image(deployment(args=ARGS), "vllm/vllm-openai:v0.33.0")))
+    assert cli("disable", "--deployment-file", str(upgraded), home=tmp_path).returncode == 0
+    upgraded.write_text(upgraded.read_text().replace("v0.33.0", "v0.34.0"))
+    refused = cli("enable", "--deployment-file", str(upgraded), home=tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout.startswith("not_restorable: ") and "disable_padded_drafter_batch" in refused.stdout
+
+    speculators = tmp_path / "speculators.yaml"
+    speculators.write_text(json.dumps(deployment(args=SPECULATORS_ARGS)))
+    answered = cli("disable", "--deployment-file", str(speculators), home=tmp_path)
+    assert answered.returncode == 0 and answered.stdout.startswith("unchanged: no speculation flag")
+    assert "speculators checkpoint as --model" in answered.stdout
