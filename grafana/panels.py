@@ -1,7 +1,8 @@
 """Small builders the spec-sidecar dashboard is made of: queries, panel kinds, thresholds, variables.
 
-Everything goes through grafana-foundation-sdk (the Grafana 11.6 flavour), so the JSON has the shape Grafana's
-own schema describes; tests/deploy/test_dashboards.py checks it against @grafana/schema with tsc.
+Everything goes through grafana-foundation-sdk (the Grafana 11.6 flavour, the newest it has), so the JSON has
+the shape Grafana's own schema describes; tests/deploy/test_dashboards.py checks it with tsc against the
+@grafana/schema of Grafana 13 and of Grafana 12, the versions the dashboard is meant for.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models import heatmap as heatmap_models
+from grafana_foundation_sdk.models import prometheus as prometheus_models
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -157,5 +160,29 @@ def label_variable(name: str, label: str, query_text: str, *, include_all: bool 
     return variable
 
 
-def prometheus_annotation(name: str, color: str, expr: str) -> dash.AnnotationQuery:
-    return dash.AnnotationQuery().name(name).datasource(DATASOURCE).enable(True).icon_color(color).expr(expr)
+class _PrometheusAnnotationQuery(dashboard.AnnotationQuery):
+    """An annotation whose PromQL is a Prometheus query under `target`.
+
+    That is the form Grafana 12 and 13 store and their schema types (`AnnotationQuery<PromQuery>`). The SDK's
+    Grafana 11.6 flavour only offers the legacy top-level `expr`, and types `target` as the built-in Grafana
+    annotation's tag filter, so the query is carried here and written in the JSON in its place.
+    """
+
+    def __init__(self, name: str, color: str, query: prometheus_models.Dataquery) -> None:
+        super().__init__(name=name, datasource=DATASOURCE, enable=True, icon_color=color)
+        self.query = query
+
+    def to_json(self) -> dict[str, object]:
+        payload = super().to_json()
+        payload["target"] = self.query
+        return payload
+
+
+class PrometheusAnnotation(cogbuilder.Builder[dashboard.AnnotationQuery]):
+    """A dashboard annotation drawn where `expr` has a positive value (Grafana joins neighbouring steps)."""
+
+    def __init__(self, name: str, color: str, expr: str) -> None:
+        self._model = _PrometheusAnnotationQuery(name, color, prometheus.Dataquery().expr(expr).ref_id("Anno").build())
+
+    def build(self) -> dashboard.AnnotationQuery:
+        return self._model

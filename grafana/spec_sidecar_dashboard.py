@@ -18,13 +18,13 @@ from grafana.panels import (
     DATASOURCE,
     MODEL,
     POD,
+    PrometheusAnnotation,
     bucket_heatmap,
     dashed,
     dashed_threshold_lines,
     graph,
     label_variable,
     on_off,
-    prometheus_annotation,
     query,
     single,
     states,
@@ -73,7 +73,7 @@ def _variables() -> list[dash.QueryVariable | dash.DatasourceVariable]:
     ]
 
 
-def _annotations() -> list[dash.AnnotationQuery]:
+def _annotations() -> list[cogbuilder.Builder[dashboard.AnnotationQuery]]:
     return [
         dash.AnnotationQuery()
         .name("Annotations & Alerts")
@@ -83,10 +83,10 @@ def _annotations() -> list[dash.AnnotationQuery]:
         .icon_color("rgba(0, 211, 255, 1)")
         .type("dashboard")
         .built_in(1),
-        prometheus_annotation(
+        PrometheusAnnotation(
             "Speculation off", "red", f"min by (namespace, pod) (specdecode_speculation_enabled{{{MODEL}}}) == 0"
         ),
-        prometheus_annotation(
+        PrometheusAnnotation(
             "Toggles",
             "orange",
             f"sum by (namespace, pod, action, mode) (changes(specdecode_toggles_total{{{POD}}}[2m])) > 0"

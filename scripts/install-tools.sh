@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real tools the deploy tests run: helm, kubernetes-validate, hadolint, promtool, and the
-# TypeScript compiler with Grafana's schema types. Everything big is cached under $SPEC_SIDECAR_CACHE/tools so a
-# second run returns at once. Prints one "name=path" line per tool on stdout (logs go to stderr).
+# TypeScript compiler with Grafana's schema types (of the two newest Grafana majors). Everything big is cached
+# under $SPEC_SIDECAR_CACHE/tools so a second run returns at once. Prints one "name=path" line per tool on
+# stdout (logs go to stderr).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${SPEC_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spec-sidecar}"
@@ -32,10 +33,9 @@ if [ ! -f "$PY_STAMP" ]; then
   touch "$PY_STAMP"
 fi
 
-# TypeScript + Grafana's own dashboard types (matching the Grafana 11.6 flavour of the SDK), and the
-# Prometheus Operator's CRD types and validators for ServiceMonitor/PrometheusRule. Exact versions, no lock file.
-NODE_PACKAGES=("typescript@5.9.3" "@grafana/schema@11.6.16" "@kubernetes-models/prometheus-operator@6.0.0"
-  "js-yaml@4.3.2")
+# TypeScript, and the Prometheus Operator's CRD types and validators for ServiceMonitor/PrometheusRule. Exact
+# versions, no lock file.
+NODE_PACKAGES=("typescript@5.9.3" "@kubernetes-models/prometheus-operator@6.0.0" "js-yaml@4.3.2")
 NODE_DIR="$TOOLS/node"
 NODE_STAMP="$NODE_DIR/.complete-$(echo "${NODE_PACKAGES[*]}" | sha256sum | cut -c1-12)"
 if [ ! -f "$NODE_STAMP" ]; then
@@ -44,6 +44,20 @@ if [ ! -f "$NODE_STAMP" ]; then
   (cd "$NODE_DIR" && npm install --silent --no-audit --no-fund --save-exact "${NODE_PACKAGES[@]}" >&2)
   touch "$NODE_STAMP"
 fi
+
+# Grafana's own dashboard types for the two newest Grafana majors the dashboard is meant for (npm serves
+# @grafana/schema per Grafana release; one folder each, since one node_modules holds one version of a package).
+GRAFANA_SCHEMAS=("13=13.2.3" "12=12.4.11")
+for pair in "${GRAFANA_SCHEMAS[@]}"; do
+  major="${pair%%=*}" version="${pair#*=}"
+  dir="$TOOLS/grafana-schema-$major"
+  if [ ! -f "$dir/.complete-$version" ]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    echo '{"name":"spec-sidecar-grafana-schema","private":true}' >"$dir/package.json"
+    (cd "$dir" && npm install --silent --no-audit --no-fund --save-exact "@grafana/schema@$version" >&2)
+    touch "$dir/.complete-$version"
+  fi
+done
 
 # promtool comes with Debian's prometheus package; another script may own that install.
 # A Docker engine for the image test: Debian's docker.io runs dockerd locally (vfs storage, no bridge), and
@@ -60,6 +74,9 @@ echo "kubernetes-validate=$VENV/bin/kubernetes-validate"
 echo "hadolint=$VENV/bin/hadolint"
 echo "tsc=$NODE_DIR/node_modules/.bin/tsc"
 echo "node_modules=$NODE_DIR/node_modules"
+for pair in "${GRAFANA_SCHEMAS[@]}"; do
+  echo "grafana_schema_${pair%%=*}=$TOOLS/grafana-schema-${pair%%=*}/node_modules"
+done
 echo "promtool=$PROMTOOL"
 echo "dockerd=$(command -v dockerd)"
 echo "docker=$(command -v docker)"

@@ -111,7 +111,10 @@ class ManifestActuator:
         command, args = _strings(loaded.container.get("command")), _strings(loaded.container.get("args"))
         annotations = (loaded.deployment.get("metadata") or {}).get("annotations")
         record = from_annotations({str(k): str(v) for k, v in (annotations or {}).items()})
-        return view_of(self.target, command, args, record, rollout_complete=True)
+        image = loaded.container.get("image")
+        return view_of(
+            self.target, command, args, record, rollout_complete=True, image=image if isinstance(image, str) else None
+        )
 
     def _write(self, action: str, reason: str, planner: Callable[[TargetView], Plan | ActResult]) -> ActResult:
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
-from sidecar.core import specargs
+from sidecar.core import specargs, vllm_versions
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision
 from sidecar.core.specargs import Flag
@@ -42,7 +42,8 @@ class Outcome(StrEnum):
     ROLLOUT_PENDING = "rollout_pending"
     PINNED = "pinned"
     LATCHED = "latched"
-    NOT_RESTORABLE = "not_restorable"  # no removal record, or the args changed since the removal
+    NOT_RESTORABLE = "not_restorable"  # no removal record, the args changed since, or the engine would refuse them
+    NOT_REMOVABLE = "not_removable"  # the engine speculates, but no flag in the args turns it on
     DRY_RUN = "dry_run"
     ERROR = "error"  # the write failed and was not done (reason in detail; counted by the adapter)
 
@@ -55,6 +56,7 @@ class TargetView:
     record: ControlRecord
     rollout_complete: bool
     flags: tuple[Flag, ...] = ()
+    image: str | None = None  # the engine container's image: its tag tells which vLLM will read restored args
 
     @property
     def speculation(self) -> bool:
@@ -130,8 +132,30 @@ def plan(
         command, args = specargs.restore(view.command, view.args, view.record.removed, strict=not force)
     except specargs.RestoreConflictError as exc:
         return ActResult(Outcome.NOT_RESTORABLE, str(action), f"{exc}; restore by hand or force", view)
+    refused = _engine_would_refuse(view, command, args, str(action))
+    if refused is not None:
+        return refused
     restored = specargs.find(command, args)
     return Plan(command, args, replace(record, removed=None), describe(restored))
+
+
+def _engine_would_refuse(
+    view: TargetView, command: list[str] | None, args: list[str] | None, action: str
+) -> ActResult | None:
+    """Restored args the engine's version would not start with are not written, forced or not: a crash-looping
+    engine is worse than speculation staying off. The image may have been upgraded since the removal."""
+    version = vllm_versions.image_version(view.image)
+    rejected = vllm_versions.rejected_keys(specargs.speculative_config_keys(command, args), version)
+    if version is None or not rejected:
+        return None
+    keys = ", ".join(rejected)
+    detail = (
+        f"the speculative config to put back sets {keys}, which vLLM {vllm_versions.version_text(version)} "
+        f"({view.image}) rejects: it would not start. Turn speculation on by hand with a config without "
+        f"{'that key' if len(rejected) == 1 else 'those keys'} (the removed flags are in the "
+        "spec-sidecar.io/removed-args annotation)"
+    )
+    return ActResult(Outcome.NOT_RESTORABLE, action, detail, view)
 
 
 # Automatic decisions that write the control record alone (the pod template is untouched: no rollout).
@@ -157,11 +181,30 @@ def plan_record(view: TargetView, record: ControlRecord, action: str, decision: 
     return Plan(view.command, view.args, record, ())
 
 
+# Why a disable finds nothing to remove while the engine speculates, and what the operator can do.
+NOT_IN_ARGS = (
+    "vLLM reports speculative decoding, but the container's args carry no speculation flag: it is turned on "
+    "where the sidecar cannot turn it off by removing a flag, most likely a speculators-format checkpoint given "
+    "as --model (its config.json names the verifier and carries the draft), or a --config file. Nothing was "
+    "changed. To let the sidecar act, start vLLM with the verifier as --model and the checkpoint in "
+    "--speculative-config (and --served-model-name if clients use the checkpoint's name)"
+)
+
+
 def _refusal(view: TargetView, action: Action, decision: Decision | None) -> ActResult | None:
     name = str(action)
     want_on = action is Action.ENABLE
+    if not want_on and not view.speculation and decision is not None and view.record.removed is None:
+        # An automatic disable is decided only on windows in which the engine reported speculation.
+        return check_decision(view, action, decision) or ActResult(Outcome.NOT_REMOVABLE, name, NOT_IN_ARGS, view)
     if view.speculation == want_on:
-        return ActResult(Outcome.UNCHANGED, name, f"speculation is already {'on' if want_on else 'off'}", view)
+        detail = f"speculation is already {'on' if want_on else 'off'}"
+        if not want_on and view.record.removed is None:
+            detail = (
+                "no speculation flag in the container's args: speculation is off, or turned on where the "
+                "sidecar cannot remove it (a speculators checkpoint as --model, a --config file)"
+            )
+        return ActResult(Outcome.UNCHANGED, name, detail, view)
     if decision is None:  # a human: only a contrary pin stops them (they set it; they can remove it)
         pin = view.record.pin
         if pin is not None and (pin == "on") != want_on:
@@ -202,8 +245,10 @@ def view_of(
     args: list[str] | None,
     record: ControlRecord,
     rollout_complete: bool,
+    *,
+    image: str | None = None,
 ) -> TargetView:
-    return TargetView(target, command, args, record, rollout_complete, specargs.find(command, args))
+    return TargetView(target, command, args, record, rollout_complete, specargs.find(command, args), image)
 
 
 def wall_clock() -> float:

@@ -8,7 +8,8 @@ Order of precedence, first match wins:
   1. a user pin (``spec-sidecar.io/pin``) always wins, and is enforced;
   2. nothing while a rollout is in progress;
   3. nothing once latched by the flap budget, until a human clears the latch;
-  4. speculation off: hold, or start a timed trial when one is due;
+  4. speculation off: hold, or start a timed trial when one is due (an engine that reports speculation with
+     no flag in its args is judged as on; the disable it may ask for is refused by the actuator);
   5. speculation on: judge the window (enough evidence? each enabled rule), count consecutive failing
      windows, and disable after ``trip_windows``, unless inside the cooldown, the grace after a manual enable,
      or the flap budget says latch instead. During a timed trial, the window must clear threshold +
@@ -202,6 +203,35 @@ class Decision:
 
 
 def decide(observation: Observation, state: PolicyState, config: PolicyConfig, now: float) -> Decision:
+    if not _speculates_without_flags(observation, state):
+        return _decide(observation, state, config, now)
+    # Judged as on, so its windows count and a failing run asks for a disable, which the actuator refuses
+    # with the reason (no flag to remove: a speculators checkpoint as --model, a --config file). The state
+    # kept says what the args say, so the next read of the target does not start the count afresh.
+    decision = _decide(observation, replace(state, speculation=True), config, now)
+    unapplied = decision.unapplied
+    return replace(
+        decision,
+        state=replace(decision.state, speculation=False),
+        unapplied=None if unapplied is None else replace(unapplied, speculation=False),
+    )
+
+
+def _speculates_without_flags(observation: Observation, state: PolicyState) -> bool:
+    """The engine reports speculation although no flag in the target's args turns it on, and the record does
+    not say the flags were taken out through the sidecar (whose engine may still be going down)."""
+    record = state.record
+    return (
+        observation.engine_up
+        and observation.speculation
+        and not state.speculation
+        and state.rollout_complete
+        and record.removed is None
+        and record.state != "off"
+    )
+
+
+def _decide(observation: Observation, state: PolicyState, config: PolicyConfig, now: float) -> Decision:
     record = state.record
     if record.pin is not None:
         return _pinned(state, config, now)

@@ -20,6 +20,7 @@ byte all the same. Records of version 1 (before redaction) are still read and re
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,8 @@ LEGACY_SWITCHES = frozenset({"--speculative-disable-mqa-scorer"})
 DEPENDENT_FLAGS = frozenset({"--per-request-spec-decode-metrics"})
 # Roots that accept dotted keys (``--speculative-config.method ngram``); a dotted key always takes a value.
 DOTTED_ROOTS = frozenset({"--speculative-config", "-sc"})
+# The shorthand flags (vLLM 0.32 and later) and the speculative-config key each one sets.
+SHORTHAND_KEYS = {"--spec-method": "method", "--spec-model": "model", "--spec-tokens": "num_speculative_tokens"}
 
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"})
 _SHELL_SCRIPT_OPTION = re.compile(r"^-[a-zA-Z]*c[a-zA-Z]*$")  # -c, -lc, -ec, -xec ...
@@ -262,6 +265,33 @@ def find(command: Sequence[str] | None, args: Sequence[str] | None) -> tuple[Fla
 
 def speculation_configured(command: Sequence[str] | None, args: Sequence[str] | None) -> bool:
     return any(f.kind is Kind.SPECULATION for f in find(command, args))
+
+
+def speculative_config_keys(command: Sequence[str] | None, args: Sequence[str] | None) -> frozenset[str]:
+    """The keys the speculation flags set in vLLM's speculative config, spelled as vLLM reads them (``-`` as
+    ``_``): the JSON object's keys, dotted keys, and the key of each shorthand flag. A value that is not a JSON
+    object adds nothing (vLLM refuses it whatever its version); legacy flags set no key of today's config."""
+    keys: set[str] = set()
+    for flag in find(command, args):
+        words = [_word_value(t) for t in flag.text] if flag.in_shell else list(flag.text)
+        name, inline, inline_value = words[0].partition("=")
+        if flag.flag in SHORTHAND_KEYS:
+            keys.add(SHORTHAND_KEYS[flag.flag])
+            continue
+        if flag.flag not in DOTTED_ROOTS:
+            continue
+        _, dot, dotted = name.partition(".")
+        if dot:
+            keys.add(dotted.split(".", 1)[0].replace("-", "_"))
+            continue
+        value = inline_value if inline else (words[1] if len(words) > 1 else "")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            keys.update(str(k).replace("-", "_") for k in parsed)
+    return frozenset(keys)
 
 
 def _find_in_field(

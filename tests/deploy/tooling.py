@@ -111,10 +111,20 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def typescript_check(workdir: Path, sources: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`tsc --noEmit --strict` over the given .ts sources, with the cached node_modules in reach."""
-    node_modules = tools()["node_modules"]
-    (workdir / "node_modules").symlink_to(node_modules, target_is_directory=True)
+# Grafana majors whose @grafana/schema scripts/install-tools.sh installs (newest first); the dashboard is meant
+# for these and type-checked against each.
+GRAFANA_MAJORS = ("13", "12")
+
+
+def typescript_check(
+    workdir: Path, sources: dict[str, str], *, node_modules: str = "node_modules"
+) -> subprocess.CompletedProcess[str]:
+    """`tsc --noEmit --strict` over the given .ts sources, with one of the cached node_modules in reach.
+
+    node_modules names the folder in tools(): "node_modules" (the operator types) or "grafana_schema_<major>".
+    """
+    node_modules_path = tools()[node_modules]
+    (workdir / "node_modules").symlink_to(node_modules_path, target_is_directory=True)
     for name, text in sources.items():
         (workdir / name).write_text(text)
     tsconfig = {

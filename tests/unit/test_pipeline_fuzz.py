@@ -18,7 +18,7 @@ Bounded and reproducible for CI: derandomized (the same examples every run), a f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import HealthCheck, find, given, settings
@@ -222,10 +222,15 @@ def test_no_verdict_decision_or_exported_ratio_ever_comes_from_impossible_number
             assert decision.reason is (Reason.INVALID_WINDOW if state.speculation else Reason.SPECULATION_OFF)
         if decision.action is Action.DISABLE:
             assert model.invalid is None and model.acceptance_ratio is not None and model.acceptance_ratio < 0.5
-        # A toggle rolls out at once here, so the next window is judged afresh.
-        state = (
-            PolicyState(decision.state.speculation, True, decision.state.record) if decision.toggles else decision.state
-        )
+        # A toggle rolls out at once here, so the next window is judged afresh; a disable leaves the record of
+        # what was removed, as the actuator writes it (the engine stand-in here keeps its counters).
+        if decision.toggles:
+            record = decision.state.record
+            if not decision.state.speculation:
+                record = replace(record, removed={"version": 2, "edits": []})
+            state = PolicyState(decision.state.speculation, True, record)
+        else:
+            state = decision.state
         metrics = exported(monitor)
         for name, samples in metrics.items():
             for _labels, value in samples:

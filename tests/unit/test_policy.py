@@ -141,7 +141,8 @@ def test_a_pin_on_wins_over_low_acceptance() -> None:
 
 
 def test_a_pin_is_enforced_when_the_target_disagrees() -> None:
-    on = decide(window(None), PolicyState(speculation=False, record=ControlRecord(pin="on")), CONFIG, T0)
+    engine_off = Observation(engine_up=True, speculation=False, window_seconds=60.0)
+    on = decide(engine_off, PolicyState(speculation=False, record=ControlRecord(pin="on")), CONFIG, T0)
     off = decide(window(0.9), PolicyState(speculation=True, record=ControlRecord(pin="off")), CONFIG, T0)
     assert (on.action, on.reason) == (Action.ENABLE, Reason.PINNED_ON)
     assert (off.action, off.reason) == (Action.DISABLE, Reason.PINNED_OFF)
@@ -150,7 +151,8 @@ def test_a_pin_is_enforced_when_the_target_disagrees() -> None:
 def test_a_pin_is_enforced_even_when_latched_or_out_of_budget() -> None:
     history = tuple(Toggle(T0 - i, "disable", By.SIDECAR, "x") for i in range(9))
     record = ControlRecord(pin="on", latched="flapping", history=history)
-    assert decide(window(None), PolicyState(speculation=False, record=record), CONFIG, T0).action is Action.ENABLE
+    engine_off = Observation(engine_up=True, speculation=False, window_seconds=60.0)
+    assert decide(engine_off, PolicyState(speculation=False, record=record), CONFIG, T0).action is Action.ENABLE
 
 
 def test_nothing_happens_while_a_rollout_is_in_progress() -> None:

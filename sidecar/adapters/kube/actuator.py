@@ -7,7 +7,8 @@ re-read and decide again, never replay the patch. Transient errors (5xx, 429, ti
 are retried with exponential backoff; retrying a guarded patch is safe (if the first one landed, the retry
 fails its ``test`` and the re-read shows our own write). Every error is counted by reason in ``errors``.
 Every toggle emits a core/v1 Event on the Deployment and one structured (JSON) log line; so do the
-annotations-only writes (a latch; a passed timed trial, ``SpeculationTrialPassed``).
+annotations-only writes (a latch; a passed timed trial, ``SpeculationTrialPassed``). A disable refused because
+no flag turns speculation on (``not_removable``) emits a Warning Event, ``SpeculationNotRemovable``, saying why.
 
 Only the holder of a ``coordination.k8s.io/v1`` Lease writes (:class:`LeaseElector`).
 """
@@ -89,7 +90,15 @@ class KubeActuator:
             raise KubeError("container_not_found", f"no container {self.container!r} in {self.target} ({names})")
         current = containers[index]
         record = from_annotations(obj["metadata"].get("annotations"))
-        view = view_of(self.target, current.get("command"), current.get("args"), record, rollout_complete(obj))
+        image = current.get("image")
+        view = view_of(
+            self.target,
+            current.get("command"),
+            current.get("args"),
+            record,
+            rollout_complete(obj),
+            image=image if isinstance(image, str) else None,
+        )
         return view, obj, index
 
     # writing
@@ -140,6 +149,8 @@ class KubeActuator:
         view, obj, index = self._read()
         planned = planner(view)
         if isinstance(planned, ActResult):
+            if planned.outcome is Outcome.NOT_REMOVABLE:  # people must hear why the sidecar does not act
+                self._post_event("SpeculationNotRemovable", planned.detail, "Warning", obj)
             return planned
         ops = json_patch(obj, index, self.container, planned)
         try:
@@ -195,6 +206,10 @@ class KubeActuator:
         message = f"{action}: {reason}" + (f" ({flags})" if flags else "")
         if reason == Reason.TRIAL_PASSED:
             message = "timed trial passed: speculation stays on; trial counters reset"
+        kind = kinds.get(action, "SpeculationControl")
+        self._post_event(kind, message, "Warning" if action == "latch" else "Normal", deployment)
+
+    def _post_event(self, kind: str, message: str, event_type: str, deployment: Mapping[str, Any]) -> None:
         now = datetime.fromtimestamp(self.clock(), UTC)
         meta = deployment["metadata"]
         event = client.CoreV1Event(
@@ -206,9 +221,9 @@ class KubeActuator:
                 namespace=self.namespace,
                 uid=meta.get("uid"),
             ),
-            reason=kinds.get(action, "SpeculationControl"),
+            reason=kind,
             message=message[:1024],
-            type="Warning" if action == "latch" else "Normal",
+            type=event_type,
             source=client.V1EventSource(component=COMPONENT),
             reporting_component=COMPONENT,
             reporting_instance=self.identity,
@@ -223,6 +238,6 @@ class KubeActuator:
                     self.namespace, event, _preload_content=False, _request_timeout=self.retry.timeout
                 ),
             )
-        except KubeError as exc:  # the toggle happened; a lost Event is counted and logged, not undone
+        except KubeError as exc:  # the write happened (or was refused); a lost Event is counted and logged
             self.errors["event_failed"] += 1
             log.warning("could not emit the Event for %s: %s", self.target, exc)
