@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster.cluster import Cluster, binaries, running_cluster
+from tests.cluster.monitoring import monitoring_binaries
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # cached build, once collection is done and only if a selected test needs the cluster.
     if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         binaries()
+    # The same for the monitoring stack (the Prometheus Operator, Prometheus, Alertmanager), a build of its own.
+    if any("monitoring_stack" in getattr(item, "fixturenames", ()) for item in session.items):
+        monitoring_binaries()
