@@ -77,13 +77,22 @@ command -v openssl >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=600 install --no-install-recommends openssl >&2
 }
 
-if [ -f "$STAMP" ]; then
-  echo "cluster binaries: reusing $DEST" >&2
-  [ -f "$STAGES" ] || write_stages
-  [ -d "$CRDS" ] || write_crds
-  report
-  exit 0
-fi
+reuse() {
+  if [ -f "$STAMP" ]; then
+    echo "cluster binaries: reusing $DEST" >&2
+    [ -f "$STAGES" ] || write_stages
+    [ -d "$CRDS" ] || write_crds
+    report
+    exit 0
+  fi
+}
+reuse
+# One build per key at a time: `make test` starts this build in the background, and whoever needs the binaries
+# meanwhile (the test session, another worktree) waits here for it to finish, then reuses what it built.
+mkdir -p "$(dirname "$DEST")"
+exec 9>"$DEST.lock"
+flock 9
+reuse
 
 command -v /usr/bin/time >/dev/null 2>&1 || {
   echo "installing GNU time (build figures)" >&2

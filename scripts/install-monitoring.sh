@@ -39,11 +39,19 @@ report() {
     "alertmanager $ALERTMANAGER_VERSION, $GO_VERSION"
 }
 
-if [ -f "$STAMP" ]; then
-  echo "monitoring binaries: reusing $DEST" >&2
-  report
-  exit 0
-fi
+reuse() {
+  if [ -f "$STAMP" ]; then
+    echo "monitoring binaries: reusing $DEST" >&2
+    report
+    exit 0
+  fi
+}
+reuse
+# One build per key at a time (see scripts/install-cluster.sh): a second caller waits, then reuses.
+mkdir -p "$(dirname "$DEST")"
+exec 9>"$DEST.lock"
+flock 9
+reuse
 
 command -v /usr/bin/time >/dev/null 2>&1 || {
   echo "installing GNU time (build figures)" >&2
