@@ -16,6 +16,7 @@ address), is in tests/cluster/monitoring.py. The scenario runs once for the modu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -200,12 +201,14 @@ def _chart_values(namespace: str) -> dict[str, Any]:
     }
 
 
-def _container_ports(deployment: dict[str, Any]) -> dict[str, int]:
-    return {
-        port["name"]: port["containerPort"]
-        for c in deployment["spec"]["template"]["spec"]["containers"]
-        for port in c.get("ports", [])
-    }
+def _container_ports(workload_or_pod: dict[str, Any]) -> dict[str, int]:
+    spec = workload_or_pod["spec"]
+    spec = spec["template"]["spec"] if "template" in spec else spec
+    return {port["name"]: port["containerPort"] for c in spec["containers"] for port in c.get("ports", [])}
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
 
 
 def _rule_files(cluster: Cluster, namespace: str) -> dict[str, dict[str, str]]:
@@ -220,7 +223,8 @@ def _traffic(sidecar: SidecarProcess, stop: threading.Event) -> None:
         while not stop.is_set():
             temperature = TEMPERATURES[i % len(TEMPERATURES)]
             body = {"model": MODEL, "prompt": f"request {i}", "max_tokens": 40, "temperature": temperature}
-            client.post("/v1/completions", json=body)
+            with contextlib.suppress(httpx.HTTPError):  # a refused or cut request is the sidecar's to count
+                client.post("/v1/completions", json=body)
             i += 1
             stop.wait(0.05)
 
@@ -280,15 +284,18 @@ def _run_stack(
     kubeconfig = cluster.token_kubeconfig(sidecar_token, work / "sidecar-kubeconfig", namespace)
     vllm_pod = chart.pods(cluster, namespace, RELEASE)[0]["metadata"]["name"]
 
+    alertmanager_pod = cluster.get_json("pod", f"alertmanager-{NAME}-0", "-n", namespace)
+    alertmanager_config = gunzipped(cluster, namespace, f"alertmanager-{NAME}-generated", "alertmanager.yaml.gz")
+
     with fake_vllm(latency=True) as engine:
-        alertmanager = start_alertmanager(work, gunzipped(cluster, namespace, f"alertmanager-{NAME}-generated",
-                                                          "alertmanager.yaml.gz"), components)  # fmt: skip
+        alertmanager = start_alertmanager(work, alertmanager_config, components)
         metrics_port = free_port()
         prom_port = free_port()
+        # Container port -> where the process that plays that container listens here.
         local_ports = {
             ports["metrics"]: metrics_port,
-            ports["vllm-http"]: int(engine.url.rsplit(":", 1)[1]),
-            9093: int(alertmanager.url.rsplit(":", 1)[1]),  # the Alertmanager pod's "web" port
+            ports["vllm-http"]: _port(engine.url),
+            _container_ports(alertmanager_pod)["web"]: _port(alertmanager.url),
         }
         operator_text = reloader_substituted(
             gunzipped(cluster, namespace, f"prometheus-{NAME}", "prometheus.yaml.gz"),
@@ -439,8 +446,9 @@ def test_every_dashboard_query_returns_data(monitoring_stack: Stack) -> None:
             continue
         values = _label_values(stack, variable["query"], variables)
         assert values, f"dashboard variable ${variable['name']} has no values"
-        # Grafana's "All": a regex of every value (the queries match these variables with =~).
-        variables[variable["name"]] = "|".join(re.escape(v) for v in values)
+        # Grafana's "All": a regex of every value (the queries match these variables with =~), each value's regex
+        # characters escaped, and the escapes doubled inside PromQL's double-quoted string.
+        variables[variable["name"]] = "|".join(re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\\\1", v) for v in values)
         if variable["name"] == "temperature_bucket":
             buckets = values
     empty = []
