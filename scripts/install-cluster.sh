@@ -17,7 +17,7 @@ K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$M
 ETCD_VERSION="$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' "$MODS/etcd/go.mod")"
 KWOK_VERSION="$(awk '$1 == "require" && $2 == "sigs.k8s.io/kwok" {print $3}' "$MODS/kwok/go.mod")"
 PROMOP_MODULE=github.com/prometheus-operator/prometheus-operator
-PROMOP_VERSION="$(awk -v m="$PROMOP_MODULE" '$1 == "require" && $2 == m {print $3}' "$MODS/monitoring/go.mod")"
+PROMOP_VERSION="$(awk -v m="$PROMOP_MODULE" '$1 == "require" && $2 == m {print $3}' "$MODS/monitoring/operator/go.mod")"
 GO_VERSION="$(go env GOVERSION)"
 # Bump RECIPE when the way the binaries are built (flags below) changes: it is part of the key, like the pins.
 RECIPE=1
@@ -29,7 +29,9 @@ STAMP="$DEST/.complete"
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
 
 STAGES="$DEST/kwok-stages.yaml"
-CRDS="$DEST/prometheus-operator-crds"
+# Named by version: the operator's pin is not part of the key (tests/cluster/tools/monitoring/ holds only nested
+# modules, which the key's globs do not reach), so a new pin writes new CRDs without rebuilding Kubernetes.
+CRDS="$DEST/prometheus-operator-crds-$PROMOP_VERSION"
 
 report() {
   echo "bin=$BIN"
@@ -60,7 +62,7 @@ write_stages() {
 # The Prometheus Operator's CRDs as its module ships them (go.sum checks the download).
 write_crds() {
   local dir
-  dir="$(cd "$MODS/monitoring" && GOFLAGS=-mod=readonly go mod download -json "$PROMOP_MODULE" \
+  dir="$(cd "$MODS/monitoring/operator" && GOFLAGS=-mod=readonly go mod download -json "$PROMOP_MODULE" \
     | awk -F'"' '$2 == "Dir" {print $4}')"
   [ -n "$dir" ] && [ -d "$dir/example/prometheus-operator-crd" ] || { echo "$PROMOP_MODULE CRDs not found" >&2; exit 1; }
   rm -rf "$CRDS.tmp" && mkdir -p "$CRDS.tmp"
@@ -75,13 +77,22 @@ command -v openssl >/dev/null 2>&1 || {
   DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=600 install --no-install-recommends openssl >&2
 }
 
-if [ -f "$STAMP" ]; then
-  echo "cluster binaries: reusing $DEST" >&2
-  [ -f "$STAGES" ] || write_stages
-  [ -d "$CRDS" ] || write_crds
-  report
-  exit 0
-fi
+reuse() {
+  if [ -f "$STAMP" ]; then
+    echo "cluster binaries: reusing $DEST" >&2
+    [ -f "$STAGES" ] || write_stages
+    [ -d "$CRDS" ] || write_crds
+    report
+    exit 0
+  fi
+}
+reuse
+# One build per key at a time: `make test` starts this build in the background, and whoever needs the binaries
+# meanwhile (the test session, another worktree) waits here for it to finish, then reuses what it built.
+mkdir -p "$(dirname "$DEST")"
+exec 9>"$DEST.lock"
+flock 9
+reuse
 
 command -v /usr/bin/time >/dev/null 2>&1 || {
   echo "installing GNU time (build figures)" >&2

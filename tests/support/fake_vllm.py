@@ -5,6 +5,10 @@ Completions stream in vLLM 0.32's shape (tests/support/tap_upstream.py: token ev
 ``per_request_metrics`` is off). Every completion adds its draft and accepted tokens to the V1 spec-decode
 counters on /metrics, so anything computed from per-request metrics and anything computed from /metrics deltas
 can be checked against the same ground truth, kept per temperature in ``by_temperature``.
+
+With ``latency=True`` /metrics also carries what a real engine writes about time and output: TTFT, time per
+output token and end-to-end histograms (one observation per completion, spread so that P99 and P50 differ) and
+``vllm:generation_tokens_total``, so the sidecar's latency and throughput families have numbers.
 """
 
 from __future__ import annotations
@@ -33,15 +37,30 @@ class FakeVllm:
     by_temperature: dict[float | None, list[int]] = field(default_factory=dict)  # -> [draft, accepted, requests]
     bodies: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
+    latency: bool = False
+    # False: the engine as restarted without --speculative-config (no spec-decode series, no per-request
+    # spec-decode metrics), as after a rollout that turned speculation off.
+    speculation: bool = True
+    completions: int = 0
+    generation_tokens: int = 0
+    # metric -> one observation per completion, in seconds
+    observations: dict[str, list[float]] = field(default_factory=dict)
 
     def metrics_text(self) -> str:
         with self.lock:
-            text = vllm_payload(MODEL, self.drafts, self.draft_tokens, self.accepted_tokens, (0, 0, 0, 0))
+            if self.speculation:
+                text = vllm_payload(MODEL, self.drafts, self.draft_tokens, self.accepted_tokens, (0, 0, 0, 0))
+            else:
+                text = vllm_payload(MODEL)
+            observed = {name: list(values) for name, values in self.observations.items()}
+            generated = self.generation_tokens
         labels = f'engine="0",model_name="{MODEL}"'
-        return (
-            text
-            + f"# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache_usage}\n"
-        )
+        text += f"# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache_usage}\n"
+        if self.latency:
+            text += f"# TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total{{{labels}}} {generated}\n"
+            for name in LATENCY_HISTOGRAMS:
+                text += _histogram(name, labels, observed.get(name, []))
+        return text
 
     def count(self, body: dict[str, Any], spec: dict[str, Any]) -> None:
         with self.lock:
@@ -52,6 +71,38 @@ class FakeVllm:
             row[0] += spec["num_draft_tokens"]
             row[1] += spec["num_accepted_draft_tokens"]
             row[2] += 1
+
+    def observe(self, body: dict[str, Any]) -> None:
+        """The completion's time and output, with or without speculation (only with ``latency=True``)."""
+        if not self.latency:
+            return
+        with self.lock:
+            self.completions += 1
+            # Every tenth completion is slow, so the tail (P99) sits well above the median (P50).
+            slow = 4.0 if self.completions % 10 == 0 else 1.0
+            tokens = int(body.get("max_tokens") or 16)
+            ttft, tpot = 0.05 * slow, 0.02 * slow
+            self.generation_tokens += tokens
+            for name, value in zip(LATENCY_HISTOGRAMS, (ttft, tpot, ttft + tpot * tokens), strict=True):
+                self.observations.setdefault(name, []).append(value)
+
+
+LATENCY_HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+)
+BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+def _histogram(name: str, labels: str, values: list[float]) -> str:
+    lines = [f"# TYPE {name} histogram"]
+    for le in BUCKETS:
+        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {sum(v <= le for v in values)}')
+    lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {len(values)}')
+    lines.append(f"{name}_count{{{labels}}} {len(values)}")
+    lines.append(f"{name}_sum{{{labels}}} {sum(values)}")
+    return "\n".join(lines) + "\n"
 
 
 @contextmanager
@@ -76,8 +127,10 @@ def fake_vllm(**kwargs: Any) -> Iterator[FakeVllm]:
                 return
             exchange = synthesize(body, chat=False)  # the engine's own counts, whether it shows them or not
             assert exchange.spec is not None
-            state.count(body, exchange.spec)
-            if not state.per_request_metrics:
+            state.observe(body)
+            if state.speculation:
+                state.count(body, exchange.spec)
+            if not state.per_request_metrics or not state.speculation:
                 exchange = synthesize(body, chat=False, per_request_metrics=False)
             if not body.get("stream"):
                 self._send(200, json_body(exchange))
