@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="Add the sidecar to the vLLM Deployment in some Kubernetes YAML (kubectl get ... | inject | apply).",
         description=DESCRIPTION,
     )
-    p.add_argument("file", nargs="?", default="-", metavar="FILE", help="Kubernetes YAML to read ('-' or none = stdin).")
+    p.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="Kubernetes YAML to read ('-' or none = stdin)."
+    )
     p.add_argument(
         "--image",
         default=f"spec-sidecar:{__version__}",
@@ -152,7 +154,9 @@ def _config(item: str, error: type[Exception]) -> tuple[str, str]:
     name, sep, value = item.partition("=")
     name = name.strip().replace("-", "_").lower()
     if not sep or name not in Settings.model_fields:
-        raise error(f"--config {item}: expected NAME=VALUE with NAME a setting of `spec-sidecar run` (e.g. dry_run=true)")
+        raise error(
+            f"--config {item}: expected NAME=VALUE with NAME a setting of `spec-sidecar run` (e.g. dry_run=true)"
+        )
     if name in DERIVED:
         raise error(f"--config {item}: inject sets {name} itself from the vLLM container and the Deployment")
     try:

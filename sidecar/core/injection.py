@@ -131,7 +131,7 @@ def inject(docs: MutableSequence[Any], options: InjectOptions) -> Outcome:
         vllm = _vllm_container(pod, kind, name, options.container)
         if vllm is None:
             continue
-        outcome.injected.append(_inject_one(doc, kind, name, pod, vllm, options, outcome.notes))
+        outcome.injected.append(_inject_one(doc, pod, vllm, options, outcome.notes))
     if not outcome.injected:
         raise InjectionError(_nothing_found(docs, seen, options))
     for done in outcome.injected:
@@ -140,9 +140,8 @@ def inject(docs: MutableSequence[Any], options: InjectOptions) -> Outcome:
     return outcome
 
 
-def _inject_one(
-    doc: Doc, kind: str, name: str, pod: Doc, vllm: Doc, options: InjectOptions, notes: list[str]
-) -> Injected:
+def _inject_one(doc: Doc, pod: Doc, vllm: Doc, options: InjectOptions, notes: list[str]) -> Injected:
+    kind, name = str(doc["kind"]), _name(doc)
     namespace = options.namespace or _str(_dig(doc, ("metadata", "namespace")))
     acts = kind in ACTABLE_KINDS and not options.measure_only
     if kind not in ACTABLE_KINDS and not options.measure_only:
@@ -259,11 +258,7 @@ def token_volume() -> dict[str, Any]:
             "sources": [
                 {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
                 {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {
-                    "downwardAPI": {
-                        "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
-                    }
-                },
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
             ],
         },
     }

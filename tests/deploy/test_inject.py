@@ -89,9 +89,15 @@ def test_with_rbac_writes_the_charts_role_and_binding_for_the_one_deployment() -
     assert role["metadata"]["name"] == f"{name}-spec-sidecar" and role["metadata"]["namespace"] == "inference"
     assert role["rules"] == one(docs, "Role")["rules"]
     binding = one(out, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{name}-spec-sidecar"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{name}-spec-sidecar",
+    }
     account = one(out, "ServiceAccount")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "inference"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "inference"}
+    ]
     assert account["automountServiceAccountToken"] is False
     assert one(out, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
 

@@ -150,11 +150,23 @@ def test_config_values_become_environment_variables_quoted_so_kubectl_reads_stri
         ({"name": "x", "image": "vllm/vllm-openai:v0.32.0"}, True),
         ({"name": "x", "image": "registry.local/mirror/vllm-cpu@sha256:abc"}, True),
         ({"name": "x", "image": "ghcr.io/llm-d/llm-d-cuda:v0.3.0", "command": ["vllm", "serve"]}, True),
-        ({"name": "x", "image": "python:3.12", "command": ["python", "-m", "vllm.entrypoints.openai.api_server"]}, True),
-        ({"name": "x", "image": "img", "command": ["sh", "-c"], "args": ["pip list; exec vllm serve m --port 9"]}, True),
+        (
+            {"name": "x", "image": "python:3.12", "command": ["python", "-m", "vllm.entrypoints.openai.api_server"]},
+            True,
+        ),
+        (
+            {"name": "x", "image": "img", "command": ["sh", "-c"], "args": ["pip list; exec vllm serve m --port 9"]},
+            True,
+        ),
         ({"name": "vllm", "image": "img"}, True),
-        ({"name": "routing-proxy", "image": "ghcr.io/llm-d/llm-d-routing-sidecar", "args": ["--vllm-port=8200"]}, False),
-        ({"name": "router", "image": "lmcache/lmstack-router:latest", "args": ["--routing-logic", "roundrobin"]}, False),
+        (
+            {"name": "routing-proxy", "image": "ghcr.io/llm-d/llm-d-routing-sidecar", "args": ["--vllm-port=8200"]},
+            False,
+        ),
+        (
+            {"name": "router", "image": "lmcache/lmstack-router:latest", "args": ["--routing-logic", "roundrobin"]},
+            False,
+        ),
         ({"name": "spec-sidecar", "image": "spec-sidecar:0.1.0", "args": ["run", "--vllm-url", "x"]}, False),
     ],
 )
