@@ -68,7 +68,12 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "ClusterServingRuntime": ("spec",),
 }
 ACTABLE_KINDS = frozenset({"Deployment"})
-LIST_KINDS = frozenset({"List", "ResourceList"})  # kubectl's List, and a KRM function's input (kustomize)
+LIST_KINDS = frozenset({"List", "ResourceList"})
+# What the API server writes into an object (`kubectl get -o yaml` prints it). Kept, resourceVersion would make
+# `kubectl apply` fail on any change since the get (a status update is enough), and status, uid and the rest
+# would be recorded as if the user had written them: inject drops them from the workloads it changes.
+SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink")
+SERVER_ANNOTATIONS = ("deployment.kubernetes.io/revision",)  # kubectl's List, and a KRM function's input (kustomize)
 
 # How vLLM is started: `vllm serve ...`, or the OpenAI server module, possibly inside a shell script.
 _LAUNCH = re.compile(r"(?:^|[\s;&|(/\"'])vllm\s+serve\b|\bvllm\.entrypoints\.openai\.api_server\b")
@@ -142,6 +147,7 @@ def inject(docs: MutableSequence[Any], options: InjectOptions) -> Outcome:
 
 def _inject_one(doc: Doc, pod: Doc, vllm: Doc, options: InjectOptions, notes: list[str]) -> Injected:
     kind, name = str(doc["kind"]), _name(doc)
+    _drop_server_fields(doc)
     namespace = options.namespace or _str(_dig(doc, ("metadata", "namespace")))
     acts = kind in ACTABLE_KINDS and not options.measure_only
     if kind not in ACTABLE_KINDS and not options.measure_only:
@@ -186,6 +192,21 @@ def _service_account(pod: Doc, name: str, options: InjectOptions, notes: list[st
             "lets them all patch this Deployment; --service-account NAME gives the sidecar its own"
         )
     return account
+
+
+def _drop_server_fields(doc: Doc) -> None:
+    doc.pop("status", None)
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, MutableMapping):
+        return
+    for key in SERVER_FIELDS:
+        metadata.pop(key, None)
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, MutableMapping):
+        for key in SERVER_ANNOTATIONS:
+            annotations.pop(key, None)
+        if not annotations:
+            del metadata["annotations"]
 
 
 def own_service_account(deployment: str) -> str:

@@ -238,3 +238,16 @@ def test_a_kserve_serving_runtime_gets_a_measuring_sidecar_and_the_inference_ser
     assert [v["name"] for v in runtime["spec"]["volumes"]] == ["sidecar-tmp"]
     assert isvc == [d for d in yaml.safe_load_all(source) if d][1]
     assert any("measures and exports only" in n for n in notes)
+
+
+def test_what_the_api_server_wrote_is_dropped_so_the_output_applies_like_a_manifest() -> None:
+    served = yaml.safe_load(PLAIN)
+    served["metadata"].update(
+        resourceVersion="243", uid="u", generation=3, creationTimestamp="2026-01-01T00:00:00Z",
+        managedFields=[{"manager": "kubectl"}], annotations={"deployment.kubernetes.io/revision": "3", "team": "ml"},
+    )  # fmt: skip
+    served["status"] = {"replicas": 1}
+    (deployment,) = injected(yaml.safe_dump(served))
+    assert "status" not in deployment
+    assert set(deployment["metadata"]) == {"name", "namespace", "annotations"}
+    assert deployment["metadata"]["annotations"] == {"team": "ml"}
