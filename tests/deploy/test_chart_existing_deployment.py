@@ -134,3 +134,18 @@ def test_inject_with_the_notes_flags_fits_the_releases_objects() -> None:
         assert port["targetPort"] in names | numbers, port
     labels = one(documents(done.stdout), "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert one(docs, "Service")["spec"]["selector"].items() <= labels.items(), json.dumps(labels)
+
+
+def test_the_values_in_the_adoption_guide_render_and_validate(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "adopt.md").read_text()
+    (snippet,) = [b.split("```", 1)[0] for b in guide.split("```yaml\n")[1:] if b.startswith("vllm:\n  enabled: false")]
+    values = tmp_path / "values.yaml"
+    values.write_text(snippet)
+    docs = documents(render("-f", str(values), release="adopt", namespace="inference"))
+    assert by_kind(docs, "Deployment") == [] and one(docs, "Service")["spec"]["selector"] == {
+        "app.kubernetes.io/name": "qwen"
+    }
+    builtin = tmp_path / "builtin.yaml"
+    builtin.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] not in OPERATOR_KINDS]))
+    result = run([tools()["kubernetes-validate"], "--strict", builtin], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

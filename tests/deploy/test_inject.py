@@ -152,3 +152,20 @@ def test_the_kserve_runtimes_containers_pass_strict_validation_as_a_pods(tmp_pat
         k: v for k, v in source["spec"].items() if k not in rest
     }
     assert runtime["spec"]["containers"][0] == source["spec"]["containers"][0]  # the engine, untouched
+
+
+def test_inject_as_a_helm_post_renderer_adds_the_sidecar_to_the_charts_engine_only(tmp_path: Path) -> None:
+    # The production-stack recipe: a chart whose templates render the engine and router Deployments, and inject
+    # as the executable helm pipes every rendered manifest through (helm 3's --post-renderer).
+    chart = tmp_path / "stack"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: stack\nversion: 0.1.0\n")
+    (chart / "templates" / "engine.yaml").write_text((ADOPT / "production-stack.yaml").read_text())
+    script = tmp_path / "inject.sh"
+    script.write_text(f"#!/bin/sh\nexec {ENTRY_POINT} inject --with-rbac --with-service\n")
+    script.chmod(0o755)
+    out = documents(run([tools()["helm"], "template", "vllm", chart, "--post-renderer", script]).stdout)
+    engine, router = by_kind(out, "Deployment")
+    assert [c["name"] for c in engine["spec"]["template"]["spec"]["containers"]] == ["vllm", "spec-sidecar"]
+    assert [c["name"] for c in router["spec"]["template"]["spec"]["containers"]] == ["router-container"]
+    assert {d["kind"] for d in out} == {"Deployment", "ServiceAccount", "Role", "RoleBinding", "Service"}
