@@ -144,8 +144,6 @@ def test_chart_beside_an_existing_deployment_then_inject_gives_a_sidecar_that_ca
     )["args"]
     assert not any(a.startswith(("--speculative-config", "--per-request-spec-decode-metrics")) for a in args)
     # ... and on nothing else: another Deployment in the same namespace is forbidden to it.
-    denied = cluster.kubectl(
-        "auth", "can-i", "patch", "deployment/other", "-n", namespace, "--as", f"system:serviceaccount:{namespace}:{account}",
-        check=False,
-    )  # fmt: skip
+    who = f"system:serviceaccount:{namespace}:{account}"
+    denied = cluster.kubectl("auth", "can-i", "patch", "deployment/other", "-n", namespace, "--as", who, check=False)
     assert denied.stdout.strip() == "no"
