@@ -32,8 +32,8 @@ DESCRIPTION = (
     "prints) and writes the same YAML to stdout with the sidecar added as the spec-sidecar Helm chart adds it: "
     "args taken from the vLLM container (its port) and the Deployment (its name and namespace), probes, "
     "resources, a locked-down security context, and an API token for the sidecar container alone. Comments and "
-    "key order are kept; running it twice gives the same YAML. Example: kubectl get deploy vllm -o yaml | "
-    "spec-sidecar inject --with-rbac | kubectl apply -f -   (docs/adopt.md has recipes)."
+    "key order are kept; running it twice gives the same YAML. Use it in a pipe between kubectl get and kubectl "
+    "apply, as a Helm post-renderer, or as a kustomize step (docs/adopt.md has a recipe for each)."
 )
 
 
@@ -49,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--image",
         default=f"spec-sidecar:{__version__}",
-        help="The sidecar image, as your nodes pull it (default spec-sidecar:%(default)s).".replace(
-            "%(default)s", __version__
-        ),
+        help="The sidecar image, as your nodes pull it (default %(default)s).",
     )
     p.add_argument("--container", metavar="NAME", help="The vLLM container's name, when it is not found by its "
                    "image (vllm/vllm-openai, ...) or command (vllm serve), or when a pod has two.")  # fmt: skip
