@@ -147,3 +147,28 @@ def test_chart_beside_an_existing_deployment_then_inject_gives_a_sidecar_that_ca
     who = f"system:serviceaccount:{namespace}:{account}"
     denied = cluster.kubectl("auth", "can-i", "patch", "deployment/other", "-n", namespace, "--as", who, check=False)
     assert denied.stdout.strip() == "no"
+
+
+def test_the_server_accepts_the_existing_deployment_mode_with_monitoring_under_strict_field_validation(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    chart.install_crds(cluster)  # the Prometheus Operator's, for the ServiceMonitor and PrometheusRule
+    namespace = chart.new_namespace(cluster, "adopt-monitoring")
+    values = {
+        "vllm": {"enabled": False},
+        "target": {"deployment": "qwen", "podLabels": {"app.kubernetes.io/name": "qwen"}, "networkPolicy": True},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "grafanaDashboard": {"enabled": True},
+        "networkPolicy": {"vllmFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}]},
+    }
+    file = chart.values_file(tmp_path / "values.yaml", values)
+    rendered = chart.helm(cluster, "template", "adopt", CHART, "--namespace", namespace, "-f", file).stdout
+    done = cluster.kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", "-o", "name", stdin=rendered
+    )
+    assert sorted(line.split("/")[0] for line in done.stdout.split()) == [
+        "configmap", "networkpolicy.networking.k8s.io", "prometheusrule.monitoring.coreos.com",
+        "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io", "service", "serviceaccount",
+        "servicemonitor.monitoring.coreos.com",
+    ]  # fmt: skip
