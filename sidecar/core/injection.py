@@ -409,10 +409,12 @@ def _service(done: Injected, docs: Sequence[Any], meta: dict[str, Any]) -> dict[
     for declared in vllm.get("ports") or []:
         if declared.get("containerPort") == done.vllm_port and declared.get("name"):
             target = str(declared["name"])
+    # A Service name is a DNS label: 63 characters at most (cut as Helm charts cut their names).
+    service_meta = {**_copy(meta), "name": meta["name"][:63].rstrip("-")}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _copy(meta),
+        "metadata": service_meta,
         "spec": {
             "type": "ClusterIP",
             "selector": {str(k): str(v) for k, v in selector.items()},

@@ -251,3 +251,13 @@ def test_what_the_api_server_wrote_is_dropped_so_the_output_applies_like_a_manif
     assert "status" not in deployment
     assert set(deployment["metadata"]) == {"name", "namespace", "annotations"}
     assert deployment["metadata"]["annotations"] == {"team": "ml"}
+
+
+def test_the_service_name_is_cut_to_the_63_characters_a_service_may_have() -> None:
+    long = "a-deployment-name-that-is-long-enough-to-overflow-a-dns-label"
+    docs = injected(PLAIN.replace("name: vllm\n  namespace", f"name: {long}\n  namespace"), InjectOptions(
+        image="s:1", with_rbac=True, with_service=True))  # fmt: skip
+    names = {d["kind"]: d["metadata"]["name"] for d in docs}
+    assert names["Role"] == f"{long}-spec-sidecar"  # a Role's name may be longer
+    assert len(names["Service"]) <= 63 and f"{long}-spec-sidecar".startswith(names["Service"])
+    assert not names["Service"].endswith("-")
