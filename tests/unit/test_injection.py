@@ -261,3 +261,12 @@ def test_the_service_name_is_cut_to_the_63_characters_a_service_may_have() -> No
     assert names["Role"] == f"{long}-spec-sidecar"  # a Role's name may be longer
     assert len(names["Service"]) <= 63 and f"{long}-spec-sidecar".startswith(names["Service"])
     assert not names["Service"].endswith("-")
+
+
+def test_kubectl_style_lists_under_their_key_stay_unindented_in_what_is_added() -> None:
+    # `kubectl get -o yaml` writes list dashes level with their key; the added container follows that layout.
+    kubectl_style = yaml.safe_dump(yaml.safe_load(PLAIN), sort_keys=False)
+    assert "      containers:\n      - name: engine\n" in kubectl_style
+    out, _ = inject_text(kubectl_style, OPTIONS)
+    assert "\n      - name: spec-sidecar\n" in out
+    assert "\n        args:\n        - run\n        - --vllm-url\n" in out
