@@ -72,7 +72,7 @@ def control(kubeconfig: Path, namespace: str, *args: str) -> dict[str, Any]:
         str(kubeconfig),
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "sidecar.control_commands", *args, *target, "--json"],
+        [sys.executable, "-m", "sidecar.cli.control_commands", *args, *target, "--json"],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode in (0, 1), done.stdout + done.stderr

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar.cli.inject import inject_text
 from sidecar.core.injection import InjectionError, InjectOptions, looks_like_vllm, vllm_port
-from sidecar.inject_command import inject_text
 
 ADOPT = Path(__file__).resolve().parents[2] / "docs" / "adopt"
 OPTIONS = InjectOptions(image="registry.example.internal/spec-sidecar:0.1.0")
