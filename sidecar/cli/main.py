@@ -23,7 +23,7 @@ from pydantic_core import ErrorDetails
 from rich.console import Console
 
 from sidecar import __version__
-from sidecar.cli import control_commands, probe
+from sidecar.cli import control_commands, inject, probe
 from sidecar.cli.control_commands import target_problem
 from sidecar.core.actuator import TargetError
 from sidecar.settings import Settings, check_url, host_port
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     probe.register,
     control_commands.register,
+    inject.register,
 ]
 
 

@@ -145,3 +145,45 @@ def test_run_on_a_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path, not_vl
     taken = not_vllm.removeprefix("http://")
     line = one_line_error(cli("run", "--listen", taken, "--vllm-url", not_vllm, home=tmp_path), "run")
     assert f"--listen {taken}: " in line and "choose another port" in line
+
+
+INJECT_INPUT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: vllm}
+spec:
+  selector: {matchLabels: {app: vllm}}
+  template:
+    metadata: {labels: {app: vllm}}
+    spec:
+      containers:
+        - {name: a, image: vllm/vllm-openai:v0.32.0}
+        - {name: b, image: vllm/vllm-openai:v0.32.0}
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "says"),
+    [
+        ((), INJECT_INPUT, ["more than one container that looks like vLLM", "'a' and 'b'", "--container"]),
+        ((), INJECT_INPUT.replace("vllm/vllm-openai:v0.32.0", "nginx:1.27"), ["no vLLM container", "--container"]),
+        (("--container", "c"), INJECT_INPUT, ["no container named 'c'", "its containers: a, b"]),
+        (("--workload", "other"), INJECT_INPUT, ["no workload named 'other'", "--workload"]),
+        ((), "kind: [unclosed\n", ["stdin: not YAML", "Kubernetes YAML"]),
+        (("missing.yaml",), "", ["missing.yaml: no such file", "'-' for stdin"]),
+        (("--config", "treshold=0.4"), INJECT_INPUT, ["--config treshold=0.4", "setting of `spec-sidecar run`"]),
+        (("--config", "threshold=high"), INJECT_INPUT, ["--config threshold=high", "number"]),
+        (("--config", "deployment=x"), INJECT_INPUT, ["inject sets deployment itself"]),
+    ],
+)
+def test_inject_refusals_are_one_line_saying_what_to_change_and_write_nothing(
+    tmp_path: Path, args: tuple[str, ...], stdin: str, says: list[str]
+) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SPEC_SIDECAR_", "KUBE"))}
+    done = subprocess.run(
+        [str(ENTRY_POINT), "inject", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False,
+        env={**base, "HOME": str(tmp_path)}, cwd=tmp_path,
+    )  # fmt: skip
+    line = one_line_error(done, "inject")
+    assert [s for s in says if s not in line] == [], line
+    assert done.stdout == ""  # nothing half-written into the pipe for kubectl apply

@@ -34,7 +34,7 @@ def help_of(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_cli_has_the_subcommands_the_readme_tours() -> None:
-    assert {"run", "report", "probe", "status", "enable", "disable"} <= set(subcommands())
+    assert {"run", "report", "probe", "status", "enable", "disable", "inject"} <= set(subcommands())
 
 
 @pytest.mark.parametrize("command", [(), *((name,) for name in subcommands())], ids=lambda c: " ".join(c) or "top")

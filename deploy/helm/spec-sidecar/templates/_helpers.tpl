@@ -43,9 +43,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The Deployment the sidecar acts on: the chart's own, or (vllm.enabled false) the one target.deployment names. */}}
+{{- define "spec-sidecar.targetDeployment" -}}
+{{- if .Values.vllm.enabled }}
+{{- include "spec-sidecar.fullname" . }}
+{{- else }}
+{{- required "vllm.enabled is false: set target.deployment to the name of the Deployment that runs vLLM (in the release namespace)" .Values.target.deployment }}
+{{- end }}
+{{- end }}
+
+{{/* The labels of the vLLM pods: the chart's own, or target.podLabels beside an existing Deployment. */}}
+{{- define "spec-sidecar.podSelector" -}}
+{{- if .Values.vllm.enabled }}
+{{- include "spec-sidecar.selectorLabels" . }}
+{{- else }}
+{{- toYaml .Values.target.podLabels }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the NetworkPolicy is rendered: beside an existing Deployment, only when asked (target.networkPolicy). */}}
+{{- define "spec-sidecar.networkPolicyOn" -}}
+{{- if and .Values.networkPolicy.enabled (or .Values.vllm.enabled (and .Values.target.networkPolicy .Values.target.podLabels)) }}true{{ end }}
+{{- end }}
+
 {{/* The Lease the sidecar replicas elect one actor with: the sidecar names it <deployment>-spec-sidecar. */}}
 {{- define "spec-sidecar.leaseName" -}}
-{{- printf "%s-spec-sidecar" (include "spec-sidecar.fullname" .) }}
+{{- printf "%s-spec-sidecar" (include "spec-sidecar.targetDeployment" .) }}
 {{- end }}
 
 {{- define "spec-sidecar.sidecarImage" -}}
