@@ -1,8 +1,11 @@
-"""Every knob of the sidecar, one flat field per CLI flag.
+"""Every knob of the sidecar, in documented sections; one field per CLI flag and environment variable.
 
 A field ``scrape_interval`` is the flag ``--scrape-interval`` and the environment variable
-``SPEC_SIDECAR_SCRAPE_INTERVAL``; a flag beats the environment, which beats the default. The CLI builds its
-flags from these fields, and docs/configuration.md is generated from them, so the three never drift apart.
+``SPEC_SIDECAR_SCRAPE_INTERVAL``; a flag beats the environment, which beats the default. Each section is a class
+of its own (its docstring says what it is for) and :class:`Settings` is all of them: ``spec-sidecar run`` takes
+every section, ``status``/``enable``/``disable`` take :class:`TargetSettings` alone. The CLI builds its flags from
+these fields (``--help`` groups them by section) and docs/configuration.md is generated from them, so the three
+never drift apart.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from sidecar.core.temperature import parse_edges
 from sidecar.core.verdict import Thresholds
 
 LATENCY_KEYS = ("ttft", "tpot", "itl", "e2e")
+ENV_PREFIX = "SPEC_SIDECAR_"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPEC_SIDECAR_", extra="ignore", validate_default=True)
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
 
-    # --- where things are -----------------------------------------------------------------------------------
+
+class ListenSettings(_Section):
+    """Where things are: the engine beside us, the sidecar's listeners, and its log."""
+
     vllm_url: str = Field(
         "http://127.0.0.1:8000",
         description="Base URL of the engine beside us; /metrics is scraped and /v1/* is forwarded there.",
@@ -45,8 +52,36 @@ class Settings(BaseSettings):
             "Prometheus the other (the Helm chart does). Unset: one listener for both."
         ),
     )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
-    # --- scraping ------------------------------------------------------------------------------------------
+    @field_validator("vllm_url")
+    @classmethod
+    def _check_vllm_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever. An empty
+        # --prometheus-url (a chart value left blank) means no fleet mode, as before.
+        if value or info.field_name == "vllm_url":
+            check_url(value or "")
+        return value
+
+    @field_validator("listen", "metrics_listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _apart_from_the_tap(cls, value: str | None, info: ValidationInfo) -> str | None:
+        listen = info.data.get("listen")
+        if value is not None and listen is not None and host_port(value)[1] == host_port(listen)[1]:
+            raise ValueError("the metrics listener needs a port of its own, not the tap's (--listen)")
+        return value
+
+
+class ScrapeSettings(_Section):
+    """Scraping the engine's /metrics: how often, and the bounds that keep a hostile scrape cheap."""
+
     scrape_interval: float = Field(5.0, gt=0, description="Seconds between scrapes of the engine's /metrics.")
     scrape_timeout: float = Field(
         3.0,
@@ -100,7 +135,14 @@ class Settings(BaseSettings):
         ),
     )
 
-    # --- the numbers ---------------------------------------------------------------------------------------
+    def stale_seconds(self) -> float:
+        """--stale-after, or two missed scrapes and the longest a third may take."""
+        return self.stale_after if self.stale_after is not None else 2 * self.scrape_interval + self.scrape_timeout
+
+
+class AnalysisSettings(_Section):
+    """The numbers: the window, the verdict's thresholds, the cost model, latency baselines and the SLO."""
+
     window: float = Field(
         60.0,
         gt=0,
@@ -132,8 +174,45 @@ class Settings(BaseSettings):
             "from windows observed with speculation off."
         ),
     )
+    slo: Literal["ttft", "tpot", "e2e"] | None = Field(
+        None,
+        description=(
+            "Which latency your SLO is on. Speculation helps TPOT and can hurt TTFT and the tail; the advice in "
+            "report and /status weighs the divergence of this metric."
+        ),
+    )
 
-    # --- the decision and the actuator -----------------------------------------------------------------------
+    @field_validator("baseline_p99_p50", mode="before")
+    @classmethod
+    def _parse_baseline(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, float] = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, raw = item.partition("=")
+            if not sep or key.strip() not in LATENCY_KEYS:
+                raise ValueError(f"expected metric=ratio with metric in {LATENCY_KEYS}, got {item!r}")
+            pairs[key.strip()] = float(raw)
+        return pairs
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> Self:
+        if self.threshold > self.keep_threshold:
+            raise ValueError(
+                f"--threshold ({self.threshold:g}) is above --keep-threshold ({self.keep_threshold:g}); "
+                "set --threshold at or below --keep-threshold (acceptance between them is borderline)"
+            )
+        return self
+
+    def analysis_config(self) -> AnalysisConfig:
+        return AnalysisConfig(
+            Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
+        )
+
+
+class DecisionSettings(_Section):
+    """The decision rule: when a run of low windows turns speculation off, and what may turn it back on."""
+
     trip_windows: int = Field(
         3, ge=1, description="Consecutive low windows (each with enough draft tokens) before turning speculation off."
     )
@@ -189,6 +268,11 @@ class Settings(BaseSettings):
         ),
     )
     trial_max_tries: int = Field(3, ge=1, description="Failed trials in a row before trials stop.")
+
+
+class TargetSettings(_Section):
+    """The target the sidecar (and status, enable, disable) acts on: a Deployment or a local manifest."""
+
     deployment: str | None = Field(None, description="Kubernetes Deployment to act on (with --namespace).")
     namespace: str | None = Field(None, description="Namespace of --deployment; defaults to the pod's own.")
     container: str = Field("vllm", description="Name of the vLLM container inside --deployment.")
@@ -202,6 +286,36 @@ class Settings(BaseSettings):
             "Events or logs (restore takes them from the live args). Replaces the default list."
         ),
     )
+    kubeconfig: str | None = Field(
+        None,
+        description=(
+            "Kubeconfig file for --deployment. Unset: in-cluster credentials in a pod, else $KUBECONFIG, else "
+            "~/.kube/config."
+        ),
+    )
+    kube_host: str | None = Field(
+        None,
+        description=(
+            "API server URL to use instead of a kubeconfig, without credentials (e.g. kubectl proxy's "
+            "http://127.0.0.1:8001)."
+        ),
+    )
+
+    @field_validator("secret_flags")
+    @classmethod
+    def _check_secret_flags(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any(not n.startswith("-") for n in names):
+            raise ValueError(f"expected flag names such as --api-key, got {value!r}")
+        return value
+
+    def secret_flag_list(self) -> tuple[str, ...]:
+        return secret_flags_of(self.secret_flags)
+
+
+class FleetSettings(_Section):
+    """Fleet mode: decide on the whole Deployment's numbers, read from Prometheus."""
+
     prometheus_url: str | None = Field(
         None, description="Prometheus to read fleet-wide rates from; the leader then judges all replicas as one."
     )
@@ -213,7 +327,27 @@ class Settings(BaseSettings):
         ),
     )
 
-    # --- the tap -------------------------------------------------------------------------------------------
+    @field_validator("prometheus_selector")
+    @classmethod
+    def _fleet_needs_pods(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a selector or a Deployment to build one from, fleet mode would sum every engine in Prometheus.
+        if info.data.get("prometheus_url") and not (value or "").strip() and not info.data.get("deployment"):
+            raise ValueError("fleet mode (--prometheus-url) needs --prometheus-selector or --deployment")
+        return value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _check_prometheus_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever. An empty
+        # --prometheus-url (a chart value left blank) means no fleet mode, as before.
+        if value or info.field_name == "vllm_url":
+            check_url(value or "")
+        return value
+
+
+class TapSettings(_Section):
+    """The tap: the OpenAI API pass-through, its client timeouts and its temperature buckets."""
+
     temperature_buckets: str = Field(
         "0.3,0.7,1.0",
         description=(
@@ -284,37 +418,6 @@ class Settings(BaseSettings):
         300.0, gt=0, description="Seconds of requests behind the per-temperature-bucket gauges (P10/P50/P90)."
     )
 
-    slo: Literal["ttft", "tpot", "e2e"] | None = Field(
-        None,
-        description=(
-            "Which latency your SLO is on. Speculation helps TPOT and can hurt TTFT and the tail; the advice in "
-            "report and /status weighs the divergence of this metric."
-        ),
-    )
-
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-
-    @field_validator("baseline_p99_p50", mode="before")
-    @classmethod
-    def _parse_baseline(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        pairs: dict[str, float] = {}
-        for item in filter(None, (p.strip() for p in value.split(","))):
-            key, sep, raw = item.partition("=")
-            if not sep or key.strip() not in LATENCY_KEYS:
-                raise ValueError(f"expected metric=ratio with metric in {LATENCY_KEYS}, got {item!r}")
-            pairs[key.strip()] = float(raw)
-        return pairs
-
-    @field_validator("prometheus_selector")
-    @classmethod
-    def _fleet_needs_pods(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # Without a selector or a Deployment to build one from, fleet mode would sum every engine in Prometheus.
-        if info.data.get("prometheus_url") and not (value or "").strip() and not info.data.get("deployment"):
-            raise ValueError("fleet mode (--prometheus-url) needs --prometheus-selector or --deployment")
-        return value
-
     @field_validator("temperature_buckets")
     @classmethod
     def _check_buckets(cls, value: str) -> str:
@@ -327,58 +430,24 @@ class Settings(BaseSettings):
         parse_forward_paths(value)
         return value
 
-    @field_validator("listen", "metrics_listen")
-    @classmethod
-    def _check_listen(cls, value: str | None) -> str | None:
-        if value is not None:
-            host_port(value)
-        return value
 
-    @field_validator("metrics_listen")
-    @classmethod
-    def _apart_from_the_tap(cls, value: str | None, info: ValidationInfo) -> str | None:
-        listen = info.data.get("listen")
-        if value is not None and listen is not None and host_port(value)[1] == host_port(listen)[1]:
-            raise ValueError("the metrics listener needs a port of its own, not the tap's (--listen)")
-        return value
+# In the order of the flags and of docs/configuration.md.
+SECTIONS: tuple[type[_Section], ...] = (
+    ListenSettings,
+    ScrapeSettings,
+    AnalysisSettings,
+    DecisionSettings,
+    TargetSettings,
+    FleetSettings,
+    TapSettings,
+)
 
-    @field_validator("vllm_url", "prometheus_url")
-    @classmethod
-    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # Without a scheme, httpx fails every scrape and the sidecar would only log warnings forever. An empty
-        # --prometheus-url (a chart value left blank) means no fleet mode, as before.
-        if value or info.field_name == "vllm_url":
-            check_url(value or "")
-        return value
 
-    @model_validator(mode="after")
-    def _thresholds_in_order(self) -> Self:
-        if self.threshold > self.keep_threshold:
-            raise ValueError(
-                f"--threshold ({self.threshold:g}) is above --keep-threshold ({self.keep_threshold:g}); "
-                "set --threshold at or below --keep-threshold (acceptance between them is borderline)"
-            )
-        return self
-
-    def stale_seconds(self) -> float:
-        """--stale-after, or two missed scrapes and the longest a third may take."""
-        return self.stale_after if self.stale_after is not None else 2 * self.scrape_interval + self.scrape_timeout
-
-    @field_validator("secret_flags")
-    @classmethod
-    def _check_secret_flags(cls, value: str) -> str:
-        names = [n.strip() for n in value.split(",") if n.strip()]
-        if any(not n.startswith("-") for n in names):
-            raise ValueError(f"expected flag names such as --api-key, got {value!r}")
-        return value
-
-    def secret_flag_list(self) -> tuple[str, ...]:
-        return secret_flags_of(self.secret_flags)
-
-    def analysis_config(self) -> AnalysisConfig:
-        return AnalysisConfig(
-            Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
-        )
+# Bases in reverse: pydantic puts the fields of the last base first, so the fields keep the order of SECTIONS.
+class Settings(
+    TapSettings, FleetSettings, TargetSettings, DecisionSettings, AnalysisSettings, ScrapeSettings, ListenSettings
+):
+    """Every setting of ``spec-sidecar run``: all the sections."""
 
 
 def check_url(url: str) -> None:

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from sidecar.adapters.kube.namespace import own_namespace
 from sidecar.control.fleet import FleetCollector, FleetSource
 from sidecar.control.loop import Baseline, ControlCollector, Controller
-from sidecar.core.actuator import Actuator
+from sidecar.core.actuator import Actuator, Leadership
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
 from sidecar.core.policy import PolicyConfig, TrialConfig
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.scrape.collector import ScrapeCollector
 from sidecar.scrape.monitor import Monitor
-from sidecar.settings import Settings, secret_flags_of
+from sidecar.settings import Settings, TargetSettings
 from sidecar.tap.proxy import TapConfig
 from sidecar.tap.recorder import TapRecorder
 
@@ -80,7 +79,6 @@ def tap_config(settings: Settings, sidecar: Sidecar) -> TapConfig:
         upstream_idle_seconds=settings.tap_upstream_idle,
         forward_paths=parse_forward_paths(settings.tap_forward_paths),
         estimate_from_chunks=settings.tap_estimate_from_chunks,
-        window_seconds=settings.bucket_window,
         speculative_tokens=sidecar.speculative_tokens,
     )
 
@@ -114,14 +112,27 @@ def policy_config(settings: Settings) -> PolicyConfig:
     )
 
 
-def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
+@dataclass(frozen=True)
+class Target:
+    """What the sidecar acts on, and the Lease it acts under (None: no election, this sidecar alone acts)."""
+
+    actuator: Actuator
+    leadership: Leadership | None = None
+
+
+def build_target(settings: TargetSettings, *, elect: bool) -> Target | None:
     """The target named by the settings, or None (measure only). ``elect``: take part in leader election."""
-    secrets = secret_flags_of(getattr(settings, "secret_flags", None))
+    secrets = settings.secret_flag_list()
     if settings.deployment_file:
         from sidecar.adapters.manifest import ManifestActuator
 
-        return ManifestActuator(
-            settings.deployment_file, container=settings.container, deployment=settings.deployment, secret_flags=secrets
+        return Target(
+            ManifestActuator(
+                settings.deployment_file,
+                container=settings.container,
+                deployment=settings.deployment,
+                secret_flags=secrets,
+            )
         )
     if not settings.deployment:
         return None
@@ -132,13 +143,13 @@ def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
 
     namespace = settings.namespace or own_namespace()
     identity = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "spec-sidecar"
-    api = api_client(kubeconfig=getattr(settings, "kubeconfig", None), host=getattr(settings, "kube_host", None))
+    api = api_client(kubeconfig=settings.kubeconfig, host=settings.kube_host)
     elector = (
         LeaseElector(api, namespace=namespace, name=f"{settings.deployment}-spec-sidecar", identity=identity)
         if elect
         else None
     )
-    return KubeActuator(
+    actuator = KubeActuator(
         api,
         namespace=namespace,
         deployment=settings.deployment,
@@ -147,10 +158,17 @@ def build_actuator(settings: Any, *, elect: bool) -> Actuator | None:
         elector=elector,
         secret_flags=secrets,
     )
+    return Target(actuator, elector)
+
+
+def build_actuator(settings: TargetSettings, *, elect: bool) -> Actuator | None:
+    """The target's actuator alone (the CLI's status, enable and disable, which never elect)."""
+    target = build_target(settings, elect=elect)
+    return target.actuator if target is not None else None
 
 
 def build_controller(settings: Settings, baseline_for: Baseline | None = None) -> Controller | None:
-    actuator = build_actuator(settings, elect=True)
-    if actuator is None:
+    target = build_target(settings, elect=True)
+    if target is None:
         return None
-    return Controller(actuator, policy_config(settings), baseline_for=baseline_for)
+    return Controller(target.actuator, policy_config(settings), target.leadership, baseline_for=baseline_for)

@@ -15,7 +15,6 @@ import fcntl
 import hashlib
 import io
 import itertools
-import json
 import logging
 import os
 import re
@@ -41,6 +40,7 @@ from sidecar.core.actuator import (
     TargetView,
     plan,
     plan_record,
+    toggle_log_line,
     view_of,
     wall_clock,
 )
@@ -134,19 +134,7 @@ class ManifestActuator:
             self.errors[getattr(exc, "reason", "io_error")] += 1
             return ActResult(Outcome.ERROR, action, str(exc))
         after = self.read()
-        log.info(
-            json.dumps(
-                {
-                    "event": "speculation_toggle" if action in ("disable", "enable") else "control_record",
-                    "action": action,
-                    "reason": reason,
-                    "target": self.target,
-                    "flags": list(planned.flags),
-                    "by": str(planned.record.changed_by or ""),
-                },
-                sort_keys=True,
-            )
-        )
+        log.info(toggle_log_line(action, reason, self.target, planned))
         return ActResult(Outcome.CHANGED, action, f"{action} {self.target}: {reason}", after, planned.flags)
 
     def _load(self) -> _Loaded:

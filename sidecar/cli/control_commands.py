@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from sidecar.cli.flags import UsageError, add_settings_flags, settings_from_args
 from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetError, TargetView
+from sidecar.settings import TargetSettings
 from sidecar.wiring import build_actuator
 
 OK = (Outcome.CHANGED, Outcome.UNCHANGED)
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("enable", "Restore exactly the flags the last disable removed (recorded as manual)."),
     ):
         p = subparsers.add_parser(name, help=help_text, description=f"{help_text} {DESCRIPTIONS[name]}")
-        _target_flags(p)
+        add_settings_flags(p, (TargetSettings,))
         p.add_argument("--json", action="store_true", help="Print one JSON object.")
         if name != "status":
             p.add_argument("--reason", default="manual", help="Recorded as the reason (default 'manual').")
@@ -76,11 +77,10 @@ def target_problem(
     deployment_file: str | None,
     server: str | None = None,
     *,
-    kubeconfig_flag: bool = True,
     kube_host: str | None = None,
 ) -> str:
-    """One line: what is wrong with the target, and which flag to change (``run`` has no --kubeconfig)."""
-    kubeconfig = "--kubeconfig or KUBECONFIG" if kubeconfig_flag else "KUBECONFIG"
+    """One line: what is wrong with the target, and which flag to change."""
+    kubeconfig = "--kubeconfig or KUBECONFIG"
     server_from = "--kube-host" if kube_host else f"the server address in the kubeconfig ({kubeconfig})"
     hints = FILE_HINTS if deployment_file else KUBE_HINTS
     hint = hints.get(exc.reason, "").format(kubeconfig=kubeconfig, server_from=server_from)
@@ -90,58 +90,17 @@ def target_problem(
     return f"{detail}; {hint}" if hint else detail
 
 
-def _target_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument(
-        "--deployment",
-        default=env("SPEC_SIDECAR_DEPLOYMENT"),
-        help="Kubernetes Deployment name [env SPEC_SIDECAR_DEPLOYMENT].",
-    )
-    p.add_argument(
-        "--namespace",
-        default=env("SPEC_SIDECAR_NAMESPACE"),
-        help="Its namespace (default: the pod's own, else 'default') [env SPEC_SIDECAR_NAMESPACE].",
-    )
-    p.add_argument(
-        "--container",
-        default=env("SPEC_SIDECAR_CONTAINER", "vllm"),
-        help="The vLLM container [env SPEC_SIDECAR_CONTAINER; default 'vllm'].",
-    )
-    p.add_argument(
-        "--deployment-file",
-        default=env("SPEC_SIDECAR_DEPLOYMENT_FILE"),
-        help="A local YAML manifest [env SPEC_SIDECAR_DEPLOYMENT_FILE].",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        default=env("KUBECONFIG"),
-        help="Kubeconfig file (default: in-cluster, else ~/.kube/config) [env KUBECONFIG].",
-    )
-    p.add_argument(
-        "--kube-host",
-        default=None,
-        help="API server URL to use instead of a kubeconfig, without credentials "
-        "(e.g. kubectl proxy's http://127.0.0.1:8001).",
-    )
-    p.add_argument(
-        "--secret-flags",
-        default=env("SPEC_SIDECAR_SECRET_FLAGS"),
-        help="Engine flags whose values are credentials, never recorded "
-        "[env SPEC_SIDECAR_SECRET_FLAGS; default --api-key,--hf-token,--s3-access-key-id,--s3-secret-access-key].",
-    )
-
-
 def run_command(args: argparse.Namespace) -> int:
-    if not args.deployment and not args.deployment_file:
-        print(f"spec-sidecar {args.command}: give --deployment NAME or --deployment-file PATH", file=sys.stderr)
-        return 2
+    target = settings_from_args(args, TargetSettings)
+    if not target.deployment and not target.deployment_file:
+        raise UsageError("give --deployment NAME or --deployment-file PATH")
     actuator: Actuator | None = None
     # The API client's retries log a warning each; a person gets the one line below instead.
     kube_log = logging.getLogger("spec_sidecar.kube")
     level = kube_log.level
     kube_log.setLevel(logging.ERROR)
     try:
-        actuator = build_actuator(args, elect=False)
+        actuator = build_actuator(target, elect=False)
         assert actuator is not None
         # Read first, for enable and disable too: a target that cannot be read is exit code 2 for every command.
         view = actuator.read()
@@ -149,13 +108,8 @@ def run_command(args: argparse.Namespace) -> int:
             return _status(view, args.json)
         return _toggle(actuator, args)
     except TargetError as exc:
-        server = getattr(actuator, "server", None) or args.kube_host
-        problem = target_problem(exc, args.deployment_file, server, kube_host=args.kube_host)
-        print(f"spec-sidecar {args.command}: {problem}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # anything else still gets one line, not a trace
-        print(f"spec-sidecar {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        server = getattr(actuator, "server", None) or target.kube_host
+        raise UsageError(target_problem(exc, target.deployment_file, server, kube_host=target.kube_host)) from exc
     finally:
         kube_log.setLevel(level)
 
@@ -219,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spec-sidecar")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except UsageError as exc:
+        print(f"spec-sidecar {args.command}: {exc}", file=sys.stderr)
+        return 2
     return code
 
 

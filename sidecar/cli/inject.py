@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from sidecar.cli.main import UsageError
+    from sidecar.cli.flags import UsageError
 
     options = InjectOptions(
         image=args.image,

@@ -1,7 +1,7 @@
 """Command line: spec-sidecar run | report (more subcommands register themselves through COMMANDS).
 
-Flags are generated from the Settings fields, so every setting is a flag (``--scrape-interval``) and an
-environment variable (``SPEC_SIDECAR_SCRAPE_INTERVAL``) with one description.
+Flags are generated from the Settings sections (:mod:`sidecar.cli.flags`), so every setting is a flag
+(``--scrape-interval``) and an environment variable (``SPEC_SIDECAR_SCRAPE_INTERVAL``) with one description.
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
 from rich.console import Console
 
 from sidecar import __version__
 from sidecar.cli import control_commands, inject, probe
 from sidecar.cli.control_commands import target_problem
+from sidecar.cli.flags import UsageError, add_settings_flags, settings_from_args
 from sidecar.core.actuator import TargetError
 from sidecar.settings import Settings, check_url, host_port
 
@@ -36,7 +34,6 @@ if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
 REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
 
 Handler = Callable[[argparse.Namespace], int]
-ENV_PREFIX = "SPEC_SIDECAR_"
 EXIT_CODES = """exit codes:
   0    done, or already so
   1    refused: enable or disable left the target as it was, and says why
@@ -58,56 +55,13 @@ class HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: printed as one line, exit code 2."""
-
-
-def add_settings_flags(parser: argparse.ArgumentParser, only: Iterable[str] | None = None) -> None:
-    wanted = set(only) if only is not None else None
-    for name, field in Settings.model_fields.items():
-        if wanted is not None and name not in wanted:
-            continue
-        flag = "--" + name.replace("_", "-")
-        env = ENV_PREFIX + name.upper()
-        # argparse expands %-formats in help texts: a literal % must be doubled.
-        help_text = f"{field.description} [env {env}; default {_default_text(field)}]".replace("%", "%%")
-        if field.annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
-
-
-def _default_text(field: FieldInfo) -> str:
-    value = field.get_default(call_default_factory=True)
-    return "none" if value is None or value == {} else repr(value)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        raise UsageError("; ".join(_problem(e, given) for e in exc.errors())) from exc
-
-
-def _problem(error: ErrorDetails, given: dict[str, object]) -> str:
-    """One problem, under the name the user wrote it with: the flag, or the environment variable."""
-    message = error["msg"].removeprefix("Value error, ")
-    if not error["loc"]:  # a rule between settings (the message names them)
-        return message
-    name = str(error["loc"][0])
-    if name in given:
-        return f"--{name.replace('_', '-')}: {message}"
-    return f"environment variable {ENV_PREFIX}{name.upper()}={error['input']}: {message}"
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sidecar.web.app import create_app
     from sidecar.web.listener import bounded_protocol
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, Settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
@@ -123,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ).read()
         app = create_app(settings)
     except TargetError as exc:  # --deployment without a usable cluster configuration, for instance
-        raise UsageError(target_problem(exc, settings.deployment_file, kubeconfig_flag=False)) from exc
+        raise UsageError(target_problem(exc, settings.deployment_file, kube_host=settings.kube_host)) from exc
     # Everything alive now (modules, the app) lives as long as the process: keep it out of the collector's full
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
@@ -189,20 +143,18 @@ def _check_free(host: str, port: int) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from sidecar.cli.advice_render import render_advice
     from sidecar.cli.report import render, render_buckets
-    from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
-    from sidecar.core.report import bucket_json, report_json
+    from sidecar.core.advice import AdviceConfig, advise_stats, slo_from
+    from sidecar.core.report import report_body
     from sidecar.core.stats import compute_stats
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, Settings)
     snapshots = [_load_source(source, settings) for source in args.sources]
     stats = compute_stats(snapshots, settings.analysis_config())
     thresholds = settings.analysis_config().thresholds
     buckets, bucket_window = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None)
     advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
-        body = report_json(stats)
-        body["advice"] = [advice_json(a) for a in advice]
-        body["buckets"] = [bucket_json(b) for b in buckets]
+        body = report_body(stats, advice, buckets)
         if args.tap:
             body["bucket_window_seconds"] = bucket_window
         print(json.dumps(body, indent=2))
@@ -301,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="A running sidecar (e.g. http://127.0.0.1:8081): add the per-temperature buckets its tap has seen, "
         "and judge the mixed-workload trap with them.",
     )
-    add_settings_flags(report, REPORT_FIELDS)
+    add_settings_flags(report, only=REPORT_FIELDS)
     report.set_defaults(handler=cmd_report)
 
     for register in COMMANDS:

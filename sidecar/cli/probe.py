@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sidecar.cli.terminal_text import VERDICT_STYLE, plain
+from sidecar.core.figures import count
 from sidecar.core.request_acceptance import SpecCounts, facts_from_payload
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
@@ -454,8 +455,8 @@ def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Con
         cells = [
             f"{r.temperature:g}",
             str(r.requests),
-            _count(r.draft_tokens),
-            _count(r.accepted_tokens),
+            count(r.draft_tokens),
+            count(r.accepted_tokens),
             "—" if r.acceptance_ratio is None else f"{r.acceptance_ratio:.3f}",
             _ms(r.ttft_seconds),
             _ms(r.tpot_seconds),
@@ -463,10 +464,6 @@ def render(model: str, url: str, rows: Sequence[TemperatureResult], console: Con
         ]
         table.add_row(*cells, *([] if one_source else [plain(r.source)]))
     console.print(table)
-
-
-def _count(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"
 
 
 def _ms(seconds: float | None) -> str:

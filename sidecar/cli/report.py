@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sidecar.cli.terminal_text import VERDICT_STYLE, plain
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.figures import count, fixed
 from sidecar.core.report import BucketSummary
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
@@ -43,7 +44,7 @@ def render_buckets(
         table.add_row(
             plain(b.model_name), plain(b.bucket), str(b.window_requests),
             f"{b.window_requests / total:.0%}" if total else "—",
-            _fmt(b.acceptance), _fmt(b.p10), _fmt(b.p50), _fmt(b.p90), f"[{VERDICT_STYLE[judged]}]{judged}[/]",
+            fixed(b.acceptance), fixed(b.p10), fixed(b.p50), fixed(b.p90), f"[{VERDICT_STYLE[judged]}]{judged}[/]",
         )  # fmt: skip
     console.print(table)
 
@@ -58,14 +59,6 @@ def render(stats: Stats, console: Console, title: str) -> None:
         )
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _count(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"
-
-
 def _summary_table(m: ModelStats) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -75,18 +68,18 @@ def _summary_table(m: ModelStats) -> Table:
     if m.invalid is not None:
         table.add_row("invalid", plain(f"{m.invalid}: {m.invalid_detail or ''}"))  # label values from the engine
     table.add_row("speculation", "on" if m.speculation else "off")
-    table.add_row("acceptance ratio", _fmt(m.acceptance_ratio))
-    table.add_row("mean acceptance length", _fmt(m.mean_acceptance_length))
-    table.add_row("α̂ (position 0)", _fmt(m.alpha_estimate))
+    table.add_row("acceptance ratio", fixed(m.acceptance_ratio))
+    table.add_row("mean acceptance length", fixed(m.mean_acceptance_length))
+    table.add_row("α̂ (position 0)", fixed(m.alpha_estimate))
     table.add_row("k", "—" if m.num_speculative_tokens is None else str(m.num_speculative_tokens))
-    table.add_row("per position", " ".join(_fmt(v, 2) for v in m.position_acceptance) or "—")
-    breakeven, speedup = _fmt(m.breakeven_acceptance_length), _fmt(m.expected_speedup)
+    table.add_row("per position", " ".join(fixed(v, 2) for v in m.position_acceptance) or "—")
+    breakeven, speedup = fixed(m.breakeven_acceptance_length), fixed(m.expected_speedup)
     table.add_row("break-even L / expected speedup", f"{breakeven} / {speedup}")
     table.add_row(
         "window drafts / draft / accepted",
-        f"{_count(m.drafts)} / {_count(m.draft_tokens)} / {_count(m.accepted_tokens)}",
+        f"{count(m.drafts)} / {count(m.draft_tokens)} / {count(m.accepted_tokens)}",
     )
-    table.add_row("KV cache usage", _fmt(m.kv_cache_usage, 2))
+    table.add_row("KV cache usage", fixed(m.kv_cache_usage, 2))
     if not m.comparable:
         table.add_row("note", "legacy V0 engine: its acceptance counts are not comparable with V1's")
     return table
@@ -101,5 +94,12 @@ def _latency_table(m: ModelStats) -> Table:
         if q is None:
             table.add_row(metric, "—", "—", "—", "—", "—")
             continue
-        table.add_row(metric, _fmt(q.p50, 4), _fmt(q.p90, 4), _fmt(q.p95, 4), _fmt(q.p99, 4), _fmt(q.p99_p50_ratio, 2))
+        table.add_row(
+            metric,
+            fixed(q.p50, 4),
+            fixed(q.p90, 4),
+            fixed(q.p95, 4),
+            fixed(q.p99, 4),
+            fixed(q.p99_p50_ratio, 2),
+        )
     return table

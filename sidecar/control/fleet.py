@@ -50,7 +50,7 @@ log = logging.getLogger("spec_sidecar.fleet")
 POLL_SECONDS = 1.0
 
 
-class Leadership(Protocol):
+class Election(Protocol):
     """The Lease, as the fleet loop needs it (sidecar.control.loop.Controller): only its holder queries Prometheus."""
 
     def campaign(self, now: float) -> bool: ...
@@ -85,7 +85,7 @@ class FleetSource:
     ``leadership``: the Lease (``elect_by``, when the controller elects); None: this sidecar queries alone.
     """
 
-    def __init__(self, settings: Settings, leadership: Leadership | None = None) -> None:
+    def __init__(self, settings: Settings, leadership: Election | None = None) -> None:
         assert settings.prometheus_url, "fleet mode needs --prometheus-url"
         self.settings = settings
         self.leadership = leadership
@@ -105,7 +105,7 @@ class FleetSource:
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
 
-    def elect_by(self, leadership: Leadership) -> None:
+    def elect_by(self, leadership: Election) -> None:
         """Query only while holding this Lease, from the loop's first look at it on."""
         self.leadership, self.querying = leadership, False
 

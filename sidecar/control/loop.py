@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetView
+from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView
 from sidecar.core.policy import (
     Action,
     Decision,
@@ -59,6 +59,7 @@ class Controller:
         self,
         actuator: Actuator,
         config: PolicyConfig,
+        leadership: Leadership | None = None,
         *,
         model: str | None = None,
         baseline_for: Baseline | None = None,
@@ -68,7 +69,8 @@ class Controller:
         error_backoff: tuple[float, float] = (5.0, 300.0),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.actuator, self.config, self.model = actuator, config, model
+        # leadership: the Lease the actuator writes under (a Deployment); None: this sidecar alone acts (a file).
+        self.actuator, self.config, self.leadership, self.model = actuator, config, leadership, model
         self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
         self._renewed_at: float | None = None
         self.state: PolicyState | None = None
@@ -116,18 +118,17 @@ class Controller:
 
     def close(self) -> None:
         """On shutdown: hand the Lease over at once (the pod is going away, often because of our own toggle)."""
-        elector = getattr(self.actuator, "elector", None)
-        if elector is not None:
-            elector.release()
+        if self.leadership is not None:
+            self.leadership.release()
 
     # --- internals ---------------------------------------------------------------------------------------
 
     def _renew(self, now: float) -> None:
         """Keep the Lease while alive, so the leader stays the leader between toggles (and the metric is true)."""
-        elector = getattr(self.actuator, "elector", None)
-        if elector is None or (self._renewed_at is not None and now - self._renewed_at < self.renew_every):
+        lease = self.leadership
+        if lease is None or (self._renewed_at is not None and now - self._renewed_at < self.renew_every):
             return
-        elector.acquire_or_renew()
+        lease.acquire_or_renew()
         self._renewed_at = now
 
     def _target(self, now: float) -> TargetView | None:
@@ -135,9 +136,8 @@ class Controller:
             return self.view
         try:
             self.view = self.actuator.read()
-        except Exception as exc:  # an unreachable API server must not stop measuring
-            reason = str(getattr(exc, "reason", type(exc).__name__))
-            self.errors[reason] += 1
+        except TargetError as exc:  # an unreachable API server must not stop measuring
+            self.errors[exc.reason] += 1
             log.warning("cannot read %s: %s", getattr(self.actuator, "target", "the target"), exc)
             return None
         self._read_at = now
@@ -218,15 +218,14 @@ class Controller:
         return errors
 
     def is_leader(self) -> bool:
-        elector = getattr(self.actuator, "elector", None)
-        return True if elector is None else bool(elector.is_leader)
+        return True if self.leadership is None else self.leadership.is_leader
 
     # --- leadership, for work only the Lease holder does (fleet mode's Prometheus queries) ----------------
 
     @property
     def elects(self) -> bool:
         """True if this sidecar takes part in a Lease election; without one (a manifest), it alone acts."""
-        return getattr(self.actuator, "elector", None) is not None
+        return self.leadership is not None
 
     def campaign(self, now: float) -> bool:
         """Take or keep the Lease if a renewal is due (throttled as in ``step``); True if this sidecar leads."""
@@ -235,8 +234,7 @@ class Controller:
 
     def lease_holder(self) -> str | None:
         """Who held the Lease at this sidecar's last look (None: nobody, no Lease, or not read yet)."""
-        holder = getattr(getattr(self.actuator, "elector", None), "holder", None)
-        return holder if isinstance(holder, str) else None
+        return self.leadership.holder if self.leadership is not None else None
 
 
 def _unapplied(decision: Decision, before: PolicyState) -> PolicyState:

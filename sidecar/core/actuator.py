@@ -11,6 +11,7 @@ Every operation is idempotent (asking for the state the target is already in is 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,8 @@ Clock = Callable[[], float]
 
 class TargetError(RuntimeError):
     """The target cannot be read or written (missing, unreachable, not a manifest...). ``reason`` is a metric
-    label; ``detail`` says what, for a person."""
+    label; ``detail`` says what, for a person. Every actuator raises its own errors as subclasses of this one
+    (``KubeError``, ``ManifestError``), so callers catch this and nothing broader."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -91,6 +93,22 @@ class Actuator(Protocol):
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
         """Write the annotations only (latch, a passed trial, pin, clearing a latch); the args stay as they are."""
+        ...
+
+
+class Leadership(Protocol):
+    """A Lease only whose holder writes to the target (:class:`sidecar.adapters.kube.lease.LeaseElector`)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+    @property
+    def holder(self) -> str | None: ...
+    def acquire_or_renew(self) -> bool:
+        """Take the Lease, or keep it; True if this sidecar holds it now."""
+        ...
+
+    def release(self) -> None:
+        """Give the Lease up at once (on shutdown), so a successor need not wait for it to expire."""
         ...
 
 
@@ -249,6 +267,22 @@ def view_of(
     image: str | None = None,
 ) -> TargetView:
     return TargetView(target, command, args, record, rollout_complete, specargs.find(command, args), image)
+
+
+def toggle_log_line(action: str, reason: str, target: str, planned: Plan, **extra: str) -> str:
+    """The one structured (JSON) log line of a write to a target, the same for every actuator."""
+    return json.dumps(
+        {
+            "event": "speculation_toggle" if action in ("disable", "enable") else "control_record",
+            "action": action,
+            "reason": reason,
+            "target": target,
+            "flags": list(planned.flags),
+            "by": str(planned.record.changed_by or ""),
+            **extra,
+        },
+        sort_keys=True,
+    )
 
 
 def wall_clock() -> float:

@@ -73,9 +73,6 @@ class Reason(StrEnum):
     TRIAL_FAILED = "trial_failed"
 
 
-FAILING = (Reason.LOW_ACCEPTANCE, Reason.BELOW_BREAKEVEN, Reason.LATENCY_DIVERGENCE)
-
-
 @dataclass(frozen=True)
 class TrialConfig:
     """Re-enable a while after the sidecar turned speculation off; keep it only if the next windows pass."""

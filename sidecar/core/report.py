@@ -8,9 +8,11 @@ dicts out; the tables people read are drawn by :mod:`sidecar.cli.report`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.core.advice import Advice, advice_json
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.stats import ModelStats, Stats
 
@@ -32,6 +34,18 @@ class BucketSummary:
     p50: float | None
     p90: float | None
     sources: dict[str, int]  # requests since start by source
+
+
+def report_body(
+    stats: Stats | None, advice: Iterable[Advice] | None, buckets: Iterable[BucketSummary]
+) -> dict[str, Any]:
+    """``report --json`` and ``/api/report``: the window's report (empty without a window), the advice on it
+    (no key when there is none to give) and the tap's buckets."""
+    body = report_json(stats) if stats is not None else {"engine": None, "models": []}
+    if advice is not None:
+        body["advice"] = [advice_json(a) for a in advice]
+    body["buckets"] = [bucket_json(b) for b in buckets]
+    return body
 
 
 def report_json(stats: Stats) -> dict[str, Any]:

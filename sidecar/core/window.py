@@ -37,18 +37,6 @@ def histogram_increase(before: Histogram | None, after: Histogram) -> Histogram:
     return Histogram(deltas, after.count - before.count, after.created)
 
 
-def counter_increases(
-    before: Mapping[CounterKey, Counter], after: Mapping[CounterKey, Counter]
-) -> dict[CounterKey, float]:
-    return {key: counter_increase(before.get(key), value) for key, value in after.items()}
-
-
-def histogram_increases(
-    before: Mapping[HistogramKey, Histogram], after: Mapping[HistogramKey, Histogram]
-) -> dict[HistogramKey, Histogram]:
-    return {key: histogram_increase(before.get(key), value) for key, value in after.items()}
-
-
 @dataclass(frozen=True)
 class CounterWindow:
     increases: dict[CounterKey, float]

@@ -103,14 +103,13 @@ def _openai_paths() -> ForwardPaths:
 
 @dataclass(frozen=True)
 class TapConfig:
-    """How the tap forwards and what it records (sidecar/web/app.py maps the settings onto it)."""
+    """How the tap forwards and what it records (sidecar/wiring.py maps the settings onto it)."""
 
     upstream_url: str  # vLLM base URL, e.g. http://127.0.0.1:8000
     max_body_bytes: int = 16 * 1024 * 1024  # cap on observed request bodies (they are buffered to be read)
     temperature_buckets: TemperatureBuckets = field(default_factory=TemperatureBuckets)
     ask_for_usage: bool = True  # add stream_options.include_usage upstream, strip it for the client
     estimate_from_chunks: bool = False  # without per-request metrics, estimate from stream chunk sizes
-    window_seconds: float = 300.0  # window of the per-bucket gauges (recorder_from_config uses it)
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float | None = 600.0  # longest silence between upstream bytes (queueing, prefill)
     write_timeout_seconds: float = 60.0
@@ -120,14 +119,10 @@ class TapConfig:
     speculative_tokens: Callable[[], int | None] = _unknown_k
 
 
-def recorder_from_config(config: TapConfig) -> TapRecorder:
-    return TapRecorder(window_seconds=config.window_seconds)
-
-
 def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder, *, mount: bool = True) -> Tap:
     """Mount the tap behind every route registered so far (call it last; ``mount=False`` leaves it to the
     caller to route requests to it). Its upstream client is created on first use and closed when the app's
-    lifespan ends (``close_tap`` does it by hand). Returns the tap, so the app can also hand it the OpenAI API's
+    lifespan ends. Returns the tap, so the app can also hand it the OpenAI API's
     paths directly (see ``sidecar.web.app.SidecarApp``)."""
     tap = Tap(config, recorder)
     app.state.tap = tap
@@ -148,12 +143,6 @@ def install_tap(app: fastapi.FastAPI, config: TapConfig, recorder: TapRecorder, 
 
     app.router.lifespan_context = lifespan
     return tap
-
-
-async def close_tap(app: fastapi.FastAPI) -> None:
-    tap = getattr(app.state, "tap", None)
-    if isinstance(tap, Tap):
-        await tap.aclose()
 
 
 class ClientGoneError(Exception):

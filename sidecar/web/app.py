@@ -17,8 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.control.fleet import FleetSource
-from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
-from sidecar.core.report import bucket_json, report_json
+from sidecar.core.advice import AdviceConfig, advise_stats, slo_from
+from sidecar.core.report import report_body
 from sidecar.settings import Settings, host_port
 from sidecar.tap.proxy import install_tap
 from sidecar.web.status_data import actuator_state_of, install_status
@@ -99,12 +99,11 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         """The current window in the `report --json` shape, plus health: for scripts, the demo and /status."""
         view = sc.monitor.view
         current = view.current(settings.stale_seconds())
-        body = report_json(view.stats) if view.stats is not None and current else {"engine": None, "models": []}
+        stats = view.stats if current else None
         summaries = sc.recorder.bucket_summary()
-        if view.stats is not None and current:
-            config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
-            body["advice"] = [advice_json(a) for a in advise_stats(view.stats, summaries, config)]
-        body["buckets"] = [bucket_json(b) for b in summaries]
+        config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
+        advice = advise_stats(stats, summaries, config) if stats is not None else None
+        body = report_body(stats, advice, summaries)
         body["bucket_window_seconds"] = settings.bucket_window
         body["target_up"] = current
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None

@@ -13,7 +13,7 @@ clock read per network read and per request, and a timer only while a request is
 - response: the client may stay silent as long as the response runs (streams last minutes); between requests
   uvicorn's own keep-alive timeout (``keepalive_timeout``) applies.
 The subclass hooks httptools' parser callbacks (on_message_begin, on_headers_complete, on_message_complete),
-which uvicorn's protocol implements; tests/integration/test_tap_abuse.py drives it over raw sockets, so an uvicorn
+which uvicorn's protocol implements; tests/integration/tap/test_tap_abuse.py drives it over raw sockets, so an uvicorn
 upgrade that changes them fails there.
 """
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sidecar.core.advice import Advice, Status
+from sidecar.core.figures import count, fixed, percent
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds
 from sidecar.scrape.monitor import TREND_SECONDS, TrendPoint
@@ -171,10 +172,10 @@ def _models_section(page: StatusPage) -> str:
         rows: tuple[tuple[str, str], ...] = (
             ("recommendation", advice.get(m.model_name, "—")),
             ("speculation", "on" if m.speculation else "off"),
-            ("acceptance ratio", _num(m.acceptance_ratio)),
-            ("mean acceptance length", _num(m.mean_acceptance_length, 2)),
-            ("draft tokens (window)", _count(m.draft_tokens)),
-            ("KV cache usage", _pct(m.kv_cache_usage)),
+            ("acceptance ratio", fixed(m.acceptance_ratio)),
+            ("mean acceptance length", fixed(m.mean_acceptance_length, 2)),
+            ("draft tokens (window)", count(m.draft_tokens)),
+            ("KV cache usage", percent(m.kv_cache_usage)),
         )
         if m.invalid is not None:  # impossible numbers: say which, since no number is shown
             rows = (*rows, ("invalid window", f"{m.invalid}: {m.invalid_detail or ''}"))
@@ -221,9 +222,9 @@ def _fleet_table(fleet: ModelStats, pod: ModelStats | None, panel: FleetPanel) -
     rows: list[tuple[str, Cell]] = [
         ("verdict", lambda m, _: _verdict_badge(m.verdict.value)),
         ("speculation", lambda m, _: "on" if m.speculation else "off"),
-        ("acceptance ratio", lambda m, _: _num(m.acceptance_ratio)),
-        ("mean acceptance length", lambda m, _: _num(m.mean_acceptance_length, 2)),
-        ("draft tokens (window)", lambda m, _: _count(m.draft_tokens)),
+        ("acceptance ratio", lambda m, _: fixed(m.acceptance_ratio)),
+        ("mean acceptance length", lambda m, _: fixed(m.mean_acceptance_length, 2)),
+        ("draft tokens (window)", lambda m, _: count(m.draft_tokens)),
     ]
     rows += [(f"{metric.upper()} P99/P50 (baseline)", _ratio_cell(metric)) for metric in DIVERGENCE_METRICS]
     body = "".join(f"<tr><td>{_e(label)}</td>{both(cell)}</tr>" for label, cell in rows)
@@ -233,7 +234,7 @@ def _fleet_table(fleet: ModelStats, pod: ModelStats | None, panel: FleetPanel) -
 
 def _ratio_cell(metric: str) -> Cell:
     def cell(m: ModelStats, baseline: Ratios) -> str:
-        return f"{_num(m.p99_p50_ratio.get(metric), 2)} ({_num(baseline.get(m.model_name, {}).get(metric), 2)})"
+        return f"{fixed(m.p99_p50_ratio.get(metric), 2)} ({fixed(baseline.get(m.model_name, {}).get(metric), 2)})"
 
     return cell
 
@@ -347,8 +348,8 @@ def _buckets_section(page: StatusPage) -> str:
     for b in page.buckets:
         cells = (
             f'<td>{_e(b.model_name)}</td><td>{_e(b.bucket)}</td><td class="num">{b.requests}</td>'
-            f'<td class="num">{_pct(b.share)}</td><td class="num">{_num(b.acceptance)}</td>'
-            f'<td class="num">{_num(b.p10)}</td><td class="num">{_num(b.p50)}</td><td class="num">{_num(b.p90)}</td>'
+            f'<td class="num">{percent(b.share)}</td><td class="num">{fixed(b.acceptance)}</td>'
+            f'<td class="num">{fixed(b.p10)}</td><td class="num">{fixed(b.p50)}</td><td class="num">{fixed(b.p90)}</td>'
             f"<td>{_verdict_badge(b.verdict)}</td>"
         )
         rows.append(f"<tr>{cells}</tr>")
@@ -421,15 +422,3 @@ def _e(value: object) -> str:
 
 def _utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.0%}"
-
-
-def _count(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f}"

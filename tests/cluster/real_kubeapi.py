@@ -1,6 +1,6 @@
 """The real kube-apiserver behind the test API server's interface, so the adapter tests run on both unchanged.
 
-tests/integration/test_kube_*.py drive the sidecar's Kubernetes client against tests/kubeapi/server.py and then
+tests/integration/adapters/test_kube_*.py drive the sidecar's Kubernetes client against tests/kubeapi/server.py and then
 look at what it stored (`deployment()`, `events`, `leases`) and what it was sent (`requests`,
 `applied_patches()`). `RealKubeAPI` answers the same calls from the session's real cluster:
 

@@ -19,10 +19,10 @@ import pytest
 
 from tests.cluster.cluster import Cluster
 from tests.cluster.real_kubeapi import RealKubeAPI, real_kube_api
-from tests.integration import test_kube_actuator as actuator
-from tests.integration import test_kube_cli as cli
-from tests.integration import test_kube_lease as lease
-from tests.integration import test_records_hold_no_secrets as secrets
+from tests.integration.adapters import test_kube_actuator as actuator
+from tests.integration.adapters import test_kube_lease as lease
+from tests.integration.adapters import test_records_hold_no_secrets as secrets
+from tests.integration.cli import test_kube_cli as cli
 
 MODULES = (actuator, lease, cli, secrets)
 INJECTED = "injects a fault a real server cannot give"

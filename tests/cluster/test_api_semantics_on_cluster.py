@@ -1,5 +1,5 @@
 """What the adapter tests rely on the test API server (tests/kubeapi/) for, checked on the real kube-apiserver
-with the same client calls as tests/integration/test_kube_api_server.py. Where the two differ, the test says so
+with the same client calls as tests/integration/adapters/test_kube_api_server.py. Where the two differ, the test says so
 and docs/testing.md lists it."""
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
 
 from sidecar.adapters.kube.actuator import KubeActuator
 from sidecar.core.actuator import Outcome
+from sidecar.settings import TargetSettings
 from sidecar.wiring import build_actuator
 from tests.deploy.tooling import Manifest, documents, one, render
 from tests.kubeapi.server import KubeAPI, kube_api
@@ -73,9 +73,7 @@ def _allows(rule: Manifest, request: Request) -> bool:
 def _full_cycle(server: KubeAPI, deployment: Manifest) -> KubeActuator:
     server.add_deployment(deployment)
     name = deployment["metadata"]["name"]
-    settings = SimpleNamespace(
-        deployment_file=None, deployment=name, namespace=NAMESPACE, container="vllm", kube_host=server.url
-    )
+    settings = TargetSettings(deployment=name, namespace=NAMESPACE, container="vllm", kube_host=server.url)
     actuator = build_actuator(settings, elect=True)
     assert isinstance(actuator, KubeActuator)
     off = actuator.disable("low acceptance")

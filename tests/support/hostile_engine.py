@@ -2,7 +2,7 @@
 
 The bodies are the worst inputs of issue #11 (a big or slow scrape must not starve the sidecar): one huge escaped
 label value, tens of MB of valid histogram series, a new label name at every scrape, tens of thousands of model
-names, and a target that trickles its body a byte at a time. The tests in tests/integration/test_scrape_bounds.py
+names, and a target that trickles its body a byte at a time. The tests in tests/integration/scrape/test_scrape_bounds.py
 and benchmarks/scrape_stress.py serve them to the real sidecar.
 """
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from scripts import demo
 from scripts.demo_view import WINDOW_SECONDS
-from sidecar.cli.main import build_parser, settings_from_args
+from sidecar.cli.flags import settings_from_args
+from sidecar.cli.main import build_parser
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
+from sidecar.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -17,7 +19,7 @@ def test_the_demos_sidecar_keeps_the_whole_run_in_its_temperature_buckets() -> N
     command = demo.sidecar_command("http://127.0.0.1:8000", Path("deployment.yaml"), 8081)
     args = build_parser().parse_args(command[command.index("run") :])
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, Settings)
 
     # Longer than any run (four phases, two engine restarts of up to five minutes each, and the end).
     assert settings.bucket_window >= len(demo.TEMPERATURES) * demo.PHASE_SECONDS + 3600

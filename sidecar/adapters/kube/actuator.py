@@ -1,21 +1,17 @@
 """The actuator on a Kubernetes Deployment, through the official client (this package alone imports ``kubernetes``).
 
-A toggle is ONE JSON Patch (``application/json-patch+json``: args are an atomic list, never strategic merge)
-that changes the container's args/command and our annotations together, guarded by ``test`` ops on
-``/metadata/resourceVersion`` and on the args/command as read. A 409/422 means someone else wrote first: we
-re-read and decide again, never replay the patch. Transient errors (5xx, 429, timeouts, refused connections)
-are retried with exponential backoff; retrying a guarded patch is safe (if the first one landed, the retry
-fails its ``test`` and the re-read shows our own write). Every error is counted by reason in ``errors``.
-Every toggle emits a core/v1 Event on the Deployment and one structured (JSON) log line; so do the
-annotations-only writes (a latch; a passed timed trial, ``SpeculationTrialPassed``). A disable refused because
-no flag turns speculation on (``not_removable``) emits a Warning Event, ``SpeculationNotRemovable``, saying why.
-
-Only the holder of a ``coordination.k8s.io/v1`` Lease writes (:class:`LeaseElector`).
+A toggle is ONE JSON Patch, built by :func:`sidecar.core.patch.json_patch` from the :func:`sidecar.core.actuator.plan`
+of the Deployment as read: a 409/422 means someone else wrote first, so we re-read and decide again, never replay
+the patch. Retrying a guarded patch is safe (if the first one landed, the retry fails its ``test`` and the re-read
+shows our own write); retries and error counts are :mod:`sidecar.adapters.kube.client`'s. Every toggle emits a
+core/v1 Event on the Deployment and one structured (JSON) log line; so do the annotations-only writes (a latch; a
+passed timed trial, ``SpeculationTrialPassed``). A disable refused because no flag turns speculation on
+(``not_removable``) emits a Warning Event, ``SpeculationNotRemovable``, saying why. Only the holder of the Lease writes
+(:mod:`sidecar.adapters.kube.lease`). What is written and why: docs/policy.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -27,7 +23,18 @@ from kubernetes import client
 
 from sidecar.adapters.kube.client import Caller, KubeError, RetryPolicy, read_json
 from sidecar.adapters.kube.lease import LeaseElector
-from sidecar.core.actuator import ActResult, Clock, Outcome, Plan, TargetView, plan, plan_record, view_of, wall_clock
+from sidecar.core.actuator import (
+    ActResult,
+    Clock,
+    Outcome,
+    Plan,
+    TargetView,
+    plan,
+    plan_record,
+    toggle_log_line,
+    view_of,
+    wall_clock,
+)
 from sidecar.core.annotations import ControlRecord, from_annotations
 from sidecar.core.patch import json_patch, rollout_complete
 from sidecar.core.policy import Action, Decision, Reason
@@ -178,20 +185,7 @@ class KubeActuator:
 
     def _done(self, action: str, reason: str, planned: Plan, after: TargetView, before: Mapping[str, Any]) -> ActResult:
         detail = f"{action} {self.target}: {reason}"
-        log.info(
-            json.dumps(
-                {
-                    "event": "speculation_toggle" if action in ("disable", "enable") else "control_record",
-                    "action": action,
-                    "reason": reason,
-                    "target": self.target,
-                    "flags": list(planned.flags),
-                    "by": str(planned.record.changed_by or ""),
-                    "identity": self.identity,
-                },
-                sort_keys=True,
-            )
-        )
+        log.info(toggle_log_line(action, reason, self.target, planned, identity=self.identity))
         self._event(action, reason, planned, before)
         return ActResult(Outcome.CHANGED, action, detail, after, planned.flags)
 

@@ -50,8 +50,11 @@ def api_client(
             if kubeconfig is None and context is None and _in_cluster():
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             else:
+                # $KUBECONFIG read now, not when the client was imported (the client's own default).
                 config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=kubeconfig, context=context, client_configuration=configuration
+                    config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                    context=context,
+                    client_configuration=configuration,
                 )
         except (config.ConfigException, OSError) as exc:
             where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"

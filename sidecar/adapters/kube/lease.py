@@ -58,14 +58,7 @@ class LeaseElector:
         if not self.is_leader:
             return
         try:
-            lease = self._call(
-                f"GET lease {self.name}",
-                lambda: read_json(
-                    self._api.read_namespaced_lease(
-                        self.name, self.namespace, _preload_content=False, _request_timeout=self.retry.timeout
-                    )
-                ),
-            )
+            lease = self._read()
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
@@ -89,17 +82,20 @@ class LeaseElector:
         finally:
             self.is_leader = False
 
+    def _read(self) -> dict[str, Any]:
+        return self._call(
+            f"GET lease {self.name}",
+            lambda: read_json(
+                self._api.read_namespaced_lease(
+                    self.name, self.namespace, _preload_content=False, _request_timeout=self.retry.timeout
+                )
+            ),
+        )
+
     def _try(self) -> bool:
         now = self.clock()
         try:
-            lease = self._call(
-                f"GET lease {self.name}",
-                lambda: read_json(
-                    self._api.read_namespaced_lease(
-                        self.name, self.namespace, _preload_content=False, _request_timeout=self.retry.timeout
-                    )
-                ),
-            )
+            lease = self._read()
         except KubeError as exc:
             if exc.status != 404:
                 raise
