@@ -308,6 +308,7 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
         "vllm:time_to_first_token_seconds_bucket": [
             ({"model_name": "tiny", "le": le}, v) for le, v in (("0.1", 35), ("1.0", 85), ("+Inf", 100))
         ],
+        "vllm:num_requests_running": [({"model_name": "tiny"}, 0.0)],
     }
     result = fleet_round(fake_prometheus(answers), window=60)
     assert result.snapshot is not None
