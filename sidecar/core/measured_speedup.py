@@ -167,6 +167,8 @@ class MeasuredSpeedup:
     mean_acceptance_length: float | None  # of the matched on windows
     num_speculative_tokens: int | None
     draft_cost: float | None  # effective c; None without L or k
+    draft_cost_low: float | None  # its 95 % interval (unclipped: noise can put the low end below 0)
+    draft_cost_high: float | None
     breakeven_acceptance: float | None  # = draft_cost, clipped to [0, 1]
     breakeven_low: float | None
     breakeven_high: float | None
@@ -178,9 +180,10 @@ class MeasuredSpeedup:
         """Enough evidence to replace the fixed threshold (docs/policy.md, 'The measured break-even')."""
         if self.on_windows < MIN_WINDOWS or self.off_windows < MIN_WINDOWS:
             return False
-        if self.breakeven_low is None or self.breakeven_high is None:
+        if self.draft_cost_low is None or self.draft_cost_high is None:
             return False
-        return self.breakeven_high - self.breakeven_low <= MAX_BREAKEVEN_WIDTH
+        # The unclipped interval: clipping at 0 would make a wide interval near 0 look narrow.
+        return self.draft_cost_high - self.draft_cost_low <= MAX_BREAKEVEN_WIDTH
 
     @property
     def policy_threshold(self) -> float | None:
@@ -251,6 +254,8 @@ def measure(samples: Sequence[SpeedSample]) -> MeasuredSpeedup | None:
         mean_acceptance_length=length,
         num_speculative_tokens=k,
         draft_cost=cost,
+        draft_cost_low=cost_low,
+        draft_cost_high=cost_high,
         breakeven_acceptance=_clip(cost),
         breakeven_low=_clip(cost_low),
         breakeven_high=_clip(cost_high),
