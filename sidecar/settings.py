@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     speculative_config: str | None = Field(
         None,
         description=(
-            "The engine's --speculative-config JSON, e.g. '{\"method\":\"ngram\",\"num_speculative_tokens\":3}', "
+            'The engine\'s --speculative-config JSON, e.g. \'{"method":"ngram","num_speculative_tokens":3}\', '
             "to assume the draft cost from when --draft-cost-ratio is not set; read from the target's args when "
             "acting on one. A draft model's cost is its size over the target's, when both config.json are readable."
         ),
@@ -402,7 +402,7 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(
                     f"--speculative-config must be the engine's JSON object, e.g. "
-                    f"'{{\"method\":\"ngram\",\"num_speculative_tokens\":3}}' ({exc})"
+                    f'\'{{"method":"ngram","num_speculative_tokens":3}}\' ({exc})'
                 ) from None
         return value
 

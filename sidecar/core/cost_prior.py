@@ -122,7 +122,7 @@ def settings_from_json(text: str) -> SpeculativeSettings:
     """The method and draft model of a ``--speculative-config`` JSON object (ValueError when it is not one)."""
     parsed = json.loads(text)
     if not isinstance(parsed, dict):
-        raise ValueError(f"expected a JSON object such as {{\"method\": \"ngram\"}}, got {text!r}")
+        raise ValueError(f'expected a JSON object such as {{"method": "ngram"}}, got {text!r}')
     method, model = parsed.get("method"), parsed.get("model")
     return SpeculativeSettings(
         method=str(method).lower() if method is not None else None,

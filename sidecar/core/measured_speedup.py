@@ -80,7 +80,7 @@ def load_band(running: float) -> int:
     """0 for fewer than 1 running request, then 1 for [1, 2), 2 for [2, 4), 3 for [4, 8) ..."""
     if not math.isfinite(running) or running < 1.0:
         return 0
-    return 1 + int(math.floor(math.log2(running)))
+    return 1 + math.floor(math.log2(running))
 
 
 def band_label(band: int) -> str:
@@ -223,12 +223,9 @@ def measure(samples: Sequence[SpeedSample]) -> MeasuredSpeedup | None:
         log_on = [math.log(s.tpot) for s in on]
         log_off = [math.log(s.tpot) for s in off]
         se = math.sqrt(_spread(log_on) ** 2 / len(on) + _spread(log_off) ** 2 / len(off))
-        bands.append(
-            BandSpeedup(
-                band, len(on), len(off), math.exp(fmean(log_on)), math.exp(fmean(log_off)),
-                math.exp(fmean(log_off) - fmean(log_on)), se,
-            )  # fmt: skip
-        )
+        mean_on, mean_off = fmean(log_on), fmean(log_off)
+        speedup = math.exp(mean_off - mean_on)
+        bands.append(BandSpeedup(band, len(on), len(off), math.exp(mean_on), math.exp(mean_off), speedup, se))
         matched_on += on
         matched_off += off
     if not bands:

@@ -27,9 +27,14 @@ def windows(
     tpot = base * (1 + K * cost) / length if on else base
     return [
         SpeedSample(
-            at=float(i), speculation=on, running=running, tpot=tpot * math.exp(rng.gauss(0, noise)),
-            requests=100.0, mean_acceptance_length=length if on else None, num_speculative_tokens=K if on else None,
-        )  # fmt: skip
+            at=float(i),
+            speculation=on,
+            running=running,
+            tpot=tpot * math.exp(rng.gauss(0, noise)),
+            requests=100.0,
+            mean_acceptance_length=length if on else None,
+            num_speculative_tokens=K if on else None,
+        )
         for i in range(n)
     ]
 
@@ -153,9 +158,7 @@ def test_the_policy_judges_against_the_measured_break_even_only_once_it_is_given
 
 
 def test_the_mean_of_a_histogram_counts_each_bucket_at_its_midpoint() -> None:
-    assert histogram_mean(((0.1, 10.0), (0.5, 60.0), (math.inf, 60.0))) == pytest.approx(
-        (10 * 0.05 + 50 * 0.3) / 60
-    )
+    assert histogram_mean(((0.1, 10.0), (0.5, 60.0), (math.inf, 60.0))) == pytest.approx((10 * 0.05 + 50 * 0.3) / 60)
     # What lies beyond the last bound counts at that bound, as histogram_quantile answers there.
     assert histogram_mean(((1.0, 0.0), (math.inf, 4.0))) == 1.0
     assert histogram_mean(((1.0, 0.0), (math.inf, 0.0))) is None
