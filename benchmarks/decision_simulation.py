@@ -256,7 +256,7 @@ def with_threshold(draw: Window, threshold: float) -> Window:
 
 
 def measure_breakeven(
-    rng: random.Random, cost: float, ratio_on: float, noise: float, on_windows: int = 30, most: int = 60
+    rng: random.Random, cost: float, ratio_on: float, noise: float, *, on_windows: int = 30, most: int = 60
 ) -> tuple[float | None, int]:
     """Simulate the measurement after a disable: ``on_windows`` windows with speculation on at ``ratio_on``,
     then off windows one by one until the measured break-even is established. (threshold, off windows taken).
@@ -291,6 +291,7 @@ def measured_rows(
     models: dict[str, Callable[[float, int], Window]],
     costs: list[float],
     volumes: list[int],
+    *,
     config: PolicyConfig,
     args: argparse.Namespace,
     rng: random.Random,
@@ -432,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     costs = [float(c) for c in args.measured_costs.split(",") if c]
     measured_volumes = [int(v) for v in args.measured_volumes.split(",")]
-    measured = measured_rows(models, costs, measured_volumes, default, args, random.Random(args.seed + 1))
+    measured = measured_rows(
+        models, costs, measured_volumes, config=default, args=args, rng=random.Random(args.seed + 1)
+    )
     if args.measured_only:
         report_measured = {"windows": args.windows, "runs": args.runs, "tpot_noise": args.tpot_noise,
                            "seed": args.seed, "measured": measured}  # fmt: skip
