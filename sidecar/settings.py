@@ -186,6 +186,14 @@ class Settings(BaseSettings):
     breakeven_rule: bool = Field(
         False, description="Also count a window as failing when L < 1 + k*c (needs --draft-cost-ratio)."
     )
+    measured_breakeven: bool = Field(
+        True,
+        description=(
+            "Judge acceptance against the break-even measured from this deployment's TPOT with speculation on and "
+            "off at matched load, once established (5 windows of each, interval <= 0.2 wide); --threshold until "
+            "then. --no-measured-breakeven keeps --threshold always (docs/policy.md)."
+        ),
+    )
     divergence_factor: float | None = Field(
         None,
         gt=1,
