@@ -256,7 +256,7 @@ def with_threshold(draw: Window, threshold: float) -> Window:
 
 
 def measure_breakeven(
-    rng: random.Random, cost: float, ratio_on: float, noise: float, *, on_windows: int = 30, most: int = 60
+    rng: random.Random, cost: float, ratio_on: float, noise: float, *, on_windows: int = 30, most: int = 120
 ) -> tuple[float | None, int]:
     """Simulate the measurement after a disable: ``on_windows`` windows with speculation on at ``ratio_on``,
     then off windows one by one until the measured break-even is established. (threshold, off windows taken).

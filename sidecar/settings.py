@@ -190,7 +190,7 @@ class Settings(BaseSettings):
         True,
         description=(
             "Judge acceptance against the break-even measured from this deployment's TPOT with speculation on and "
-            "off at matched load, once established (5 windows of each, interval <= 0.2 wide); --threshold until "
+            "off at matched load, once established (5 windows of each, interval <= 0.1 wide); --threshold until "
             "then. --no-measured-breakeven keeps --threshold always (docs/policy.md)."
         ),
     )

@@ -38,7 +38,7 @@ from sidecar.core.stats import ModelStats, Stats
 MAX_SAMPLES = 120  # per model and state: two hours of 60 s windows
 MIN_WINDOWS = 5  # windows of each state, in bands holding both, before the measurement counts
 MIN_PER_BAND = 2  # windows of each state a band needs to be compared at all
-MAX_BREAKEVEN_WIDTH = 0.2  # widest 95 % interval of the break-even acceptance ratio that may drive the policy
+MAX_BREAKEVEN_WIDTH = 0.1  # widest 95 % interval of the break-even acceptance ratio that may drive the policy
 MIN_REQUESTS = 20.0  # TPOT observations a window needs to be a sample
 # The smallest spread of log TPOT between windows assumed: a few alike windows must not look infinitely certain.
 MIN_LOG_SPREAD = 0.02
