@@ -42,3 +42,10 @@ def draft_cost_prior(settings: SpeculativeSettings | None, target_model: str | N
     if cost_prior.method_family(settings) != "draft_model":
         return cost_prior.prior(settings)
     return cost_prior.prior(settings, read_config_json(settings.draft_model), read_config_json(target_model))
+
+
+def configured_draft_cost_prior(speculative_config: str | None, target_model: str | None) -> DraftCost:
+    """The c assumed from ``--speculative-config`` (and ``--target-model``): unknown without them."""
+    if not speculative_config:
+        return cost_prior.UNKNOWN
+    return draft_cost_prior(cost_prior.settings_from_json(speculative_config), target_model)

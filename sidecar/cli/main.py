@@ -33,7 +33,10 @@ if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
     from sidecar.core.snapshot import Snapshot
     from sidecar.wiring import Sidecar
 
-REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
+REPORT_FIELDS = (
+    "threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "speculative_config", "target_model",
+    "scrape_timeout", "slo",
+)  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], int]
 ENV_PREFIX = "SPEC_SIDECAR_"
@@ -187,6 +190,7 @@ def _check_free(host: str, port: int) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from sidecar.adapters.model_config import configured_draft_cost_prior
     from sidecar.cli.advice_render import render_advice
     from sidecar.cli.report import render, render_buckets
     from sidecar.core.advice import AdviceConfig, advice_json, advise_stats, slo_from
@@ -195,12 +199,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     snapshots = [_load_source(source, settings) for source in args.sources]
-    stats = compute_stats(snapshots, settings.analysis_config())
-    thresholds = settings.analysis_config().thresholds
+    config = settings.analysis_config(configured_draft_cost_prior(settings.speculative_config, settings.target_model))
+    stats = compute_stats(snapshots, config)
+    thresholds = config.thresholds
     buckets, bucket_window = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None)
     advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
-        body = report_json(stats)
+        body = report_json(stats, threshold=thresholds.disable_below)
         body["advice"] = [advice_json(a) for a in advice]
         body["buckets"] = [bucket_json(b) for b in buckets]
         if args.tap:
@@ -208,7 +213,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2))
         return 0
     console = Console()
-    render(stats, console, "since engine start" if len(snapshots) == 1 else "window between the two sources")
+    title = "since engine start" if len(snapshots) == 1 else "window between the two sources"
+    render(stats, console, title, threshold=thresholds.disable_below)
     if buckets:
         render_buckets(buckets, thresholds, console, bucket_window)
     for item in advice:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -11,7 +11,9 @@ from rich.table import Table
 
 from sidecar.cli.terminal_text import VERDICT_STYLE, plain
 from sidecar.core.catalog import LATENCY_METRICS
-from sidecar.core.report import BucketSummary
+from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.report import BucketSummary, threshold_in_force
+from sidecar.core.speedup_words import breakeven_words, caveat, expected_words, measured_words
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 
@@ -48,14 +50,19 @@ def render_buckets(
     console.print(table)
 
 
-def render(stats: Stats, console: Console, title: str) -> None:
+def render(
+    stats: Stats,
+    console: Console,
+    title: str,
+    measured: Mapping[str, MeasuredSpeedup | None] | None = None,
+    threshold: float = 0.5,
+) -> None:
     if not stats.models:
         console.print(Panel("No engine metrics found in the source.", title=plain(title), style="red"))
         return
     for m in stats.models:
-        console.print(
-            Panel(Group(_summary_table(m), _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}"))
-        )
+        summary = _summary_table(m, (measured or {}).get(m.model_name), threshold, measured is not None)
+        console.print(Panel(Group(summary, _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}")))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -66,7 +73,7 @@ def _count(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
-def _summary_table(m: ModelStats) -> Table:
+def _summary_table(m: ModelStats, measured: MeasuredSpeedup | None, threshold: float, live: bool) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -80,8 +87,18 @@ def _summary_table(m: ModelStats) -> Table:
     table.add_row("α̂ (position 0)", _fmt(m.alpha_estimate))
     table.add_row("k", "—" if m.num_speculative_tokens is None else str(m.num_speculative_tokens))
     table.add_row("per position", " ".join(_fmt(v, 2) for v in m.position_acceptance) or "—")
-    breakeven, speedup = _fmt(m.breakeven_acceptance_length), _fmt(m.expected_speedup)
-    table.add_row("break-even L / expected speedup", f"{breakeven} / {speedup}")
+    table.add_row("break-even L (modelled)", _fmt(m.breakeven_acceptance_length))
+    table.add_row("expected speedup", plain(expected_words(m.expected_speedup, m.draft_cost)))
+    if live:
+        table.add_row("measured speedup", plain(measured_words(measured)))
+        table.add_row("measured break-even", plain(breakeven_words(measured)))
+    else:
+        table.add_row("measured speedup", "needs a running sidecar (TPOT with speculation on and off over time)")
+    note = caveat(
+        m.expected_speedup, m.acceptance_ratio, threshold_in_force(measured, threshold), m.draft_cost, measured
+    )
+    if note is not None:
+        table.add_row("why", plain(note))
     table.add_row(
         "window drafts / draft / accepted",
         f"{_count(m.drafts)} / {_count(m.draft_tokens)} / {_count(m.accepted_tokens)}",

@@ -23,7 +23,9 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.core import cost_prior
 from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetView
+from sidecar.core.cost_prior import SpeculativeSettings
 from sidecar.core.policy import (
     Action,
     Decision,
@@ -41,6 +43,10 @@ log = logging.getLogger("spec_sidecar.control")
 RETRY_NOW = frozenset({Outcome.CONFLICT, Outcome.NOT_LEADER, Outcome.ROLLOUT_PENDING, Outcome.UNCHANGED})
 STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "pinned")
 Baseline = Callable[[str], Mapping[str, float | None]]
+# The measured break-even in force for a model (MeasuredSpeedup.policy_threshold), None while not established.
+Breakeven = Callable[[str], float | None]
+# Told the speculative settings and target model the target's args name, whenever they change.
+SpeculationSink = Callable[[SpeculativeSettings | None, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Controller:
         *,
         model: str | None = None,
         baseline_for: Baseline | None = None,
+        breakeven_for: Breakeven | None = None,
+        speculation_sink: SpeculationSink | None = None,
         read_every: float = 15.0,
         renew_every: float = 5.0,
         keep: int = 50,
@@ -70,6 +78,8 @@ class Controller:
     ) -> None:
         self.actuator, self.config, self.model = actuator, config, model
         self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
+        self.breakeven_for, self.speculation_sink = breakeven_for, speculation_sink
+        self._told: tuple[SpeculativeSettings | None, str | None] | None = None
         self._renewed_at: float | None = None
         self.state: PolicyState | None = None
         self.view: TargetView | None = None
@@ -91,11 +101,15 @@ class Controller:
         view = self._target(now)
         if view is None:
             return None
+        self._tell_speculation(view)
         state = self._merge(view)
         model = self._pick(stats)
         baseline = self.baseline_for(model.model_name) if model is not None and self.baseline_for else None
+        breakeven = self.breakeven_for(model.model_name) if model is not None and self.breakeven_for else None
         window = stats.window_seconds if stats is not None else None
-        observation = observation_from_stats(model, engine_up=engine_up, window_seconds=window, baseline=baseline)
+        observation = observation_from_stats(
+            model, engine_up=engine_up, window_seconds=window, baseline=baseline, measured_threshold=breakeven
+        )
         decision = decide(observation, state, self.config, now)
         self.last = decision
         self.decision_counts[(str(decision.action), str(decision.reason))] += 1
@@ -142,6 +156,18 @@ class Controller:
             return None
         self._read_at = now
         return self.view
+
+    def _tell_speculation(self, view: TargetView) -> None:
+        """Hand on what the target's args say about the drafts (for the assumed draft cost), when it changes.
+
+        While speculation is off the args hold no speculation flags: what was last seen with it on stands.
+        """
+        if self.speculation_sink is None or not view.speculation:
+            return
+        told = (cost_prior.speculative_settings(view.flags), cost_prior.target_model(view.command, view.args))
+        if told != self._told:
+            self._told = told
+            self.speculation_sink(*told)
 
     def _merge(self, view: TargetView) -> PolicyState:
         previous = self.state

@@ -10,7 +10,7 @@ the /status page and the JSON all take their words from here.
 
 from __future__ import annotations
 
-from sidecar.core.cost_prior import DraftCost
+from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.measured_speedup import MeasuredSpeedup, band_label
 
 
@@ -18,9 +18,15 @@ def expected_words(speedup: float | None, cost: DraftCost) -> str:
     """'1.378 (modelled; c = 0, unknown: upper bound)' — the expected speedup with its footing."""
     if speedup is None:
         return "—"
-    footing = f"{cost.label}: {cost.basis}" if cost.assumed else cost.label
-    bound = "at most " if cost.source == "unknown" else ""
-    return f"{bound}{speedup:.3f} (modelled; {footing})"
+    unknown = cost.source is CostSource.UNKNOWN
+    footing = cost.basis if unknown else f"{cost.label}: {cost.basis}" if cost.assumed else cost.label
+    return f"{'at most ' if unknown else ''}{speedup:.3f} (modelled; {footing})"
+
+
+def _footing(cost: DraftCost) -> str:
+    if cost.source is CostSource.UNKNOWN:
+        return "with the draft cost unknown (taken as 0: an upper bound)"
+    return f"at {cost.label}"
 
 
 def measured_words(measured: MeasuredSpeedup | None) -> str:
@@ -57,9 +63,9 @@ def caveat(
     if expected is None or acceptance is None or expected <= 1.0 or acceptance >= threshold:
         return None
     words = (
-        f"the modelled {expected:.2f}x only counts tokens per verify step at {cost.label}"
-        f"{' (' + cost.basis + ')' if cost.assumed else ''}; acceptance {acceptance:.3f} is below {threshold:.2f}, "
-        "where verifying rejected drafts and the batch room they take usually cost more than that gains"
+        f"the modelled {expected:.2f}x counts only tokens per verify step, {_footing(cost)}; acceptance "
+        f"{acceptance:.3f} is below {threshold:.2f}, where verifying rejected drafts and the batch room they take "
+        "usually cost more than that gains"
     )
     if measured is not None and measured.high < 1.0:
         return words + f"; measured here: {measured.speedup:.2f}x, slower with speculation"

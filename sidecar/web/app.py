@@ -99,7 +99,12 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         """The current window in the `report --json` shape, plus health: for scripts, the demo and /status."""
         view = sc.monitor.view
         current = view.current(settings.stale_seconds())
-        body = report_json(view.stats) if view.stats is not None and current else {"engine": None, "models": []}
+        measured = {m.model_name: view.measured(m.model_name) for m in view.stats.models} if view.stats else {}
+        body = (
+            report_json(view.stats, measured, settings.threshold)
+            if view.stats is not None and current
+            else {"engine": None, "models": []}
+        )
         summaries = sc.recorder.bucket_summary()
         if view.stats is not None and current:
             config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
