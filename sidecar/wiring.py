@@ -17,7 +17,15 @@ from prometheus_client import CollectorRegistry
 from sidecar.adapters.kube.namespace import own_namespace
 from sidecar.adapters.model_config import configured_draft_cost_prior, draft_cost_prior
 from sidecar.control.fleet import FleetCollector, FleetSource
-from sidecar.control.loop import Baseline, Breakeven, ControlCollector, Controller, SpeculationSink
+from sidecar.control.loop import (
+    Baseline,
+    Breakeven,
+    ControlCollector,
+    Controller,
+    SpeculationSink,
+    SpeedFor,
+    SpeedRestore,
+)
 from sidecar.core.actuator import Actuator
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
@@ -66,6 +74,8 @@ def build_sidecar(settings: Settings) -> Sidecar:
         speculation_sink=None
         if settings.speculative_config
         else lambda spec, target: monitor.set_draft_cost_prior(draft_cost_prior(spec, target)),
+        speed_for=None if fleet else monitor.keep_speed,
+        speed_restore=None if fleet else monitor.restore_speed,
     )
     if fleet is not None:
         registry.register(FleetCollector(fleet))
@@ -171,6 +181,8 @@ def build_controller(
     *,
     breakeven_for: Breakeven | None = None,
     speculation_sink: SpeculationSink | None = None,
+    speed_for: SpeedFor | None = None,
+    speed_restore: SpeedRestore | None = None,
 ) -> Controller | None:
     actuator = build_actuator(settings, elect=True)
     if actuator is None:
@@ -181,4 +193,6 @@ def build_controller(
         baseline_for=baseline_for,
         breakeven_for=breakeven_for,
         speculation_sink=speculation_sink,
+        speed_for=speed_for,
+        speed_restore=speed_restore,
     )

@@ -47,6 +47,10 @@ Baseline = Callable[[str], Mapping[str, float | None]]
 Breakeven = Callable[[str], float | None]
 # Told the speculative settings and target model the target's args name, whenever they change.
 SpeculationSink = Callable[[SpeculativeSettings | None, str | None], None]
+# The TPOT windows to keep on the target with a toggle (measured_speedup.encode), and where to hand back those a
+# previous sidecar kept (once, at the first read: every toggle restarts the pod, and this process with it).
+SpeedFor = Callable[[str], str | None]
+SpeedRestore = Callable[[str | None], None]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Controller:
         baseline_for: Baseline | None = None,
         breakeven_for: Breakeven | None = None,
         speculation_sink: SpeculationSink | None = None,
+        speed_for: SpeedFor | None = None,
+        speed_restore: SpeedRestore | None = None,
         read_every: float = 15.0,
         renew_every: float = 5.0,
         keep: int = 50,
@@ -80,6 +86,8 @@ class Controller:
         self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
         self.breakeven_for, self.speculation_sink = breakeven_for, speculation_sink
         self._told: tuple[SpeculativeSettings | None, str | None] | None = None
+        self.speed_for, self.speed_restore = speed_for, speed_restore
+        self._restored = False
         self._renewed_at: float | None = None
         self.state: PolicyState | None = None
         self.view: TargetView | None = None
@@ -102,6 +110,10 @@ class Controller:
         if view is None:
             return None
         self._tell_speculation(view)
+        if not self._restored:
+            self._restored = True
+            if self.speed_restore is not None:
+                self.speed_restore(view.record.speed)
         state = self._merge(view)
         model = self._pick(stats)
         baseline = self.baseline_for(model.model_name) if model is not None and self.baseline_for else None
@@ -124,6 +136,8 @@ class Controller:
         if now < self._hold_until:
             self.state = _unapplied(decision, state)  # retried once the error backoff is over
             return decision
+        if decision.toggles and model is not None and self.speed_for is not None:
+            decision = _keeping_speed(decision, self.speed_for(model.model_name))
         result = self._act(decision)
         self._after(decision, state, result, now)
         return decision
@@ -263,6 +277,14 @@ class Controller:
         """Who held the Lease at this sidecar's last look (None: nobody, no Lease, or not read yet)."""
         holder = getattr(getattr(self.actuator, "elector", None), "holder", None)
         return holder if isinstance(holder, str) else None
+
+
+def _keeping_speed(decision: Decision, speed: str | None) -> Decision:
+    """The toggle with the TPOT windows written in the same patch (kept as they were when there are none)."""
+    if speed is None:
+        return decision
+    record = replace(decision.state.record, speed=speed)
+    return replace(decision, state=replace(decision.state, record=record))
 
 
 def _unapplied(decision: Decision, before: PolicyState) -> PolicyState:

@@ -27,6 +27,7 @@ at most MAX_BREAKEVEN_WIDTH wide. Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ MAX_SAMPLES = 120  # per model and state: two hours of 60 s windows
 MIN_WINDOWS = 5  # windows of each state, in bands holding both, before the measurement counts
 MIN_PER_BAND = 2  # windows of each state a band needs to be compared at all
 MAX_BREAKEVEN_WIDTH = 0.1  # widest 95 % interval of the break-even acceptance ratio that may drive the policy
+# Windows of each state kept on the target with a toggle (annotation spec-sidecar.io/speed): about 1 KB each.
+STORED_WINDOWS = 30
 MIN_REQUESTS = 20.0  # TPOT observations a window needs to be a sample
 # The smallest spread of log TPOT between windows assumed: a few alike windows must not look infinitely certain.
 MIN_LOG_SPREAD = 0.02
@@ -291,3 +294,41 @@ def _quantile_ratio(off: Sequence[SpeedSample], on: Sequence[SpeedSample], name:
     if not off_values or not on_values:
         return None
     return math.exp(fmean(math.log(v) for v in off_values) - fmean(math.log(v) for v in on_values))
+
+
+def encode(history: SpeedHistory, model: str) -> str | None:
+    """The last STORED_WINDOWS windows of each state for ``model``, as compact JSON for an annotation.
+
+    On: [running, tpot, requests, L, k]; off: [running, tpot, requests]. None when there is nothing to keep.
+    """
+    on = [
+        [round(s.running, 3), float(f"{s.tpot:.5g}"), round(s.requests), round(s.mean_acceptance_length or 0, 4),
+         s.num_speculative_tokens or 0]
+        for s in history.on.get(model, ())[-STORED_WINDOWS:]
+    ]  # fmt: skip
+    off = [
+        [round(s.running, 3), float(f"{s.tpot:.5g}"), round(s.requests)]
+        for s in history.off.get(model, ())[-STORED_WINDOWS:]
+    ]
+    if not on and not off:
+        return None
+    return json.dumps({"v": 1, "model": model, "on": on, "off": off}, separators=(",", ":"))
+
+
+def decode(text: str | None) -> tuple[str, tuple[SpeedSample, ...]] | None:
+    """(model, samples) from :func:`encode`'s text; None for anything else (a hand edit reads as absent)."""
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or raw.get("v") != 1 or not isinstance(raw.get("model"), str):
+            return None
+        samples = [
+            SpeedSample(0.0, True, float(r), float(t), float(n), mean_acceptance_length=float(length) or None,
+                        num_speculative_tokens=int(k) or None)
+            for r, t, n, length, k in raw.get("on", [])
+        ] + [SpeedSample(0.0, False, float(r), float(t), float(n)) for r, t, n in raw.get("off", [])]  # fmt: skip
+    except (ValueError, TypeError):
+        return None
+    usable = tuple(s for s in samples if math.isfinite(s.tpot) and s.tpot > 0 and math.isfinite(s.running))
+    return raw["model"], usable

@@ -117,6 +117,23 @@ class Monitor:
             log.info("draft cost %s (%s)", prior.label, prior.basis)
             self.config = replace(self.config, draft_cost_prior=prior)
 
+    def keep_speed(self, model: str) -> str | None:
+        """This model's recent TPOT windows as text for the target's record (measured_speedup.encode)."""
+        return measured_speedup.encode(self.view.speed, model)
+
+    def restore_speed(self, text: str | None) -> None:
+        """Take back the TPOT windows a previous sidecar kept on the target (nothing when there are none).
+
+        Called by the controller, which runs after ``observe`` has published its View and before the next scrape
+        (the scrape loop awaits its listeners), so the two never replace the View at the same time.
+        """
+        decoded = measured_speedup.decode(text)
+        if decoded is None:
+            return
+        model, samples = decoded
+        log.info("restored %d TPOT windows of model %r from the target's record", len(samples), model)
+        self.view = replace(self.view, speed=measured_speedup.with_samples(self.view.speed, model, samples))
+
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
 

@@ -103,3 +103,33 @@ def test_a_measured_break_even_above_the_threshold_turns_speculation_off_where_t
     off = slower.controller.step(stats(0.55, drafts=2500.0), T0)
     assert off is not None
     assert off.action is Action.DISABLE, off.detail
+
+
+def test_the_windows_survive_the_restart_a_toggle_causes_through_the_targets_record(tmp_path: Path) -> None:
+    """On Kubernetes every toggle restarts the pod and this sidecar with it: the windows with speculation on
+    travel in the disable's patch, and the next sidecar measures against them once it has windows off."""
+    path = manifest(tmp_path)
+    first = sidecar_on(path)
+    on_only = [
+        SpeedSample(float(i), True, 3.0, 0.040, 60.0, mean_acceptance_length=2.6, num_speculative_tokens=4)
+        for i in range(6)
+    ]
+    first.monitor.view = replace(first.monitor.view, speed=with_samples(first.monitor.view.speed, "tiny", on_only))
+    assert first.controller is not None
+    disabled = first.controller.step(stats(0.3), T0)
+    assert disabled is not None and disabled.action is Action.DISABLE
+    assert "spec-sidecar.io/speed" in path.read_text()
+
+    after_restart = sidecar_on(path)  # a new process: nothing in memory
+    assert after_restart.controller is not None
+    after_restart.controller.step(stats(0.0, speculation=False), T0 + 60)
+    restored = after_restart.monitor.view.speed.on["tiny"]
+    assert [(s.tpot, s.running, s.mean_acceptance_length, s.num_speculative_tokens) for s in restored] == [
+        (0.040, 3.0, 2.6, 4)
+    ] * 6
+    off = [SpeedSample(float(i), False, 3.0, 0.052, 60.0) for i in range(6)]
+    view = after_restart.monitor.view
+    after_restart.monitor.view = replace(view, speed=with_samples(view.speed, "tiny", off))
+    measured = after_restart.monitor.view.measured("tiny")
+    assert measured is not None and measured.established
+    assert measured.draft_cost == pytest.approx(0.25, abs=1e-3)  # (2.6 / 1.3 - 1) / 4

@@ -163,3 +163,20 @@ def test_the_mean_of_a_histogram_counts_each_bucket_at_its_midpoint() -> None:
     assert histogram_mean(((1.0, 0.0), (math.inf, 4.0))) == 1.0
     assert histogram_mean(((1.0, 0.0), (math.inf, 0.0))) is None
     assert histogram_mean(((1.0, 3.0),)) is None
+
+
+def test_the_windows_kept_on_the_target_read_back_as_they_were_and_a_hand_edit_reads_as_absent() -> None:
+    rng = random.Random(6)
+    samples = windows(rng, 40, on=True, running=2.5, base=0.05, length=2.0, cost=0.2, noise=0.03)
+    samples += windows(rng, 3, on=False, running=2.5, base=0.05, length=2.0, cost=0.2, noise=0.03)
+    text = ms.encode(ms.with_samples(SpeedHistory(), "tiny", samples), "tiny")
+    assert text is not None and len(text) < 4096  # an annotation, not a database
+    decoded = ms.decode(text)
+    assert decoded is not None
+    model, back = decoded
+    assert model == "tiny"
+    assert sum(s.speculation for s in back) == ms.STORED_WINDOWS and sum(not s.speculation for s in back) == 3
+    assert [round(s.tpot, 4) for s in back if not s.speculation] == [round(s.tpot, 4) for s in samples[-3:]]
+    assert ms.encode(SpeedHistory(), "tiny") is None
+    for broken in ("", "{", "[]", '{"v":2,"model":"tiny"}', '{"v":1,"model":"tiny","on":[[1,2]]}'):
+        assert ms.decode(broken) is None
