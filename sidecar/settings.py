@@ -184,7 +184,11 @@ class Settings(BaseSettings):
         0.05, ge=0, le=1, description="A trial keeps speculation on only at acceptance >= threshold + this."
     )
     breakeven_rule: bool = Field(
-        False, description="Also count a window as failing when L < 1 + k*c (needs --draft-cost-ratio)."
+        False,
+        description=(
+            "Also count a window as failing when L < 1 + k*c (c: --draft-cost-ratio, or assumed from the "
+            "speculative config)."
+        ),
     )
     measured_breakeven: bool = Field(
         True,
