@@ -13,7 +13,7 @@ from sidecar.cli.terminal_text import VERDICT_STYLE, plain
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.report import BucketSummary, threshold_in_force
-from sidecar.core.speedup_words import breakeven_words, caveat, expected_words, measured_words
+from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 
@@ -92,6 +92,7 @@ def _summary_table(m: ModelStats, measured: MeasuredSpeedup | None, threshold: f
     if live:
         table.add_row("measured speedup", plain(measured_words(measured)))
         table.add_row("measured break-even", plain(breakeven_words(measured)))
+        table.add_row("measured e2e", plain(e2e_words(measured)))
     else:
         table.add_row("measured speedup", "needs a running sidecar (TPOT with speculation on and off over time)")
     note = caveat(

@@ -72,3 +72,15 @@ def caveat(
     if measured is not None:
         return words + f"; measured here: {measured.speedup:.2f}x [{measured.low:.2f}, {measured.high:.2f}]"
     return words + "; not measured yet, so trust the acceptance rule"
+
+
+def e2e_words(measured: MeasuredSpeedup | None) -> str:
+    """'P50 1.21x, P99 0.94x faster with speculation' from the e2e latency of the same windows, or '—'."""
+    if measured is None or (measured.e2e_p50_ratio is None and measured.e2e_p99_ratio is None):
+        return "—"
+    parts = [
+        f"{name} {value:.2f}x"
+        for name, value in (("P50", measured.e2e_p50_ratio), ("P99", measured.e2e_p99_ratio))
+        if value is not None
+    ]
+    return ", ".join(parts) + " (off / on: above 1, faster with speculation)"

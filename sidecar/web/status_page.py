@@ -21,7 +21,7 @@ from typing import Protocol
 
 from sidecar.core.advice import Advice, Status
 from sidecar.core.measured_speedup import MeasuredSpeedup
-from sidecar.core.speedup_words import breakeven_words, caveat, expected_words, measured_words
+from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds
 from sidecar.scrape.monitor import TREND_SECONDS, TrendPoint
@@ -198,6 +198,7 @@ def _speedup_rows(m: ModelStats, measured: MeasuredSpeedup | None, threshold: fl
         ("expected speedup", expected_words(m.expected_speedup, m.draft_cost)),
         ("measured speedup", measured_words(measured)),
         ("measured break-even", breakeven_words(measured)),
+        ("measured e2e", e2e_words(measured)),
         (
             "policy judges against",
             f"{in_force:.2f} (measured)" if in_force is not None else f"{threshold:.2f} (--threshold)",

@@ -7,7 +7,7 @@ import random
 from sidecar.core import cost_prior, measured_speedup
 from sidecar.core.cost_prior import SpeculativeSettings
 from sidecar.core.measured_speedup import SpeedSample
-from sidecar.core.speedup_words import breakeven_words, caveat, expected_words, measured_words
+from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 
 
 def slow_measurement() -> measured_speedup.MeasuredSpeedup:
@@ -56,3 +56,15 @@ def test_a_measurement_that_says_slower_is_quoted_in_the_caveat() -> None:
 def test_without_a_measurement_the_words_say_what_is_needed() -> None:
     assert "not measured yet" in measured_words(None)
     assert breakeven_words(None) == "—"
+
+
+def test_the_e2e_ratios_say_which_way_is_faster() -> None:
+    samples = [
+        SpeedSample(float(i), on, 1.5, 0.05, 80.0, e2e_p50=1.0 if on else 1.2, e2e_p99=3.0 if on else 2.4,
+                    mean_acceptance_length=2.0 if on else None, num_speculative_tokens=4 if on else None)
+        for i in range(3) for on in (True, False)
+    ]  # fmt: skip
+    m = measured_speedup.measure(samples)
+    words = e2e_words(m)
+    assert words.startswith("P50 1.20x, P99 0.80x") and "faster with speculation" in words
+    assert e2e_words(None) == "—"
