@@ -27,8 +27,7 @@ from sidecar.core.snapshot import Counter, CounterKey, Histogram, HistogramKey, 
 
 RESULTS = ("success", "empty", "timeout", "unreachable", "http_error", "bad_response")
 # Gauges that stats reads (the others are not worth a query per round).
-# Requests running: the load the fleet's latency was measured at (sidecar.core.measured_speedup).
-_GAUGE_ROLES = (Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE, Role.KV_CACHE_USAGE, Role.REQUESTS_RUNNING)
+_GAUGE_ROLES = (Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE, Role.KV_CACHE_USAGE)
 
 
 @dataclass(frozen=True)
