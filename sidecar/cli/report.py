@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -121,3 +122,21 @@ def _latency_table(m: ModelStats) -> Table:
             continue
         table.add_row(metric, _fmt(q.p50, 4), _fmt(q.p90, 4), _fmt(q.p95, 4), _fmt(q.p99, 4), _fmt(q.p99_p50_ratio, 2))
     return table
+
+
+def render_measured(measured: Mapping[str, Mapping[str, Any]], console: Console, source: str) -> None:
+    """The speedup a running sidecar measured (its /api/report's ``measured_speedup``), one row per model."""
+    table = Table(
+        title=f"measured by the sidecar at {plain(source)} (TPOT off / on, matched load)", title_justify="left"
+    )
+    for column in ("model", "speedup", "95 % interval", "windows on / off", "break-even acceptance", "in force"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, m in measured.items():
+        low, high = m.get("low"), m.get("high")
+        interval = f"{_fmt(low)}-{_fmt(high)}"
+        in_force = "yes" if m.get("in_force") else plain(f"no: {m.get('evidence_needed') or '?'}")
+        table.add_row(
+            plain(model), _fmt(m.get("speedup")), interval, f"{m.get('on_windows')} / {m.get('off_windows')}",
+            _fmt(m.get("breakeven_acceptance_ratio"), 2), in_force,
+        )  # fmt: skip
+    console.print(table)

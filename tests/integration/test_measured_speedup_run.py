@@ -9,6 +9,10 @@ that the break-even (0.2) is in force, on /metrics, /api/report and /status.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -149,3 +153,20 @@ def test_api_report_and_status_show_the_measured_speedup_beside_the_modelled_one
     page = httpx.get(sidecar.url + "/status", timeout=5).text
     assert "measured speedup" in page and "1.667 [" in page
     assert "0.20 (measured)" in page  # what the policy judges against
+
+
+def test_report_with_tap_shows_what_the_running_sidecar_measured(measured: tuple[Engine, SidecarProcess]) -> None:
+    engine, sidecar = measured
+    with engine_server(engine) as url:  # the same engine, served again for the report's own scrape
+        table = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "report", url, "--tap", sidecar.url],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True,
+        ).stdout  # fmt: skip
+        as_json = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "report", url, "--tap", sidecar.url, "--json"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+    assert "measured by the sidecar at" in table and "1.667" in table and "0.20" in table
+    model = json.loads(as_json)["models"][0]
+    assert model["measured_speedup"]["speedup"] == pytest.approx(1.6667, abs=1e-3)
+    assert model["draft_cost"]["source"] == "unknown"  # this report was given no speculative config
