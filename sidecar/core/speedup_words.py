@@ -10,8 +10,10 @@ the /status page and the JSON all take their words from here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sidecar.core.cost_prior import CostSource, DraftCost
-from sidecar.core.measured_speedup import MeasuredSpeedup, band_label
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample, band_label
 
 
 def expected_words(speedup: float | None, cost: DraftCost) -> str:
@@ -29,10 +31,13 @@ def _footing(cost: DraftCost) -> str:
     return f"at {cost.label}"
 
 
-def measured_words(measured: MeasuredSpeedup | None) -> str:
-    """'0.931 [0.880, 0.985], 12 on / 8 off windows at 1-2 running' or what is still missing."""
+def measured_words(measured: MeasuredSpeedup | None, samples: Sequence[SpeedSample] = ()) -> str:
+    """'0.931 [0.880, 0.985], 12 on / 8 off windows at 1-2 running' or what is still missing (``samples``: the
+    windows learned so far, to say how far along it is)."""
     if measured is None:
-        return "not measured yet: needs windows with speculation on and off at the same load"
+        on = sum(1 for s in samples if s.speculation)
+        so_far = f" ({on} on, {len(samples) - on} off so far)" if samples else ""
+        return f"not measured yet: needs windows with speculation on and off at the same load{so_far}"
     bands = ", ".join(band_label(b.band) for b in measured.bands)
     words = (
         f"{measured.speedup:.3f} [{measured.low:.3f}, {measured.high:.3f}] from {measured.on_windows} on / "

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sidecar.core.advice import Advice, Status
-from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
 from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds
@@ -115,6 +115,7 @@ class StatusPage:
     fleet: FleetPanel | None = None  # None: not in fleet mode
     # The speedup measured from this engine's TPOT per model (None: no load band with both states yet).
     measured: Mapping[str, MeasuredSpeedup | None] = field(default_factory=dict)
+    speed_samples: Mapping[str, Sequence[SpeedSample]] = field(default_factory=dict)  # windows learned so far
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------
@@ -179,7 +180,12 @@ def _models_section(page: StatusPage) -> str:
             ("mean acceptance length", _num(m.mean_acceptance_length, 2)),
             ("draft tokens (window)", _count(m.draft_tokens)),
             ("KV cache usage", _pct(m.kv_cache_usage)),
-            *_speedup_rows(m, page.measured.get(m.model_name), page.thresholds.disable_below),
+            *_speedup_rows(
+                m,
+                page.measured.get(m.model_name),
+                page.thresholds.disable_below,
+                page.speed_samples.get(m.model_name, ()),
+            ),
         )
         if m.invalid is not None:  # impossible numbers: say which, since no number is shown
             rows = (*rows, ("invalid window", f"{m.invalid}: {m.invalid_detail or ''}"))
@@ -191,12 +197,14 @@ def _models_section(page: StatusPage) -> str:
     return f'{title}<div class="models">{"".join(cards)}</div>'
 
 
-def _speedup_rows(m: ModelStats, measured: MeasuredSpeedup | None, threshold: float) -> tuple[tuple[str, str], ...]:
+def _speedup_rows(
+    m: ModelStats, measured: MeasuredSpeedup | None, threshold: float, samples: Sequence[SpeedSample]
+) -> tuple[tuple[str, str], ...]:
     """Modelled speedup with its footing, measured speedup and break-even, and why a gain sits beside a disable."""
     in_force = measured.policy_threshold if measured is not None else None
     rows = (
         ("expected speedup", expected_words(m.expected_speedup, m.draft_cost)),
-        ("measured speedup", measured_words(measured)),
+        ("measured speedup", measured_words(measured, samples)),
         ("measured break-even", breakeven_words(measured)),
         ("measured e2e", e2e_words(measured)),
         (

@@ -53,8 +53,10 @@ def test_a_measurement_that_says_slower_is_quoted_in_the_caveat() -> None:
     assert "effective c" in breakeven_words(m)
 
 
-def test_without_a_measurement_the_words_say_what_is_needed() -> None:
+def test_without_a_measurement_the_words_say_what_is_needed_and_how_far_along_it_is() -> None:
     assert "not measured yet" in measured_words(None)
+    learned = [SpeedSample(0.0, True, 1.0, 0.05, 30.0)] * 4 + [SpeedSample(0.0, False, 9.0, 0.05, 30.0)]
+    assert measured_words(None, learned).endswith("(4 on, 1 off so far)")
     assert breakeven_words(None) == "—"
 
 
