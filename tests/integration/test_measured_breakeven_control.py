@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.app import Sidecar, build_sidecar
 from sidecar.core.cost_prior import CostSource, compute_ratio
 from sidecar.core.measured_speedup import SpeedSample, with_samples
 from sidecar.core.policy import Action, Reason
 from sidecar.settings import Settings
+from sidecar.wiring import Sidecar, build_sidecar
 from tests.integration.test_manifest_control_loop import T0, stats
 
 TARGET = {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 1376, "vocab_size": 32000,
