@@ -16,9 +16,18 @@ the bare rule (no margin, no warm-up):
   after a start     disables over many fresh starts (--starts, --start-windows each) on stationary traffic at
                     threshold + 0.05 and at 0.70: the spread between windows is not known yet right after a start
   detection delay   windows from a sustained drop (0.70 -> p) to the disable, over many runs
+And the same with the measured break-even in force (``--measured-costs``): for a true draft cost c (so that
+speculation breaks even at acceptance c), TPOT windows with speculation on (at 0.70) and then off are drawn
+from the speedup model with log-normal noise (``--tpot-noise``) until sidecar.core.measured_speedup says the
+measurement is established; the policy then judges against that measured break-even:
+  windows to establish   off windows the measurement needed after a disable
+  threshold error        measured break-even minus c (median, p10, p90)
+  false toggles          disables over 10,000 stationary windows at c + 0.05 (one measurement per 1000 windows)
+  detection delay        after a drop 0.70 -> c - 0.05 and c - 0.10
+  fixed-rule disables    what the fixed threshold does to the same stationary traffic, where speculation pays
 
 Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--starts 1000] [--seed 7]
-     [--json]
+     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sidecar.core import measured_speedup
 from sidecar.core.acceptance import iid_acceptance_ratio
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
 from sidecar.settings import Settings
@@ -240,6 +250,127 @@ def detection_delay(
     return None
 
 
+def with_threshold(draw: Window, threshold: float) -> Window:
+    """The same windows, carrying a measured break-even for the policy to judge against."""
+    return lambda rng: replace(draw(rng), measured_threshold=threshold)
+
+
+def measure_breakeven(
+    rng: random.Random, cost: float, ratio_on: float, noise: float, *, on_windows: int = 30, most: int = 120
+) -> tuple[float | None, int]:
+    """Simulate the measurement after a disable: ``on_windows`` windows with speculation on at ``ratio_on``,
+    then off windows one by one until the measured break-even is established. (threshold, off windows taken).
+
+    TPOT off = 1 (any unit), on = (1 + k·c) / L with L = 1 + k·ratio_on, each times exp(N(0, noise)); all at
+    the same load (the bands of the real measurement are tested in tests/unit/test_measured_speedup.py).
+    """
+    length = 1 + K * ratio_on
+    tpot_on = (1 + K * cost) / length
+
+    def sample(on: bool, at: int) -> measured_speedup.SpeedSample:
+        return measured_speedup.SpeedSample(
+            at=float(at),
+            speculation=on,
+            running=4.0,
+            tpot=(tpot_on if on else 1.0) * math.exp(rng.gauss(0, noise)),
+            requests=100.0,
+            mean_acceptance_length=length if on else None,
+            num_speculative_tokens=K if on else None,
+        )
+
+    samples = [sample(True, i) for i in range(on_windows)]
+    for n in range(1, most + 1):
+        samples.append(sample(False, on_windows + n))
+        measured = measured_speedup.measure(samples)
+        if measured is not None and measured.policy_threshold is not None:
+            return measured.policy_threshold, n
+    return None, most
+
+
+def measured_rows(
+    models: dict[str, Callable[[float, int], Window]],
+    costs: list[float],
+    volumes: list[int],
+    *,
+    config: PolicyConfig,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> list[dict[str, object]]:
+    """Decision quality with the measured break-even in force, one row per model, cost and window size."""
+    rows: list[dict[str, object]] = []
+    blocks = max(1, args.windows // 1000)
+    for cost in costs:
+        measurements = [measure_breakeven(rng, cost, 0.70, args.tpot_noise) for _ in range(args.runs)]
+        thresholds = [t for t, _ in measurements if t is not None]
+        taken = [n for t, n in measurements if t is not None]
+        errors = [t - max(cost, measured_speedup.THRESHOLD_FLOOR) for t in thresholds]
+        for model, make in models.items():
+            for n in volumes:
+                try:
+                    stationary, before = make(round(cost + 0.05, 2), n), make(0.70, n)
+                except ValueError:
+                    continue
+                toggles = fixed = 0
+                per_block = args.windows // blocks
+                for b in range(blocks):
+                    series = [stationary(rng) for _ in range(per_block)]
+                    threshold = thresholds[b % len(thresholds)] if thresholds else None
+                    if threshold is not None:
+                        measured_series = [replace(o, measured_threshold=threshold) for o in series]
+                        toggles += sum(1 for _, a in feed(config, iter(measured_series)) if a is Action.DISABLE)
+                    fixed += sum(1 for _, a in feed(config, iter(series)) if a is Action.DISABLE)
+                row: dict[str, object] = {
+                    "model": model,
+                    "cost": cost,
+                    "draft_tokens": n,
+                    "established": len(thresholds) / len(measurements),
+                    "windows_to_establish": statistics.median(taken) if taken else None,
+                    "windows_to_establish_p90": percentile(taken, 0.9) if taken else None,
+                    "threshold_error_median": round(statistics.median(errors), 4) if errors else None,
+                    "threshold_error_p10": round(percentile_f(errors, 0.1), 4) if errors else None,
+                    "threshold_error_p90": round(percentile_f(errors, 0.9), 4) if errors else None,
+                    "stationary_ratio": round(cost + 0.05, 2),
+                    "false_toggles": toggles,
+                    "fixed_rule_disables": fixed,
+                }
+                for drop in (0.05, 0.10):
+                    p = round(cost - drop, 2)
+                    try:
+                        after = make(p, n) if p > 0 else None
+                    except ValueError:
+                        after = None
+                    if after is None or not thresholds:
+                        row[f"delay_{p}"] = None
+                        continue
+                    results = []
+                    for run in range(args.runs):
+                        threshold = thresholds[run % len(thresholds)]
+                        results.append(
+                            detection_delay(
+                                config,
+                                with_threshold(before, threshold),
+                                with_threshold(after, threshold),
+                                rng,
+                                args.horizon,
+                            )
+                        )
+                    found = [r for r in results if r is not None and r > 0]
+                    row[f"delay_{p}"] = {
+                        "after": p,
+                        "detected": len(found) / len(results),
+                        "median": statistics.median(found) if found else None,
+                        "p90": percentile(found, 0.9) if found else None,
+                        "early": sum(1 for r in results if r == -1),
+                    }
+                rows.append(row)
+    return rows
+
+
+def percentile_f(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
 def percentile(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)])
@@ -275,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         help="per-request captures of a real engine (two labels: high and low acceptance); skipped if absent",
     )
     parser.add_argument("--models", default="binomial,prefix,captured", help="traffic models to run")
+    parser.add_argument(
+        "--measured-costs", default="0.1,0.3", help="true draft costs c for the measured break-even rows"
+    )
+    parser.add_argument("--tpot-noise", type=float, default=0.05, help="log-normal sd of a window's mean TPOT")
+    parser.add_argument("--measured-volumes", default="1000", help="draft tokens per window, measured rows")
+    parser.add_argument("--measured-only", action="store_true", help="only the measured break-even rows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     models = dict(MODELS)
@@ -294,6 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     rng = random.Random(args.seed)
+    costs = [float(c) for c in args.measured_costs.split(",") if c]
+    measured_volumes = [int(v) for v in args.measured_volumes.split(",")]
+    measured = measured_rows(
+        models, costs, measured_volumes, config=default, args=args, rng=random.Random(args.seed + 1)
+    )
+    if args.measured_only:
+        report_measured = {"windows": args.windows, "runs": args.runs, "tpot_noise": args.tpot_noise,
+                           "seed": args.seed, "measured": measured}  # fmt: skip
+        print(json.dumps(report_measured, indent=2) if args.json else measured_markdown(report_measured))
+        return 0
 
     stationary = [
         {
@@ -360,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         "start_windows": args.start_windows,
         "after_start": after_start,
         "detection": delays,
+        "tpot_noise": args.tpot_noise,
+        "measured": measured,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -395,7 +544,38 @@ def markdown(report: dict[str, object], names: list[str]) -> str:
             f"| {row['model']} | {row['after']} | {row['draft_tokens']} | {row['config']} | {row['detected']:.0%} "
             f"| {row['median']} | {row['p90']} | {row['max']} | {row['early']} |"
         )
+    lines += ["", measured_markdown(report)]
     lines.append(f"\n({report['seconds']} s)")
+    return "\n".join(lines)
+
+
+def measured_markdown(report: dict[str, object]) -> str:
+    """The measured break-even rows: how fast it is established, how good it is, and the decisions under it."""
+    lines = [
+        f"With the measured break-even in force (TPOT noise {report['tpot_noise']}, {report['runs']} runs, "
+        f"{report['windows']} stationary windows per row, seed {report['seed']}):",
+        "",
+        "| model | true c | draft tokens/window | established | off windows to establish (median / p90) "
+        "| threshold − c (median [p10, p90]) | false toggles at c + 0.05 | fixed 0.5 rule disables there "
+        "| delay after drop to c − 0.05 | delay after drop to c − 0.10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def delay(cell: object) -> str:
+        if not isinstance(cell, dict):
+            return "–"
+        detected = f" ({cell['detected']:.0%})" if cell["detected"] < 1 else ""
+        return f"{cell['median']} / {cell['p90']}{detected}"
+
+    for row in cast(list[dict[str, object]], report["measured"]):
+        delays = [v for k, v in row.items() if k.startswith("delay_")]
+        cells = [delay(d) for d in delays] + ["–"] * (2 - len(delays))
+        lines.append(
+            f"| {row['model']} | {row['cost']} | {row['draft_tokens']} | {cast(float, row['established']):.0%} "
+            f"| {row['windows_to_establish']} / {row['windows_to_establish_p90']} "
+            f"| {row['threshold_error_median']} [{row['threshold_error_p10']}, {row['threshold_error_p90']}] "
+            f"| {row['false_toggles']} | {row['fixed_rule_disables']} | {cells[0]} | {cells[1]} |"
+        )
     return "\n".join(lines)
 
 

@@ -116,14 +116,21 @@ def _pays() -> list[PanelBuilder]:
             "Acceptance ratio",
             "Accepted / draft tokens over the sidecar's window. Below 0.5 (red line) speculation is net-negative"
             " and the sidecar turns it off; from 0.65 (green line) it is a likely win; between, measure P99 under"
-            " load.",
+            " load. Once this deployment's break-even is measured from its latency (dashed 'measured break-even'),"
+            " the sidecar judges against that line instead of 0.5.",
             query(f"specdecode_acceptance_ratio{{{MODEL}}}", "{{pod}} {{model_name}}"),
+            query(
+                f"specdecode_measured_breakeven_acceptance_ratio{{{MODEL}}}",
+                "measured break-even {{pod}} {{model_name}}",
+                "B",
+            ),
         )
         .unit("percentunit")
         .min(0)
         .max(1)
         .thresholds(thresholds((None, "red"), (0.5, "yellow"), (0.65, "green")))
         .thresholds_style(dashed_threshold_lines())
+        .with_override(*dashed("^measured break-even.*"))
         .height(8)
         .span(12),
         graph(
@@ -150,8 +157,10 @@ def _pays() -> list[PanelBuilder]:
         .height(8)
         .span(8),
         single(
-            "Expected speedup",
-            "L / (1 + k·c): expected walltime speedup from speculation; below 1 it costs more than it saves.",
+            "Expected speedup (modelled)",
+            "L / (1 + k·c): modelled walltime speedup. c is configured, assumed from the speculative config, or"
+            " unknown (then 0, and this is an upper bound): see specdecode_draft_cost_ratio{source}. The measured"
+            " speedup beside it is the number to trust.",
             query(f"specdecode_expected_speedup{{{MODEL}}}", "{{pod}} {{model_name}}"),
         )
         .unit("x")
@@ -159,6 +168,21 @@ def _pays() -> list[PanelBuilder]:
         .thresholds(thresholds((None, "red"), (1.0, "green")))
         .height(8)
         .span(4),
+        graph(
+            "Measured speedup (TPOT off / on, matched load)",
+            "This deployment's own speedup: geometric-mean TPOT without speculation over TPOT with it, compared"
+            " within load bands of running requests, with its 95 % interval (dashed). Below 1, speculation makes"
+            " tokens slower here, whatever the acceptance.",
+            query(f"specdecode_measured_speedup{{{MODEL}}}", "measured {{pod}} {{model_name}}"),
+            query(f"specdecode_measured_speedup_low{{{MODEL}}}", "interval low {{pod}} {{model_name}}", "B"),
+            query(f"specdecode_measured_speedup_high{{{MODEL}}}", "interval high {{pod}} {{model_name}}", "C"),
+        )
+        .unit("x")
+        .thresholds(thresholds((None, "red"), (1.0, "green")))
+        .thresholds_style(dashed_threshold_lines())
+        .with_override(*dashed("^interval.*"))
+        .height(8)
+        .span(12),
         states(
             "Speculation on/off",
             "Whether each engine runs with speculation (its spec-decode series exist).",

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar.core.cost_prior import UNKNOWN as UNKNOWN_COST
+from sidecar.core.cost_prior import DraftCost, settings_from_json
 from sidecar.core.forward_paths import parse_forward_paths
 from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
 from sidecar.core.stats import AnalysisConfig
@@ -159,12 +161,28 @@ class AnalysisSettings(_Section):
         ge=0,
         description="Draft tokens a window must carry before any verdict; fewer is no-data, never a decision.",
     )
-    draft_cost_ratio: float = Field(
-        0.0,
+    draft_cost_ratio: float | None = Field(
+        None,
         ge=0,
         description=(
             "c = draft cost / target cost per step, for break-even L = 1 + k*c and expected speedup "
-            "(~0 for ngram/suffix, small for EAGLE/MTP, ~draft/target size for a draft model)."
+            "(~0 for ngram/suffix, small for EAGLE/MTP, ~draft/target size for a draft model). Unset: assumed "
+            "from --speculative-config (or the target's args), and shown as assumed."
+        ),
+    )
+    speculative_config: str | None = Field(
+        None,
+        description=(
+            'The engine\'s --speculative-config JSON, e.g. \'{"method":"ngram","num_speculative_tokens":3}\', '
+            "to assume the draft cost from when --draft-cost-ratio is not set; read from the target's args when "
+            "acting on one. A draft model's cost is its size over the target's, when both config.json are readable."
+        ),
+    )
+    target_model: str | None = Field(
+        None,
+        description=(
+            "The target model's folder (the engine's --model), to read its config.json for a draft model's "
+            "assumed cost; read from the target's args when acting on one."
         ),
     )
     baseline_p99_p50: Annotated[dict[str, float], NoDecode] = Field(
@@ -204,9 +222,25 @@ class AnalysisSettings(_Section):
             )
         return self
 
-    def analysis_config(self) -> AnalysisConfig:
+    @field_validator("speculative_config")
+    @classmethod
+    def _check_speculative_config(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                settings_from_json(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"--speculative-config must be the engine's JSON object, e.g. "
+                    f'\'{{"method":"ngram","num_speculative_tokens":3}}\' ({exc})'
+                ) from None
+        return value
+
+    def analysis_config(self, draft_cost_prior: DraftCost = UNKNOWN_COST) -> AnalysisConfig:
+        """The analysis settings; ``draft_cost_prior`` is the c assumed when --draft-cost-ratio is not set."""
         return AnalysisConfig(
-            Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)), self.draft_cost_ratio
+            Thresholds(self.threshold, self.keep_threshold, float(self.min_draft_tokens)),
+            self.draft_cost_ratio,
+            draft_cost_prior,
         )
 
 
@@ -245,7 +279,19 @@ class DecisionSettings(_Section):
         0.05, ge=0, le=1, description="A trial keeps speculation on only at acceptance >= threshold + this."
     )
     breakeven_rule: bool = Field(
-        False, description="Also count a window as failing when L < 1 + k*c (needs --draft-cost-ratio)."
+        False,
+        description=(
+            "Also count a window as failing when L < 1 + k*c (c: --draft-cost-ratio, or assumed from the "
+            "speculative config)."
+        ),
+    )
+    measured_breakeven: bool = Field(
+        True,
+        description=(
+            "Judge acceptance against the break-even measured from this deployment's TPOT with speculation on and "
+            "off at matched load, once established (5 windows of each, interval <= 0.1 wide); --threshold until "
+            "then. --no-measured-breakeven keeps --threshold always (docs/policy.md)."
+        ),
     )
     divergence_factor: float | None = Field(
         None,

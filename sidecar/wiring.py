@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from sidecar.adapters.kube.namespace import own_namespace
+from sidecar.adapters.model_config import configured_draft_cost_prior, draft_cost_prior
 from sidecar.control.fleet import FleetCollector, FleetSource
-from sidecar.control.loop import Baseline, ControlCollector, Controller
+from sidecar.control.loop import (
+    Baseline,
+    Breakeven,
+    ControlCollector,
+    Controller,
+    SpeculationSink,
+    SpeedFor,
+    SpeedRestore,
+)
 from sidecar.core.actuator import Actuator, Leadership
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
@@ -48,14 +57,25 @@ class Sidecar:
 
 
 def build_sidecar(settings: Settings) -> Sidecar:
-    monitor = Monitor(settings)
+    monitor = Monitor(settings, configured_draft_cost_prior(settings.speculative_config, settings.target_model))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds()))
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
     fleet = FleetSource(settings) if settings.prometheus_url else None
-    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own.
-    controller = build_controller(settings, fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model))
+    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own; the measured
+    # break-even is the pod's own (fleet windows are not sampled for it).
+    controller = build_controller(
+        settings,
+        fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model),
+        breakeven_for=None if fleet else lambda model: _breakeven(monitor, model),
+        # --speculative-config, when given, says what the engine runs; otherwise the target's args do.
+        speculation_sink=None
+        if settings.speculative_config
+        else lambda spec, target: monitor.set_draft_cost_prior(draft_cost_prior(spec, target)),
+        speed_for=None if fleet else monitor.keep_speed,
+        speed_restore=None if fleet else monitor.restore_speed,
+    )
     if fleet is not None:
         registry.register(FleetCollector(fleet))
         if controller is not None and controller.elects:
@@ -64,6 +84,11 @@ def build_sidecar(settings: Settings) -> Sidecar:
         (fleet or monitor).add_listener(controller.on_stats)
         registry.register(ControlCollector(controller))
     return Sidecar(settings, monitor, registry, recorder, controller, fleet)
+
+
+def _breakeven(monitor: Monitor, model: str) -> float | None:
+    measured = monitor.view.measured(model)
+    return measured.policy_threshold if measured is not None else None
 
 
 def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
@@ -106,6 +131,7 @@ def policy_config(settings: Settings) -> PolicyConfig:
         flap_budget=settings.flap_budget,
         flap_period=settings.flap_period,
         breakeven_rule=settings.breakeven_rule,
+        measured_breakeven=settings.measured_breakeven,
         divergence_factor=settings.divergence_factor,
         trial=trial,
         dry_run=settings.dry_run,
@@ -167,8 +193,25 @@ def build_actuator(settings: TargetSettings, *, elect: bool) -> Actuator | None:
     return target.actuator if target is not None else None
 
 
-def build_controller(settings: Settings, baseline_for: Baseline | None = None) -> Controller | None:
+def build_controller(
+    settings: Settings,
+    baseline_for: Baseline | None = None,
+    *,
+    breakeven_for: Breakeven | None = None,
+    speculation_sink: SpeculationSink | None = None,
+    speed_for: SpeedFor | None = None,
+    speed_restore: SpeedRestore | None = None,
+) -> Controller | None:
     target = build_target(settings, elect=True)
     if target is None:
         return None
-    return Controller(target.actuator, policy_config(settings), target.leadership, baseline_for=baseline_for)
+    return Controller(
+        target.actuator,
+        policy_config(settings),
+        target.leadership,
+        baseline_for=baseline_for,
+        breakeven_for=breakeven_for,
+        speculation_sink=speculation_sink,
+        speed_for=speed_for,
+        speed_restore=speed_restore,
+    )

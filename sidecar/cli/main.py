@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -31,7 +31,10 @@ if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast
     from sidecar.core.snapshot import Snapshot
     from sidecar.wiring import Sidecar
 
-REPORT_FIELDS = ("threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "scrape_timeout", "slo")
+REPORT_FIELDS = (
+    "threshold", "keep_threshold", "min_draft_tokens", "draft_cost_ratio", "speculative_config", "target_model",
+    "scrape_timeout", "slo",
+)  # fmt: skip
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_CODES = """exit codes:
@@ -141,26 +144,33 @@ def _check_free(host: str, port: int) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from sidecar.adapters.model_config import configured_draft_cost_prior
     from sidecar.cli.advice_render import render_advice
-    from sidecar.cli.report import render, render_buckets
+    from sidecar.cli.report import render, render_buckets, render_measured
     from sidecar.core.advice import AdviceConfig, advise_stats, slo_from
     from sidecar.core.report import report_body
     from sidecar.core.stats import compute_stats
 
     settings = settings_from_args(args, Settings)
     snapshots = [_load_source(source, settings) for source in args.sources]
-    stats = compute_stats(snapshots, settings.analysis_config())
-    thresholds = settings.analysis_config().thresholds
-    buckets, bucket_window = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None)
+    config = settings.analysis_config(configured_draft_cost_prior(settings.speculative_config, settings.target_model))
+    stats = compute_stats(snapshots, config)
+    thresholds = config.thresholds
+    buckets, bucket_window, measured = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None, {})
     advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
-        body = report_body(stats, advice, buckets)
+        body = report_body(stats, advice, buckets, threshold=thresholds.disable_below)
+        for model in body["models"]:  # what the running sidecar measured, when --tap names one
+            model["measured_speedup"] = measured.get(model["model_name"])
         if args.tap:
             body["bucket_window_seconds"] = bucket_window
         print(json.dumps(body, indent=2))
         return 0
     console = Console()
-    render(stats, console, "since engine start" if len(snapshots) == 1 else "window between the two sources")
+    title = "since engine start" if len(snapshots) == 1 else "window between the two sources"
+    render(stats, console, title, threshold=thresholds.disable_below)
+    if measured:
+        render_measured(measured, console, args.tap)
     if buckets:
         render_buckets(buckets, thresholds, console, bucket_window)
     for item in advice:
@@ -168,9 +178,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tap_buckets(sidecar_url: str, timeout: float) -> tuple[list[BucketSummary], float | None]:
-    """The per-temperature buckets a running sidecar's tap has seen (its /api/report), and over how many seconds
-    (None from a sidecar too old to say)."""
+def _tap_buckets(
+    sidecar_url: str, timeout: float
+) -> tuple[list[BucketSummary], float | None, dict[str, dict[str, Any]]]:
+    """The per-temperature buckets a running sidecar's tap has seen (its /api/report), over how many seconds
+    (None from a sidecar too old to say), and the speedup it measured per model (none from an older sidecar)."""
     import httpx
 
     from sidecar.core.report import bucket_from_json
@@ -191,7 +203,13 @@ def _tap_buckets(sidecar_url: str, timeout: float) -> tuple[list[BucketSummary],
         body = response.json()
         buckets = [bucket_from_json(row) for row in body["buckets"]]
         window = body.get("bucket_window_seconds")
-        return buckets, float(window) if isinstance(window, int | float) and not isinstance(window, bool) else None
+        seconds = float(window) if isinstance(window, int | float) and not isinstance(window, bool) else None
+        measured = {
+            str(m["model_name"]): m["measured_speedup"]
+            for m in body.get("models", [])
+            if isinstance(m, dict) and isinstance(m.get("measured_speedup"), dict)
+        }
+        return buckets, seconds, measured
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"GET {url}: not a sidecar's report ({type(exc).__name__}: {exc}); {hint}") from exc
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -12,7 +13,9 @@ from rich.table import Table
 from sidecar.cli.terminal_text import VERDICT_STYLE, plain
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.figures import count, fixed
-from sidecar.core.report import BucketSummary
+from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.report import BucketSummary, threshold_in_force
+from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 
@@ -49,17 +52,22 @@ def render_buckets(
     console.print(table)
 
 
-def render(stats: Stats, console: Console, title: str) -> None:
+def render(
+    stats: Stats,
+    console: Console,
+    title: str,
+    measured: Mapping[str, MeasuredSpeedup | None] | None = None,
+    threshold: float = 0.5,
+) -> None:
     if not stats.models:
         console.print(Panel("No engine metrics found in the source.", title=plain(title), style="red"))
         return
     for m in stats.models:
-        console.print(
-            Panel(Group(_summary_table(m), _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}"))
-        )
+        summary = _summary_table(m, (measured or {}).get(m.model_name), threshold, measured is not None)
+        console.print(Panel(Group(summary, _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}")))
 
 
-def _summary_table(m: ModelStats) -> Table:
+def _summary_table(m: ModelStats, measured: MeasuredSpeedup | None, threshold: float, live: bool) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
@@ -73,8 +81,19 @@ def _summary_table(m: ModelStats) -> Table:
     table.add_row("α̂ (position 0)", fixed(m.alpha_estimate))
     table.add_row("k", "—" if m.num_speculative_tokens is None else str(m.num_speculative_tokens))
     table.add_row("per position", " ".join(fixed(v, 2) for v in m.position_acceptance) or "—")
-    breakeven, speedup = fixed(m.breakeven_acceptance_length), fixed(m.expected_speedup)
-    table.add_row("break-even L / expected speedup", f"{breakeven} / {speedup}")
+    table.add_row("break-even L (modelled)", fixed(m.breakeven_acceptance_length))
+    table.add_row("expected speedup", plain(expected_words(m.expected_speedup, m.draft_cost)))
+    if live:
+        table.add_row("measured speedup", plain(measured_words(measured)))
+        table.add_row("measured break-even", plain(breakeven_words(measured)))
+        table.add_row("measured e2e", plain(e2e_words(measured)))
+    else:
+        table.add_row("measured speedup", "needs a running sidecar (TPOT with speculation on and off over time)")
+    note = caveat(
+        m.expected_speedup, m.acceptance_ratio, threshold_in_force(measured, threshold), m.draft_cost, measured
+    )
+    if note is not None:
+        table.add_row("why", plain(note))
     table.add_row(
         "window drafts / draft / accepted",
         f"{count(m.drafts)} / {count(m.draft_tokens)} / {count(m.accepted_tokens)}",
@@ -103,3 +122,21 @@ def _latency_table(m: ModelStats) -> Table:
             fixed(q.p99_p50_ratio, 2),
         )
     return table
+
+
+def render_measured(measured: Mapping[str, Mapping[str, Any]], console: Console, source: str) -> None:
+    """The speedup a running sidecar measured (its /api/report's ``measured_speedup``), one row per model."""
+    table = Table(
+        title=f"measured by the sidecar at {plain(source)} (TPOT off / on, matched load)", title_justify="left"
+    )
+    for column in ("model", "speedup", "95 % interval", "windows on / off", "break-even acceptance", "in force"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, m in measured.items():
+        low, high = m.get("low"), m.get("high")
+        interval = f"{fixed(low)}-{fixed(high)}"
+        in_force = "yes" if m.get("in_force") else plain(f"no: {m.get('evidence_needed') or '?'}")
+        table.add_row(
+            plain(model), fixed(m.get("speedup")), interval, f"{m.get('on_windows')} / {m.get('off_windows')}",
+            fixed(m.get("breakeven_acceptance_ratio"), 2), in_force,
+        )  # fmt: skip
+    console.print(table)

@@ -23,7 +23,9 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.core import cost_prior
 from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView
+from sidecar.core.cost_prior import SpeculativeSettings
 from sidecar.core.policy import (
     Action,
     Decision,
@@ -41,6 +43,14 @@ log = logging.getLogger("spec_sidecar.control")
 RETRY_NOW = frozenset({Outcome.CONFLICT, Outcome.NOT_LEADER, Outcome.ROLLOUT_PENDING, Outcome.UNCHANGED})
 STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "pinned")
 Baseline = Callable[[str], Mapping[str, float | None]]
+# The measured break-even in force for a model (MeasuredSpeedup.policy_threshold), None while not established.
+Breakeven = Callable[[str], float | None]
+# Told the speculative settings and target model the target's args name, whenever they change.
+SpeculationSink = Callable[[SpeculativeSettings | None, str | None], None]
+# The TPOT windows to keep on the target with a toggle (measured_speedup.encode), and where to hand back those a
+# previous sidecar kept (once, at the first read: every toggle restarts the pod, and this process with it).
+SpeedFor = Callable[[str], str | None]
+SpeedRestore = Callable[[str | None], None]
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class Controller:
         *,
         model: str | None = None,
         baseline_for: Baseline | None = None,
+        breakeven_for: Breakeven | None = None,
+        speculation_sink: SpeculationSink | None = None,
+        speed_for: SpeedFor | None = None,
+        speed_restore: SpeedRestore | None = None,
         read_every: float = 15.0,
         renew_every: float = 5.0,
         keep: int = 50,
@@ -72,6 +86,10 @@ class Controller:
         # leadership: the Lease the actuator writes under (a Deployment); None: this sidecar alone acts (a file).
         self.actuator, self.config, self.leadership, self.model = actuator, config, leadership, model
         self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
+        self.breakeven_for, self.speculation_sink = breakeven_for, speculation_sink
+        self._told: tuple[SpeculativeSettings | None, str | None] | None = None
+        self.speed_for, self.speed_restore = speed_for, speed_restore
+        self._restored = False
         self._renewed_at: float | None = None
         self.state: PolicyState | None = None
         self.view: TargetView | None = None
@@ -93,11 +111,19 @@ class Controller:
         view = self._target(now)
         if view is None:
             return None
+        self._tell_speculation(view)
+        if not self._restored:
+            self._restored = True
+            if self.speed_restore is not None:
+                self.speed_restore(view.record.speed)
         state = self._merge(view)
         model = self._pick(stats)
         baseline = self.baseline_for(model.model_name) if model is not None and self.baseline_for else None
+        breakeven = self.breakeven_for(model.model_name) if model is not None and self.breakeven_for else None
         window = stats.window_seconds if stats is not None else None
-        observation = observation_from_stats(model, engine_up=engine_up, window_seconds=window, baseline=baseline)
+        observation = observation_from_stats(
+            model, engine_up=engine_up, window_seconds=window, baseline=baseline, measured_threshold=breakeven
+        )
         decision = decide(observation, state, self.config, now)
         self.last = decision
         self.decision_counts[(str(decision.action), str(decision.reason))] += 1
@@ -112,6 +138,8 @@ class Controller:
         if now < self._hold_until:
             self.state = _unapplied(decision, state)  # retried once the error backoff is over
             return decision
+        if decision.toggles and model is not None and self.speed_for is not None:
+            decision = _keeping_speed(decision, self.speed_for(model.model_name))
         result = self._act(decision)
         self._after(decision, state, result, now)
         return decision
@@ -142,6 +170,18 @@ class Controller:
             return None
         self._read_at = now
         return self.view
+
+    def _tell_speculation(self, view: TargetView) -> None:
+        """Hand on what the target's args say about the drafts (for the assumed draft cost), when it changes.
+
+        While speculation is off the args hold no speculation flags: what was last seen with it on stands.
+        """
+        if self.speculation_sink is None or not view.speculation:
+            return
+        told = (cost_prior.speculative_settings(view.flags), cost_prior.target_model(view.command, view.args))
+        if told != self._told:
+            self._told = told
+            self.speculation_sink(*told)
 
     def _merge(self, view: TargetView) -> PolicyState:
         previous = self.state
@@ -235,6 +275,14 @@ class Controller:
     def lease_holder(self) -> str | None:
         """Who held the Lease at this sidecar's last look (None: nobody, no Lease, or not read yet)."""
         return self.leadership.holder if self.leadership is not None else None
+
+
+def _keeping_speed(decision: Decision, speed: str | None) -> Decision:
+    """The toggle with the TPOT windows written in the same patch (kept as they were when there are none)."""
+    if speed is None:
+        return decision
+    record = replace(decision.state.record, speed=speed)
+    return replace(decision, state=replace(decision.state, record=record))
 
 
 def _unapplied(decision: Decision, before: PolicyState) -> PolicyState:

@@ -27,7 +27,10 @@ HISTORY = PREFIX + "history"
 PIN = PREFIX + "pin"
 LATCHED = PREFIX + "latched"
 TRIAL = PREFIX + "trial"
-KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL)
+# Recent TPOT windows with speculation on and off (sidecar.core.measured_speedup.encode): the pod, and the
+# sidecar with it, restarts at every toggle, so the measured speedup would otherwise never see both states.
+SPEED = PREFIX + "speed"
+KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL, SPEED)
 
 # Enough for any flap budget we would configure; keeps the annotation small (the limit is 256 KiB in total).
 MAX_HISTORY = 32
@@ -58,6 +61,7 @@ class ControlRecord:
     latched: str | None = None  # why automatic toggling stopped; cleared by a human
     trial_attempts: int = 0
     next_trial_at: float | None = None
+    speed: str | None = None  # TPOT windows for the measured speedup, as written with the last toggle (opaque here)
 
     def toggled(self, now: float, action: str, by: By, reason: str, removed: Mapping[str, Any] | None) -> ControlRecord:
         """The record after a toggle: state, reason, time, author, removed args, one more history entry."""
@@ -111,6 +115,7 @@ def to_annotations(record: ControlRecord) -> dict[str, str | None]:
         PIN: record.pin,
         LATCHED: record.latched,
         TRIAL: trial,
+        SPEED: record.speed,
     }
 
 
@@ -134,6 +139,7 @@ def from_annotations(annotations: Mapping[str, str] | None) -> ControlRecord:
         latched=a.get(LATCHED) or None,
         trial_attempts=_int(trial.get("attempts")),
         next_trial_at=parse_timestamp(str(trial["next_at"])) if trial.get("next_at") else None,
+        speed=a.get(SPEED) or None,
     )
 
 

@@ -112,6 +112,9 @@ class PolicyConfig:
     flap_budget: int = 4  # automatic toggles allowed per flap_period; one more latches
     flap_period: float = 6 * 3600.0
     breakeven_rule: bool = False  # also fail windows with L < 1 + k·c
+    # Judge against the break-even acceptance measured from this deployment's latency once it is established
+    # (sidecar.core.measured_speedup); until then, and with False, against ``threshold``.
+    measured_breakeven: bool = True
     divergence_factor: float | None = None  # also fail windows with P99/P50 > factor × baseline
     divergence_metrics: tuple[str, ...] = ("tpot", "e2e")
     trial: TrialConfig | None = None  # timed re-enable; off by default
@@ -136,6 +139,8 @@ class Observation:
     window_seconds: float | None = None
     verdict: str | None = None
     invalid: str | None = None  # why the window's numbers cannot be true (sidecar.core.validity); None: valid
+    # The break-even acceptance ratio measured from latency, once established (MeasuredSpeedup.policy_threshold).
+    measured_threshold: float | None = None
 
 
 def observation_from_stats(
@@ -144,6 +149,7 @@ def observation_from_stats(
     engine_up: bool,
     window_seconds: float | None,
     baseline: Mapping[str, float | None] | None = None,
+    measured_threshold: float | None = None,
 ) -> Observation:
     if model is None:
         return Observation(engine_up=engine_up, speculation=False, window_seconds=window_seconds)
@@ -162,6 +168,7 @@ def observation_from_stats(
         window_seconds=window_seconds,
         verdict=str(model.verdict),
         invalid=model.invalid if model.invalid is None else f"{model.invalid}: {model.invalid_detail or ''}",
+        measured_threshold=measured_threshold,
     )
 
 
@@ -274,6 +281,7 @@ class _Window:
     keeps: bool  # passes every rule at threshold + hysteresis (what a trial needs)
     inconclusive: bool  # below the threshold, but within the noise of a window this size
     warming: bool = False  # ... or the noise is not known yet
+    threshold: float = 0.5  # the acceptance ratio it was judged against (effective_threshold)
 
 
 def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: float) -> _Window | Decision:
@@ -296,17 +304,27 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
         return _hold(state, Reason.AWAITING_WINDOW, "this window overlaps the last one counted")
     spread, warming = _known_spread(state, config)
     margin = config.evidence_z * max(ratio_standard_error(obs) or 0.0, spread or 0.0)
-    failing = () if warming else failing_rules(obs, config, config.threshold, margin=margin)
-    keeps = not failing_rules(obs, config, config.threshold + config.hysteresis, margin=0.0)
+    threshold = effective_threshold(obs, config)
+    failing = () if warming else failing_rules(obs, config, threshold, margin=margin)
+    keeps = not failing_rules(obs, config, threshold + config.hysteresis, margin=0.0)
     recent = (*state.recent, obs.acceptance_ratio)[-max(config.spread_windows, config.spread_min, 2) :]
     counted = replace(state, last_window_at=now, recent=recent)
     if failing:
-        return _Window(replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0]), keeps, False)
-    if failing_rules(obs, config, config.threshold, margin=0.0):
+        tripped = replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0])
+        return _Window(tripped, keeps, False, threshold=threshold)
+    if failing_rules(obs, config, threshold, margin=0.0):
         # Below the threshold, but within the noise (or the noise is not known yet): neither trips nor clears.
-        return _Window(counted, keeps, True, warming)
+        return _Window(counted, keeps, True, warming, threshold)
     passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent), spread_count=len(recent))
-    return _Window(passed, keeps, False)
+    return _Window(passed, keeps, False, threshold=threshold)
+
+
+def effective_threshold(obs: Observation, config: PolicyConfig) -> float:
+    """The acceptance ratio a window is judged against: the measured break-even once established, else the
+    fixed ``threshold`` (the prior). docs/policy.md, 'The measured break-even', says when one takes over."""
+    if config.measured_breakeven and obs.measured_threshold is not None:
+        return obs.measured_threshold
+    return config.threshold
 
 
 def _known_spread(state: PolicyState, config: PolicyConfig) -> tuple[float | None, bool]:
@@ -388,11 +406,12 @@ def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool
 def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
     state = window.state
     if window.warming and state.trip_count < config.trip_windows:
-        detail = f"below {config.threshold}, but {len(state.recent)} windows are too few to know the noise"
+        detail = f"below {window.threshold:.3g}, but {len(state.recent)} windows are too few to know the noise"
         return _hold(state, Reason.WARMING_UP, detail)
     if window.inconclusive and state.trip_count < config.trip_windows:
         detail = (
-            f"below {config.threshold} but within {config.evidence_z} standard errors; count stays {state.trip_count}"
+            f"below {window.threshold:.3g} but within {config.evidence_z} standard errors; "
+            f"count stays {state.trip_count}"
         )
         return _hold(state, Reason.INCONCLUSIVE, detail)
     if state.trip_reason is None:

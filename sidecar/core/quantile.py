@@ -97,3 +97,30 @@ def _go_divide(a: float, b: float) -> float:
     if b == 0:
         return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1.0, b)
     return a / b
+
+
+def histogram_mean(buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The mean of the observations, as ``histogram_quantile`` sees them: spread evenly within each bucket.
+
+    Each bucket counts at its midpoint (the first from 0); what lies in ``+Inf`` counts at the highest finite
+    bound, as a quantile there would. None without a ``+Inf`` bucket, with fewer than two buckets, or with no
+    observations. Used where a histogram's ``_sum`` is not at hand (the window keeps buckets only).
+    """
+    if len(buckets) < 2 or buckets[-1][0] != math.inf:
+        return None
+    total = buckets[-1][1]
+    if not total > 0:
+        return None
+    weighted, below, lower = 0.0, 0.0, 0.0
+    for bound, cumulative in sorted(buckets):
+        count = max(cumulative - below, 0.0)
+        if bound == math.inf:
+            value = lower  # the highest finite bound
+        elif bound <= lower:
+            value = bound  # a first bucket at or below 0, as histogram_quantile answers it
+        else:
+            value = (lower + bound) / 2
+        weighted += count * value
+        below = max(below, cumulative)
+        lower = bound if bound != math.inf else lower
+    return weighted / total

@@ -8,12 +8,14 @@ dicts out; the tables people read are drawn by :mod:`sidecar.cli.report`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.core.advice import Advice, advice_json
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.measured_speedup import MeasuredSpeedup, band_label
+from sidecar.core.speedup_words import caveat
 from sidecar.core.stats import ModelStats, Stats
 
 
@@ -37,27 +39,66 @@ class BucketSummary:
 
 
 def report_body(
-    stats: Stats | None, advice: Iterable[Advice] | None, buckets: Iterable[BucketSummary]
+    stats: Stats | None,
+    advice: Iterable[Advice] | None,
+    buckets: Iterable[BucketSummary],
+    measured: Mapping[str, MeasuredSpeedup | None] | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """``report --json`` and ``/api/report``: the window's report (empty without a window), the advice on it
-    (no key when there is none to give) and the tap's buckets."""
-    body = report_json(stats) if stats is not None else {"engine": None, "models": []}
+    (no key when there is none to give) and the tap's buckets. ``measured``: the speedup measured per model by a
+    running sidecar (a report of scrapes has none)."""
+    body = report_json(stats, measured, threshold) if stats is not None else {"engine": None, "models": []}
     if advice is not None:
         body["advice"] = [advice_json(a) for a in advice]
     body["buckets"] = [bucket_json(b) for b in buckets]
     return body
 
 
-def report_json(stats: Stats) -> dict[str, Any]:
+def report_json(
+    stats: Stats, measured: Mapping[str, MeasuredSpeedup | None] | None = None, threshold: float = 0.5
+) -> dict[str, Any]:
+    """``measured``: the speedup measured per model by a running sidecar (a report of scrapes has none)."""
     return {
         "engine": stats.engine,
         "window_seconds": _finite(stats.window_seconds),
-        "models": [_model_json(m) for m in stats.models],
+        "models": [_model_json(m, (measured or {}).get(m.model_name), threshold) for m in stats.models],
     }
 
 
-def _model_json(m: ModelStats) -> dict[str, Any]:
+def measured_json(m: MeasuredSpeedup | None) -> dict[str, Any] | None:
+    """The measured speedup as JSON (null before any load band holds windows of both states)."""
+    if m is None:
+        return None
+    return {
+        "speedup": _finite(m.speedup),
+        "low": _finite(m.low),
+        "high": _finite(m.high),
+        "on_windows": m.on_windows,
+        "off_windows": m.off_windows,
+        "load_bands": [band_label(b.band) for b in m.bands],
+        "effective_draft_cost_ratio": _finite(m.draft_cost),
+        "breakeven_acceptance_ratio": _finite(m.breakeven_acceptance),
+        "breakeven_acceptance_interval": [_finite(m.breakeven_low), _finite(m.breakeven_high)],
+        "e2e_p50_ratio": _finite(m.e2e_p50_ratio),
+        "e2e_p99_ratio": _finite(m.e2e_p99_ratio),
+        "in_force": m.established,
+        "in_force_threshold": _finite(m.policy_threshold),
+        "evidence_needed": m.evidence_needed or None,
+    }
+
+
+def threshold_in_force(measured: MeasuredSpeedup | None, threshold: float) -> float:
+    """The acceptance the policy judges against: the measured break-even once established, else ``threshold``."""
+    in_force = measured.policy_threshold if measured is not None else None
+    return in_force if in_force is not None else threshold
+
+
+def _model_json(m: ModelStats, measured: MeasuredSpeedup | None = None, threshold: float = 0.5) -> dict[str, Any]:
     ratios = m.p99_p50_ratio
+    note = caveat(
+        m.expected_speedup, m.acceptance_ratio, threshold_in_force(measured, threshold), m.draft_cost, measured
+    )
     return {
         "model_name": m.model_name,
         "speculation": "on" if m.speculation else "off",
@@ -73,6 +114,11 @@ def _model_json(m: ModelStats) -> dict[str, Any]:
         "position_acceptance": [_finite(v) for v in m.position_acceptance],
         "breakeven_acceptance_length": _finite(m.breakeven_acceptance_length),
         "expected_speedup": _finite(m.expected_speedup),
+        # Where the c behind the two numbers above comes from: configured, assumed (and why) or unknown.
+        "draft_cost": {"ratio": m.draft_cost.ratio, "source": str(m.draft_cost.source), "basis": m.draft_cost.basis},
+        # Why a modelled speedup above 1 sits beside an acceptance below the threshold (null when it does not).
+        "expected_speedup_note": note,
+        "measured_speedup": measured_json(measured),
         "latency_seconds": {
             metric: {k: _finite(v) for k, v in q.as_dict().items()}
             if (q := m.latency.get(metric))

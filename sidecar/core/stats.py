@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from sidecar.core import acceptance, validity
+from sidecar.core import acceptance, cost_prior, validity
 from sidecar.core.catalog import LATENCY_METRICS, Role
-from sidecar.core.quantile import histogram_quantile
+from sidecar.core.cost_prior import DraftCost
+from sidecar.core.quantile import histogram_mean, histogram_quantile
 from sidecar.core.snapshot import Histogram, ModelSnapshot, Snapshot
 from sidecar.core.verdict import Thresholds, Verdict, verdict
 from sidecar.core.window import CounterWindow, counter_window, histogram_window_increases, sum_histograms
@@ -28,10 +29,19 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99)
 class AnalysisConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     # c in L > 1 + k·c: ~0 for ngram/suffix, small for EAGLE/MTP heads, ~draft/target size for a draft model.
-    draft_cost_ratio: float = 0.0
+    # Set (--draft-cost-ratio): configured. None: draft_cost_prior, assumed from the speculative config, or unknown.
+    draft_cost_ratio: float | None = None
+    draft_cost_prior: DraftCost = cost_prior.UNKNOWN
     # How far (relative) accepted may exceed drafted, and the like, before the window is invalid: 0 for scraped
     # counters, which an engine keeps exactly; more for increases Prometheus extrapolated (sidecar.control.fleet).
     consistency_slack: float = 0.0
+
+    @property
+    def draft_cost(self) -> DraftCost:
+        """The c the speedup model uses, with where it comes from (sidecar.core.cost_prior)."""
+        if self.draft_cost_ratio is not None:
+            return cost_prior.configured(self.draft_cost_ratio)
+        return self.draft_cost_prior
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,12 @@ class ModelStats:
     # sentence. Every number above is then None (or empty) and the verdict is ``invalid``.
     invalid: str | None = None
     invalid_detail: str | None = None
+    # The c behind breakeven_acceptance_length and expected_speedup: configured, assumed or unknown.
+    draft_cost: DraftCost = cost_prior.UNKNOWN
+    # Mean latency per metric over the window, estimated from the buckets (sidecar.core.quantile.histogram_mean).
+    latency_mean: Mapping[str, float] = field(default_factory=dict)
+    # Mean requests running over the window's scrapes (summed over engines): the load the latency was measured at.
+    requests_running: float | None = None
 
     @property
     def p99_p50_ratio(self) -> dict[str, float | None]:
@@ -151,7 +167,8 @@ def _model_stats(
     speculation = after.speculation
     evidence = draft_tokens if draft_tokens is not None else _gauge_evidence(gauge_ratio, generation)
 
-    latency, observations = _latency(chain)
+    latency, observations, means = _latency(chain)
+    cost = config.draft_cost
     kv = [v for v in after.gauges.get(Role.KV_CACHE_USAGE, ()) if math.isfinite(v)]
     return ModelStats(
         model_name=after.model_name,
@@ -164,8 +181,8 @@ def _model_stats(
         alpha_estimate=position_rates[0] if position_rates else None,
         num_speculative_tokens=k,
         position_acceptance=position_rates,
-        breakeven_acceptance_length=acceptance.breakeven_acceptance_length(k, config.draft_cost_ratio),
-        expected_speedup=acceptance.expected_speedup(length if speculation else None, k, config.draft_cost_ratio),
+        breakeven_acceptance_length=acceptance.breakeven_acceptance_length(k, cost.ratio),
+        expected_speedup=acceptance.expected_speedup(length if speculation else None, k, cost.ratio),
         latency=latency,
         latency_observations=observations,
         kv_cache_usage=max(kv) if kv else None,
@@ -173,6 +190,9 @@ def _model_stats(
         generation_tokens_per_second=acceptance.ratio(generation, seconds),
         verdict=verdict(ratio, evidence, speculation, config.thresholds),
         comparable=comparable,
+        draft_cost=cost,
+        latency_mean=means,
+        requests_running=_running(history),
     )
 
 
@@ -254,13 +274,26 @@ def _gauge_evidence(gauge_ratio: float | None, generation: float | None) -> floa
     return generation if gauge_ratio is not None else None
 
 
-def _latency(chain: Sequence[ModelSnapshot | None]) -> tuple[dict[str, Quantiles], dict[str, float]]:
+def _running(history: Sequence[ModelSnapshot]) -> float | None:
+    """Mean over the window's scrapes of the requests running, summed over the engine's series."""
+    per_scrape = [
+        sum(v for v in values if math.isfinite(v))
+        for snap in history
+        if (values := snap.gauges.get(Role.REQUESTS_RUNNING))
+    ]
+    return fmean(per_scrape) if per_scrape else None
+
+
+def _latency(
+    chain: Sequence[ModelSnapshot | None],
+) -> tuple[dict[str, Quantiles], dict[str, float], dict[str, float]]:
     increases = histogram_window_increases([m.histograms if m else {} for m in chain])
     grouped: dict[str, list[Histogram]] = defaultdict(list)
     for (metric, _series), hist in increases.items():
         grouped[metric].append(hist)
     latency: dict[str, Quantiles] = {}
     observations: dict[str, float] = {}
+    means: dict[str, float] = {}
     for metric in LATENCY_METRICS:
         summed = sum_histograms(grouped.get(metric, []))
         if summed is None:
@@ -270,7 +303,9 @@ def _latency(chain: Sequence[ModelSnapshot | None]) -> tuple[dict[str, Quantiles
             observations[metric] = summed.count
         values = [histogram_quantile(q, summed.buckets) for q in QUANTILES]
         latency[metric] = Quantiles(*values)
-    return latency, observations
+        if (mean := histogram_mean(summed.buckets)) is not None:
+            means[metric] = mean
+    return latency, observations, means
 
 
 # Who hears of each new window of Stats (the controller): called by the scrape loop, or by the fleet loop in

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.core.baseline import divergence
+from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.stats import ModelStats
 from sidecar.core.validity import INVALID_REASONS
 from sidecar.scrape.monitor import View
@@ -143,6 +144,14 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
         labels,
         m.breakeven_acceptance_length,
     )
+    g.add(
+        "specdecode_draft_cost_ratio",
+        "c behind the expected speedup and break-even: source configured, assumed (from the speculative config) "
+        "or unknown (0 taken: the expected speedup is an upper bound).",
+        {**labels, "source": str(m.draft_cost.source)},
+        m.draft_cost.ratio,
+    )
+    _measured_gauges(g, m.model_name, view.measured(m.model_name))
     g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
     g.add(
         "specdecode_generation_tokens_per_second",
@@ -151,6 +160,46 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
         m.generation_tokens_per_second,
     )
     _latency_gauges(g, m, view)
+
+
+def _measured_gauges(g: _Gauges, model: str, measured: MeasuredSpeedup | None) -> None:
+    """The speedup this engine's own TPOT shows, at matched load (sidecar.core.measured_speedup); absent before."""
+    if measured is None:
+        return
+    labels = {"model_name": model}
+    g.add(
+        "specdecode_measured_speedup",
+        "TPOT without speculation / TPOT with it, at matched load (geometric means, load bands pooled).",
+        labels,
+        measured.speedup,
+    )
+    g.add("specdecode_measured_speedup_low", "Low end of its 95 % interval.", labels, measured.low)
+    g.add("specdecode_measured_speedup_high", "High end of its 95 % interval.", labels, measured.high)
+    g.add(
+        "specdecode_effective_draft_cost_ratio",
+        "c that makes L / (1 + k*c) equal the measured speedup: (L / S - 1) / k.",
+        labels,
+        measured.draft_cost,
+    )
+    g.add(
+        "specdecode_measured_breakeven_acceptance_ratio",
+        "Acceptance ratio at which speculation breaks even on this deployment (the effective c, clipped to 0-1).",
+        labels,
+        measured.breakeven_acceptance,
+    )
+    g.add(
+        "specdecode_measured_breakeven_in_force",
+        "1 when the measured break-even is established and the policy judges against it, 0 while --threshold does.",
+        labels,
+        1.0 if measured.established else 0.0,
+    )
+    for state, count in (("on", measured.on_windows), ("off", measured.off_windows)):
+        g.add(
+            "specdecode_measured_speedup_windows",
+            "Windows the measured speedup rests on, by speculation state (only load bands holding both count).",
+            {**labels, "speculation": state},
+            float(count),
+        )
 
 
 def _latency_gauges(g: _Gauges, m: ModelStats, view: View) -> None:

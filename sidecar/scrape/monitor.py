@@ -18,11 +18,14 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
+from sidecar.core import measured_speedup
 from sidecar.core.baseline import MIN_BASELINE_OBSERVATIONS, Baseline, learn
+from sidecar.core.cost_prior import DraftCost
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedHistory
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import Stats, StatsListener, compute_stats
 from sidecar.core.window import count_resets
@@ -69,6 +72,12 @@ class View:
     success_monotonic: float | None = None
     invalid_windows: Mapping[str, int] = field(default_factory=dict)  # published windows per invalid reason
     counter_resets: int = 0  # engine series restarts seen between consecutive scrapes
+    # TPOT windows with speculation on and off, for the measured speedup (sidecar.core.measured_speedup).
+    speed: SpeedHistory = field(default_factory=SpeedHistory)
+
+    def measured(self, model: str) -> MeasuredSpeedup | None:
+        """The speedup this engine's latency shows for ``model`` at matched load (None: not comparable yet)."""
+        return measured_speedup.measure(self.speed.samples(model))
 
     def age(self) -> float | None:
         """Seconds since the last good scrape was published (None: none yet)."""
@@ -84,9 +93,9 @@ class View:
 class Monitor:
     """Owns the window of snapshots; ``observe`` is the whole state transition, easy to drive in tests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, draft_cost_prior: DraftCost | None = None) -> None:
         self.settings = settings
-        self.config = settings.analysis_config()
+        self.config = settings.analysis_config(draft_cost_prior) if draft_cost_prior else settings.analysis_config()
         self.view = View(baseline=Baseline(configured=dict(settings.baseline_p99_p50)))
         self.bounds = ScrapeBounds(settings.scrape_max_series, settings.scrape_max_label_bytes, settings.max_models)
         self._history: deque[Snapshot] = deque()
@@ -100,6 +109,30 @@ class Monitor:
         self._invalid: Counter[str] = Counter()
         self._resets = 0
         self._invalid_now: dict[str, str] = {}  # model -> reason of its current invalid episode
+        self._restarted_at: float | None = None  # when an engine series was last seen restarting
+
+    def set_draft_cost_prior(self, prior: DraftCost) -> None:
+        """The c assumed from the speculative config as the target's args say it (read by the controller)."""
+        if prior != self.config.draft_cost_prior:
+            log.info("draft cost %s (%s)", prior.label, prior.basis)
+            self.config = replace(self.config, draft_cost_prior=prior)
+
+    def keep_speed(self, model: str) -> str | None:
+        """This model's recent TPOT windows as text for the target's record (measured_speedup.encode)."""
+        return measured_speedup.encode(self.view.speed, model)
+
+    def restore_speed(self, text: str | None) -> None:
+        """Take back the TPOT windows a previous sidecar kept on the target (nothing when there are none).
+
+        Called by the controller, which runs after ``observe`` has published its View and before the next scrape
+        (the scrape loop awaits its listeners), so the two never replace the View at the same time.
+        """
+        decoded = measured_speedup.decode(text)
+        if decoded is None:
+            return
+        model, samples = decoded
+        log.info("restored %d TPOT windows of model %r from the target's record", len(samples), model)
+        self.view = replace(self.view, speed=measured_speedup.with_samples(self.view.speed, model, samples))
 
     def add_listener(self, listener: StatsListener) -> None:
         self._listeners.append(listener)
@@ -114,23 +147,31 @@ class Monitor:
             self.view = View(
                 None, False, previous.ready, result, previous.last_success_at, previous.baseline,
                 dict(self._scrapes), bad_total, dict(self._dropped), previous.success_monotonic,
-                invalid_windows=dict(self._invalid), counter_resets=self._resets,
+                invalid_windows=dict(self._invalid), counter_resets=self._resets, speed=previous.speed,
             )  # fmt: skip
             return self.view
         if not previous.target_up:
             log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, result.snapshot.engine)
         if self._history:
-            self._resets += count_resets(self._history[-1], result.snapshot)
+            restarted = count_resets(self._history[-1], result.snapshot)
+            self._resets += restarted
+            if restarted:
+                self._restarted_at = now
         self._remember(result.snapshot, now)
         # Always a window: one snapshot alone is compared with itself (no increase yet), never with engine start.
         history = list(self._history)
         stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
         self._note_invalid(stats)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
+        # Only a full window without an engine restart is a sample: one that spans a toggle's restart mixes the
+        # latency of both states, one still filling after a start covers less than --window.
+        full = stats.window_seconds is not None and stats.window_seconds >= 0.9 * self.settings.window
+        full = full and (self._restarted_at is None or now - self._restarted_at > self.settings.window)
+        speed = measured_speedup.learn(previous.speed, stats, now, self.settings.window) if full else previous.speed
         self._record_trend(stats, now)
         self.view = View(
             stats, True, True, result, now, baseline, dict(self._scrapes), bad_total, dict(self._dropped),
-            time.monotonic(), invalid_windows=dict(self._invalid), counter_resets=self._resets,
+            time.monotonic(), invalid_windows=dict(self._invalid), counter_resets=self._resets, speed=speed,
         )  # fmt: skip
         return self.view
 

@@ -100,10 +100,11 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         view = sc.monitor.view
         current = view.current(settings.stale_seconds())
         stats = view.stats if current else None
+        measured = {m.model_name: view.measured(m.model_name) for m in stats.models} if stats is not None else {}
         summaries = sc.recorder.bucket_summary()
         config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
         advice = advise_stats(stats, summaries, config) if stats is not None else None
-        body = report_body(stats, advice, summaries)
+        body = report_body(stats, advice, summaries, measured, settings.threshold)
         body["bucket_window_seconds"] = settings.bucket_window
         body["target_up"] = current
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None

@@ -139,6 +139,8 @@ def collect(
         actuator=actuator_state(),
         decisions=tuple(decisions()),
         fleet=fleet_panel(sidecar),
+        measured={m.model_name: view.measured(m.model_name) for m in models},
+        speed_samples={m.model_name: view.speed.samples(m.model_name) for m in models},
     )
 
 

@@ -21,6 +21,8 @@ from typing import Protocol
 
 from sidecar.core.advice import Advice, Status
 from sidecar.core.figures import count, fixed, percent
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
+from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds
 from sidecar.scrape.monitor import TREND_SECONDS, TrendPoint
@@ -112,6 +114,9 @@ class StatusPage:
     actuator: ActuatorState | None
     decisions: tuple[DecisionLike, ...]
     fleet: FleetPanel | None = None  # None: not in fleet mode
+    # The speedup measured from this engine's TPOT per model (None: no load band with both states yet).
+    measured: Mapping[str, MeasuredSpeedup | None] = field(default_factory=dict)
+    speed_samples: Mapping[str, Sequence[SpeedSample]] = field(default_factory=dict)  # windows learned so far
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------
@@ -176,6 +181,12 @@ def _models_section(page: StatusPage) -> str:
             ("mean acceptance length", fixed(m.mean_acceptance_length, 2)),
             ("draft tokens (window)", count(m.draft_tokens)),
             ("KV cache usage", percent(m.kv_cache_usage)),
+            *_speedup_rows(
+                m,
+                page.measured.get(m.model_name),
+                page.thresholds.disable_below,
+                page.speed_samples.get(m.model_name, ()),
+            ),
         )
         if m.invalid is not None:  # impossible numbers: say which, since no number is shown
             rows = (*rows, ("invalid window", f"{m.invalid}: {m.invalid_detail or ''}"))
@@ -185,6 +196,25 @@ def _models_section(page: StatusPage) -> str:
             f"</div><dl>{details}</dl></div>"
         )
     return f'{title}<div class="models">{"".join(cards)}</div>'
+
+
+def _speedup_rows(
+    m: ModelStats, measured: MeasuredSpeedup | None, threshold: float, samples: Sequence[SpeedSample]
+) -> tuple[tuple[str, str], ...]:
+    """Modelled speedup with its footing, measured speedup and break-even, and why a gain sits beside a disable."""
+    in_force = measured.policy_threshold if measured is not None else None
+    rows = (
+        ("expected speedup", expected_words(m.expected_speedup, m.draft_cost)),
+        ("measured speedup", measured_words(measured, samples)),
+        ("measured break-even", breakeven_words(measured)),
+        ("measured e2e", e2e_words(measured)),
+        (
+            "policy judges against",
+            f"{in_force:.2f} (measured)" if in_force is not None else f"{threshold:.2f} (--threshold)",
+        ),
+    )
+    why = caveat(m.expected_speedup, m.acceptance_ratio, in_force or threshold, m.draft_cost, measured)
+    return (*rows, ("why", why)) if why is not None else rows
 
 
 def _fleet_section(page: StatusPage) -> str:

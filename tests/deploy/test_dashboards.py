@@ -162,6 +162,18 @@ def test_mean_acceptance_length_is_drawn_against_break_even() -> None:
     assert any("specdecode_breakeven_acceptance_length" in e for e in _exprs(panel))
 
 
+def test_measured_speedup_is_drawn_with_its_interval_and_the_break_even_beside_acceptance() -> None:
+    dashboard = _committed()["spec-sidecar.json"]
+    measured = _panel_using(dashboard, "specdecode_measured_speedup")
+    exprs = _exprs(measured)
+    assert any("specdecode_measured_speedup_low" in e for e in exprs)
+    assert any("specdecode_measured_speedup_high" in e for e in exprs)
+    acceptance = _panel_using(dashboard, "specdecode_acceptance_ratio")
+    assert any("specdecode_measured_breakeven_acceptance_ratio" in e for e in _exprs(acceptance))
+    expected = _panel_using(dashboard, "specdecode_expected_speedup")
+    assert "modelled" in expected["title"] and "upper bound" in expected["description"]
+
+
 def test_per_temperature_heatmap_repeats_per_bucket_over_the_tap_histogram() -> None:
     dashboard = _committed()["spec-sidecar.json"]
     panel = _panel_using(dashboard, "specdecode_request_acceptance_ratio_bucket")

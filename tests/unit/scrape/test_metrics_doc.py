@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.core.measured_speedup import SpeedSample, with_samples
 from sidecar.core.request_acceptance import SOURCE_METRICS, SpecCounts
 from sidecar.scrape.fetch import ScrapeResult, parse_payload
 from sidecar.settings import Settings
@@ -70,6 +72,14 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
         snapshot, _, _ = parse_payload(text, taken_at)
         sidecar.monitor.observe(ScrapeResult("success", snapshot, 0.01), taken_at)
     assert sidecar.controller is not None and sidecar.monitor.view.stats is not None
+    # Windows of TPOT with speculation on and off at the same load, as the scrape loop learns them over time.
+    samples = [
+        SpeedSample(float(i), on, 2.0, 0.04 if on else 0.05, 50.0, None, None, 2.2 if on else None, 4 if on else None)
+        for i in range(3)
+        for on in (True, False)
+    ]
+    view = sidecar.monitor.view
+    sidecar.monitor.view = replace(view, speed=with_samples(view.speed, "tiny", samples))
     decision = sidecar.controller.step(sidecar.monitor.view.stats, 1010.0)
     assert decision is not None and str(decision.action) == "disable", decision
     sidecar.controller.step(sidecar.monitor.view.stats, 1011.0)  # reads the target back: the toggle's record
