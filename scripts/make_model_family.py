@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.nn import functional
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # Everything that changes what gets built. It is hashed (with the text) into the cache key, so editing any value
@@ -47,15 +47,15 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 RECIPE: dict[str, Any] = {
     "version": 1,
     "seed": 20261204,
-    "vocab_size": 1024,
+    "vocab_size": 512,
     "max_file_bytes": 120_000,  # skip the few huge modules (pydoc_data-like tables) so no single file dominates
     "holdout_every": 12,  # every 12th file is kept out of training and supplies the prompts
     "seq_len": 64,
     "batch": 16,
-    "target": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384, "steps": 500, "lr": 3e-3},
+    "target": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384, "steps": 1000, "lr": 3e-3},
     "drafts": {
         "draft-small": {"hidden": 32, "layers": 1, "heads": 1, "intermediate": 96, "steps": 300, "lr": 3e-3},
-        "draft-large": {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 192, "steps": 300, "lr": 3e-3},
+        "draft-large": {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 384, "steps": 300, "lr": 3e-3},
     },
     "distill_temperature": 1.0,
     "prompts": 64,
@@ -87,7 +87,8 @@ def source_files(recipe: dict[str, Any]) -> list[Path]:
 
 def read_texts(recipe: dict[str, Any] = RECIPE) -> tuple[list[str], list[str]]:
     """(training texts, held-out texts)."""
-    train, held_out = [], []
+    train: list[str] = []
+    held_out: list[str] = []
     for i, path in enumerate(source_files(recipe)):
         text = path.read_text(encoding="utf-8", errors="replace")
         (held_out if i % recipe["holdout_every"] == 0 else train).append(text)
@@ -97,7 +98,7 @@ def read_texts(recipe: dict[str, Any] = RECIPE) -> tuple[list[str], list[str]]:
 def recipe_key(train: list[str], held_out: list[str], recipe: dict[str, Any] = RECIPE) -> str:
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     digest.update(torch.__version__.encode())  # kernels, and so the weights, may differ between torch releases
-    for text in train + ["\0held-out\0"] + held_out:
+    for text in [*train, "\x00held-out\x00", *held_out]:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:16]
 
@@ -184,9 +185,10 @@ def fit(
             loss = model(input_ids=batch, labels=batch).loss
         else:
             with torch.no_grad():
-                target_logp = F.log_softmax(teacher(input_ids=batch).logits / tau, dim=-1)
-            logp = F.log_softmax(model(input_ids=batch).logits / tau, dim=-1)
-            loss = F.kl_div(logp.flatten(0, 1), target_logp.flatten(0, 1), log_target=True, reduction="batchmean")
+                target_logp = functional.log_softmax(teacher(input_ids=batch).logits / tau, dim=-1)
+            logp = functional.log_softmax(model(input_ids=batch).logits / tau, dim=-1)
+            pairs = (logp.flatten(0, 1), target_logp.flatten(0, 1))
+            loss = functional.kl_div(*pairs, log_target=True, reduction="batchmean")
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -115,7 +115,9 @@ CURVE_REQUESTS = 16  # x 32 tokens: about 300-500 draft tokens per temperature, 
 
 
 @pytest.fixture(scope="module")
-def acceptance_curves(engine_manager: EngineManager, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
+def acceptance_curves(
+    engine_manager: EngineManager, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[float]]:
     """Each family draft's probed acceptance at CURVE_TEMPERATURES (one engine per draft, started in turn)."""
     curves = {}
     temperatures = ",".join(str(t) for t in CURVE_TEMPERATURES)

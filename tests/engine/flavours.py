@@ -47,10 +47,13 @@ def _draft_flavour(models: Path, draft: str, num_speculative_tokens: int, per_re
 
 
 def draft_model_flavour(
-    draft: str = DEFAULT_DRAFT, num_speculative_tokens: int = 4, per_request_metrics: bool = True
+    draft: str = DEFAULT_DRAFT,
+    num_speculative_tokens: int = 4,
+    per_request_metrics: bool = True,
+    family: Path | None = None,
 ) -> Flavour:
-    """The family's target with one of its drafts (FAMILY_DRAFTS)."""
-    return _draft_flavour(model_family(), draft, num_speculative_tokens, per_request_metrics)
+    """The family's target with one of its drafts (FAMILY_DRAFTS); `family` picks another trained family."""
+    return _draft_flavour(family or model_family(), draft, num_speculative_tokens, per_request_metrics)
 
 
 def noisy_copy_flavour(draft: str = NOISY_DRAFT, per_request_metrics: bool = True) -> Flavour:
@@ -58,10 +61,10 @@ def noisy_copy_flavour(draft: str = NOISY_DRAFT, per_request_metrics: bool = Tru
     return _draft_flavour(tiny_models(), draft, 4, per_request_metrics)
 
 
-def ngram_flavour(per_request_metrics: bool = False) -> Flavour:
+def ngram_flavour(per_request_metrics: bool = False, family: Path | None = None) -> Flavour:
     config = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
     extra = PER_REQUEST_METRICS if per_request_metrics else ()
-    return Flavour("ngram", model_family() / "target", _spec_json(config), extra)
+    return Flavour("ngram", (family or model_family()) / "target", _spec_json(config), extra)
 
 
 def plain_flavour() -> Flavour:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import pytest
 
@@ -39,20 +40,20 @@ print(json.dumps({"hashes": [{k: v["sha256"] for k, v in r["models"].items()} fo
 """
 
 
-def two_trainings() -> dict[str, object]:
+def two_trainings() -> dict[str, Any]:
     command = [str(vllm_python()), "-c", TWO_SMALL_TRAININGS, str(REPO_ROOT / "scripts")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
 def test_two_trainings_of_the_same_recipe_give_byte_identical_weights_and_the_key_follows_the_recipe() -> None:
     result = two_trainings()
-    first, second = result["hashes"]  # type: ignore[misc]
+    first: dict[str, str] = result["hashes"][0]
+    second: dict[str, str] = result["hashes"][1]
     assert set(first) == {"target", "draft-small", "draft-large"}
     assert first == second
-    keys = result["keys"]
-    assert isinstance(keys, dict)
+    keys: dict[str, Any] = result["keys"]
     assert keys["same"][0] == keys["same"][1]
     assert len({keys["same"][0], keys["other_seed"], keys["other_text"], keys["real"]}) == 4
