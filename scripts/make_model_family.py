@@ -47,15 +47,15 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 RECIPE: dict[str, Any] = {
     "version": 1,
     "seed": 20261204,
-    "vocab_size": 512,
+    "vocab_size": 1024,
     "max_file_bytes": 120_000,  # skip the few huge modules (pydoc_data-like tables) so no single file dominates
     "holdout_every": 12,  # every 12th file is kept out of training and supplies the prompts
     "seq_len": 64,
     "batch": 16,
-    "target": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384, "steps": 1000, "lr": 3e-3},
+    "target": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384, "steps": 500, "lr": 3e-3},
     "drafts": {
         "draft-small": {"hidden": 32, "layers": 1, "heads": 1, "intermediate": 96, "steps": 300, "lr": 3e-3},
-        "draft-large": {"hidden": 128, "layers": 2, "heads": 4, "intermediate": 384, "steps": 300, "lr": 3e-3},
+        "draft-large": {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 192, "steps": 300, "lr": 3e-3},
     },
     "distill_temperature": 1.0,
     "prompts": 64,
