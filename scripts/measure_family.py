@@ -44,14 +44,17 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=24, help="requests per temperature (default 24)")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default 32)")
     parser.add_argument("--family", type=Path, help="a trained family's directory (default: train or reuse)")
+    parser.add_argument("--drafts", default=",".join(FAMILY_DRAFTS), help="comma-separated (default: all)")
+    parser.add_argument("--no-ngram", action="store_true", help="skip the ngram column")
     args = parser.parse_args()
     family: Path = args.family or model_family()
     prompts = Path(tempfile.mkdtemp(prefix="family-probe-")) / "prompts.txt"
     prompts.write_text("\n".join(json.loads((family / "prompts.json").read_text())) + "\n", encoding="utf-8")
     flavours: list[tuple[str, Flavour]] = [
-        (f"{draft} (k=4)", draft_model_flavour(draft, family=family)) for draft in FAMILY_DRAFTS
+        (f"{draft} (k=4)", draft_model_flavour(draft, family=family)) for draft in args.drafts.split(",")
     ]
-    flavours.append(("ngram (k=3)", ngram_flavour(per_request_metrics=True, family=family)))
+    if not args.no_ngram:
+        flavours.append(("ngram (k=3)", ngram_flavour(per_request_metrics=True, family=family)))
     manager = EngineManager()
     table: dict[str, list[dict[str, Any]]] = {}
     try:
