@@ -72,7 +72,8 @@ def main() -> int:
         for rows in table.values():
             row = rows[i]
             ratio = row["acceptance_ratio"]
-            cells.append("n/a" if ratio is None else f"{ratio:.3f} ({row['accepted_tokens']}/{row['draft_tokens']})")
+            counts = f"{row['accepted_tokens']:.0f}/{row['draft_tokens']:.0f}"
+            cells.append("n/a" if ratio is None else f"{ratio:.3f} ({counts})")
         print(f"| {temperature} | " + " | ".join(cells) + " |")
     return 0
 
