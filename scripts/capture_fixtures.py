@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import httpx  # noqa: E402
 
 from tests.engine import Engine, EngineManager, RequestResult, draft_model_flavour, ngram_flavour, plain_flavour  # noqa: E402
-from tests.engine.provision import tiny_models, vllm_python  # noqa: E402
+from tests.engine.provision import model_family, tiny_models, vllm_python  # noqa: E402
 from tests.engine.workload import (  # noqa: E402
     OPENMETRICS_TEXT,
     PROMETHEUS_TEXT,
@@ -83,10 +83,11 @@ class Capture:
 
 
 def relative(arg: str) -> str:
-    """Machine paths out: the models directory and the venv become placeholders."""
-    models = str(tiny_models())
+    """Machine paths out: the models directories and the venv become placeholders."""
+    family = model_family()
     venv_python = str(vllm_python())
-    return arg.replace(venv_python, "$VLLM_VENV/bin/python").replace(models, "$SPEC_SIDECAR_CACHE/models")
+    arg = arg.replace(venv_python, "$VLLM_VENV/bin/python").replace(str(family), f"$SPEC_SIDECAR_CACHE/{family.name}")
+    return arg.replace(str(tiny_models()), "$SPEC_SIDECAR_CACHE/models")
 
 
 def mixed_workload(engine: Engine, temperature: float) -> list[RequestResult]:

