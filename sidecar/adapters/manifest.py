@@ -145,7 +145,7 @@ class ManifestActuator:
         except (OSError, UnicodeDecodeError) as exc:
             raise ManifestError("unreadable", f"{self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
         try:
-            docs = list(_yaml(text).load_all(text))
+            docs = list(round_trip_yaml(text).load_all(text))
         except YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -175,7 +175,7 @@ def _apply(loaded: _Loaded, planned: Plan) -> None:
     annotations = metadata.get("annotations")
     wanted = to_annotations(planned.record)
     if annotations is None:
-        present = {k: _string_scalar(v) for k, v in wanted.items() if v is not None}
+        present = {k: string_scalar(v) for k, v in wanted.items() if v is not None}
         if present:
             metadata["annotations"] = CommentedMap(present)
         return
@@ -183,7 +183,7 @@ def _apply(loaded: _Loaded, planned: Plan) -> None:
         if value is None:
             annotations.pop(key, None)
         elif annotations.get(key) != value:
-            annotations[key] = _string_scalar(value)
+            annotations[key] = string_scalar(value)
 
 
 def _edit_list(container: CommentedMap, field: str, new: list[str] | None) -> None:
@@ -214,10 +214,10 @@ def _styled_like(previous: Any, text: str) -> Any:
         return LiteralScalarString(text)
     if isinstance(previous, FoldedScalarString):
         return FoldedScalarString(text)
-    return _string_scalar(text)
+    return string_scalar(text)
 
 
-def _string_scalar(text: str) -> Any:
+def string_scalar(text: str) -> Any:
     """A string that stays a string for every reader. ruamel writes YAML 1.2, where ``off``, ``yes`` or ``on``
     are plain strings, but kubectl and the API server read YAML 1.1, where they are booleans (and an
     annotation or an arg must be a string): quote whatever a YAML 1.1 reader would not read back as itself."""
@@ -229,7 +229,7 @@ def _string_scalar(text: str) -> Any:
     return text if isinstance(loaded, str) else SingleQuotedScalarString(text)
 
 
-def _yaml(text: str) -> YAML:
+def round_trip_yaml(text: str) -> YAML:
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap long lines (args JSON, scripts)
@@ -262,7 +262,7 @@ def _indent(line: str) -> int:
 
 def _dump(docs: Sequence[Any], original: str) -> str:
     out = io.StringIO()
-    _yaml(original).dump_all(docs, out)
+    round_trip_yaml(original).dump_all(docs, out)
     return out.getvalue()
 
 

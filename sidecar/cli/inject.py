@@ -19,7 +19,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import ScalarString
 
 from sidecar import __version__
-from sidecar.adapters.manifest import _string_scalar, _yaml
+from sidecar.adapters.manifest import round_trip_yaml, string_scalar
 from sidecar.core.injection import InjectionError, InjectOptions, inject
 
 # Settings the sidecar's args already carry (from the vLLM container and the workload): not settable twice.
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 def inject_text(text: str, options: InjectOptions) -> tuple[str, list[str]]:
     """The whole round trip on text: parse, inject, write back in the input's own layout."""
-    yaml = _yaml(text)
+    yaml = round_trip_yaml(text)
     docs: list[Any] = [d for d in yaml.load_all(text) if d is not None]
     outcome = inject(docs, options)
     for doc in docs:
@@ -135,13 +135,13 @@ def _quote_for_yaml11(node: Any) -> None:
     if isinstance(node, MutableMapping):
         for key, value in node.items():
             if type(value) is str:
-                node[key] = _string_scalar(value)
+                node[key] = string_scalar(value)
             else:
                 _quote_for_yaml11(value)
     elif isinstance(node, MutableSequence):
         for i, value in enumerate(node):
             if type(value) is str:
-                node[i] = _string_scalar(value)
+                node[i] = string_scalar(value)
             elif not isinstance(value, ScalarString):
                 _quote_for_yaml11(value)
 
