@@ -166,7 +166,7 @@ class Controller:
             self.view = self.actuator.read()
         except TargetError as exc:  # an unreachable API server must not stop measuring
             self.errors[exc.reason] += 1
-            log.warning("cannot read %s: %s", getattr(self.actuator, "target", "the target"), exc)
+            log.warning("cannot read %s: %s", self.actuator.target, exc)
             return None
         self._read_at = now
         return self.view
@@ -254,7 +254,7 @@ class Controller:
 
     def actuator_errors(self) -> Counter[str]:
         errors = Counter(self.errors)
-        errors.update(getattr(self.actuator, "errors", Counter()))
+        errors.update(self.actuator.errors)
         return errors
 
     def is_leader(self) -> bool:

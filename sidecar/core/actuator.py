@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -80,6 +81,9 @@ class ActResult:
 
 class Actuator(Protocol):
     """A target whose speculation can be switched. Sync: the runtime calls it from a worker thread."""
+
+    target: str  # how logs and Events name it: "namespace/deployment container=..." or "file:... container=..."
+    errors: Counter[str]  # failed reads and writes by reason, exported as specdecode_actuator_errors_total
 
     def read(self) -> TargetView: ...
 
