@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import types
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from sidecar.settings import Settings
+from sidecar.settings import SECTIONS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -34,9 +35,10 @@ when this file is stale. Do not edit by hand.
 Every setting is a command-line flag of `spec-sidecar run` and an environment variable; a flag beats the
 environment, which beats the default. In the Helm chart, set them under `sidecar.config` by their name
 (`sidecar.config.threshold: 0.45` becomes `SPEC_SIDECAR_THRESHOLD=0.45`); the chart sets the ones marked
-"chart" itself.
-
-| setting | flag | environment variable | type | default | chart | description |
+"chart" itself. `spec-sidecar run --help` lists the flags in the same sections; `status`, `enable` and
+`disable` take the target's section alone.
+"""
+TABLE_HEAD = """| setting | flag | environment variable | type | default | chart | description |
 |---|---|---|---|---|---|---|
 """
 
@@ -76,8 +78,14 @@ def row(name: str, field: FieldInfo) -> str:
 
 
 def render() -> str:
-    rows = [row(name, field) for name, field in Settings.model_fields.items()]
-    return HEADER + "\n".join(rows) + "\n"
+    """One section, with its own table, per section of Settings, in the order of the flags."""
+    parts = [HEADER]
+    for section in SECTIONS:
+        title = section.__name__.removesuffix("Settings")
+        about = inspect.cleandoc(section.__doc__ or "")
+        rows = "\n".join(row(name, field) for name, field in section.model_fields.items())
+        parts.append(f"\n## {title}\n\n{about}\n\n{TABLE_HEAD}{rows}\n")
+    return "".join(parts)
 
 
 def config_schema() -> dict[str, object]:
