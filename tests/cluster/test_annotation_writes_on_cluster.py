@@ -20,8 +20,8 @@ from sidecar.core.actuator import Outcome
 from sidecar.core.policy import Action, Reason
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
-from tests.integration.adapters.test_kube_actuator import T0, TRIAL_CONFIG, trial_deployment
 from tests.kubeapi.manifests import NAME
+from tests.support.kube_records import T0, TRIAL_CONFIG, trial_deployment
 from tests.support.stats_builders import stats
 
 FAST = RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.1, timeout=(5.0, 10.0))

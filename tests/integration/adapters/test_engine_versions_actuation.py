@@ -22,10 +22,10 @@ from sidecar.core import annotations as ann
 from sidecar.core.actuator import NOT_IN_ARGS, Outcome
 from sidecar.core.annotations import ControlRecord
 from sidecar.core.policy import Action, PolicyConfig
-from tests.integration.adapters.test_kube_actuator import auto_decision
-from tests.integration.cli.test_cli_errors import cli
 from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
 from tests.kubeapi.server import KubeAPI, kube_api
+from tests.support.cli_process import cli
+from tests.support.kube_records import auto_decision
 from tests.support.stats_builders import stats
 
 T0 = 1_800_000_000.0

@@ -17,9 +17,9 @@ from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
 from sidecar.core.actuator import Outcome
-from sidecar.core.annotations import By, ControlRecord, Toggle
+from sidecar.core.annotations import ControlRecord
 from sidecar.core.patch import rollout_complete
-from sidecar.core.policy import Action, Decision, Observation, PolicyConfig, PolicyState, Reason, TrialConfig, decide
+from sidecar.core.policy import Action, Decision, Observation, PolicyState, Reason, decide
 from tests.kubeapi.manifests import (
     LIST_ARGS,
     NAME,
@@ -30,9 +30,9 @@ from tests.kubeapi.manifests import (
     vllm_container,
 )
 from tests.kubeapi.server import JSON_PATCH, KubeAPI, kube_api
+from tests.support.kube_records import T0, TRIAL_CONFIG, auto_decision, trial_deployment
 from tests.support.stats_builders import stats
 
-T0 = 1_800_000_000.0
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(1.0, 0.5))
 
 
@@ -57,13 +57,6 @@ def actuator(server: KubeAPI, **kwargs: Any) -> KubeActuator:
 
 def stored(server: KubeAPI) -> dict[str, Any]:
     return server.deployment(NAMESPACE, NAME)
-
-
-def auto_decision(action: Action, prior: ControlRecord, reason: Reason = Reason.LOW_ACCEPTANCE) -> Decision:
-    """What the policy hands over for an automatic toggle decided on ``prior``."""
-    record = prior.toggled(T0, str(action), By.SIDECAR, str(reason), prior.removed)
-    state = PolicyState(speculation=action is Action.ENABLE, rollout_complete=False, record=record)
-    return Decision(action, reason, state, True, "test", prior=prior)
 
 
 def test_read_sees_speculation_in_the_named_container_and_a_finished_rollout(server: KubeAPI) -> None:
@@ -336,23 +329,6 @@ def test_rollout_is_complete_only_when_every_replica_is_updated_and_ready(
 
 
 # --- a passed timed trial, recorded on the Deployment ------------------------------------------------------
-
-TRIAL_CONFIG = PolicyConfig(trial=TrialConfig(after=1800, max_tries=3, windows=3))
-TRIAL_STARTED = ControlRecord(
-    state="on",
-    reason="trial_start",
-    changed_at=T0,
-    changed_by=By.SIDECAR,
-    history=(Toggle(T0 - 3600, "disable", By.SIDECAR, "low_acceptance"), Toggle(T0, "enable", By.SIDECAR, "x")),
-    trial_attempts=1,
-    next_trial_at=T0,
-)
-
-
-def trial_deployment() -> dict[str, Any]:
-    """Speculation back on by the sidecar's trial; the rollout that restarted the pod has finished."""
-    notes = {k: v for k, v in ann.to_annotations(TRIAL_STARTED).items() if v is not None}
-    return list_deployment(annotations={"team": "ml", **notes})
 
 
 def window(ratio: float) -> Observation:

@@ -6,30 +6,15 @@ from __future__ import annotations
 import http.server
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli_process import ENTRY_POINT, cli
 from tests.support.http_stub import serve_http
 from tests.support.payloads import vllm_payload
 from tests.support.replay import free_port
-
-ENTRY_POINT = Path(sys.executable).with_name("spec-sidecar")
-
-
-def cli(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    # A HOME without ~/.kube and no in-cluster variables: "no cluster" is what a laptop without kubectl has.
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SPEC_SIDECAR_", "KUBE"))}
-    return subprocess.run(
-        [str(ENTRY_POINT), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**base, "HOME": str(home), **env},
-    )
 
 
 def one_line_error(done: subprocess.CompletedProcess[str], command: str) -> str:
