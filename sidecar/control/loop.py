@@ -96,7 +96,12 @@ class Controller:
         self.last: Decision | None = None
         self.decisions: deque[DecisionRecord] = deque(maxlen=keep)
         self.decision_counts: Counter[tuple[str, str]] = Counter()
-        self.toggle_counts: Counter[tuple[str, str]] = Counter()
+        # Both toggles at 0 from the start: a counter series that appears only with its first toggle hides that
+        # toggle from increase() and changes() (the dashboard and alerts missed it on a real Prometheus).
+        mode = "dry_run" if config.dry_run else "auto"
+        self.toggle_counts: Counter[tuple[str, str]] = Counter(
+            {(str(a), mode): 0 for a in (Action.DISABLE, Action.ENABLE)}
+        )
         self.errors: Counter[str] = Counter()
         self._read_at: float | None = None
         self._backoff_min, self._backoff_max = error_backoff

@@ -298,7 +298,7 @@ def test_a_good_fleet_keeps_speculation_on_although_the_leaders_own_pod_is_bad(f
     wait_until(lambda: decisions(chat).get(("none", "healthy"), 0) >= 2, 30, chat.log)
     assert speculation_configured(fleet.manifests["chat"])
     assert not [d for d in decisions(chat) if d[0] != "none"], decisions(chat)
-    assert chat.value("specdecode_toggles_total", action="disable", mode="auto") is None
+    assert chat.value("specdecode_toggles_total", action="disable", mode="auto") == 0.0
     own = model(get(chat, "/api/report"))
     assert own["verdict"] == "disable", own  # alone, this pod would have turned speculation off
 
@@ -429,7 +429,7 @@ def test_only_the_lease_holder_queries_prometheus_and_the_other_replica_takes_ov
             return "--speculative-config" in vllm_container(r.server.deployment("ml", "llm"))["args"]
 
         wait_until(lambda: not speculating(), 20, a.log)
-        assert b.value("specdecode_toggles_total", action="disable", mode="auto") is None
+        assert b.value("specdecode_toggles_total", action="disable", mode="auto") == 0.0
 
         r.stop_a()  # the leader's pod goes away: it hands the Lease over on its way out
         stopped, asked_by_a = time.monotonic(), r.to_a.queries

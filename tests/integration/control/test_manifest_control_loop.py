@@ -53,7 +53,7 @@ def test_after_the_toggle_the_loop_holds_in_cooldown_and_counts_nothing_twice(tm
     # The engine restarted without speculation: its metrics have no speculation series any more.
     later = controller.step(stats(0.3, speculation=False), T0 + 240)
     assert later is not None and later.reason is Reason.SPECULATION_OFF
-    assert controller.toggle_counts == {("disable", "auto"): 1}
+    assert +controller.toggle_counts == {("disable", "auto"): 1}  # unary +: the counts above 0
 
 
 def test_dry_run_decides_and_counts_but_leaves_the_file_alone(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_dry_run_decides_and_counts_but_leaves_the_file_alone(tmp_path: Path) ->
     for i in range(3):
         controller.step(stats(0.3), T0 + 60 * i)
     assert path.read_text() == LIST_MANIFEST
-    assert controller.toggle_counts == {("disable", "dry_run"): 1}
+    assert +controller.toggle_counts == {("disable", "dry_run"): 1}  # unary +: the counts above 0
 
 
 def test_control_metrics_have_the_documented_names_and_labels(tmp_path: Path) -> None:
@@ -143,3 +143,12 @@ def test_a_refusal_that_will_not_change_backs_off_instead_of_retrying_every_scra
     assert [r.outcome for r in controller.decisions] == ["not_restorable"]  # tried once, then backing off
     controller.step(stats(0.9, speculation=False), T0 + 61)
     assert [r.outcome for r in controller.decisions] == ["not_restorable", "not_restorable"]
+
+
+def test_both_toggle_counters_are_exported_at_zero_before_the_first_toggle(tmp_path: Path) -> None:
+    # A series that appears only with the first toggle hides that toggle from increase() and changes().
+    _, controller = setup(tmp_path)
+    assert metrics(controller)["specdecode_toggles"] == [
+        ({"action": "disable", "mode": "auto"}, 0.0),
+        ({"action": "enable", "mode": "auto"}, 0.0),
+    ]

@@ -102,7 +102,7 @@ def test_a_dry_run_passes_the_trial_in_memory_and_leaves_the_file_alone(tmp_path
     loop = controller(path, replace(CONFIG, dry_run=True))
     reasons = [loop.step(stats(0.6), T0 + 100 + 60 * i) for i in range(5)]
     assert [d.reason for d in reasons if d is not None][2] is Reason.TRIAL_PASSED
-    assert path.read_text() == original and loop.toggle_counts == {}
+    assert path.read_text() == original and +loop.toggle_counts == {}
 
 
 # --- kill -9 while the pass is being recorded ---------------------------------------------------------------
