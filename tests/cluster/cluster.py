@@ -33,12 +33,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install-cluster.sh"
 
-# The fake nodes: what the scheduler sees (a GPU each, room for the chart's default requests) and what kwok
-# matches them by. Two, so a rolling update with maxSurge 1 has somewhere to put the surge pod.
+# The fake nodes: what the scheduler sees and what kwok matches them by. Two, so a rolling update with maxSurge 1
+# has somewhere to put the surge pod. Each test keeps its namespace (and its pods) to the end of the session, and
+# every vLLM pod of the chart requests 4 CPUs, 24Gi and a GPU: room for the whole suite's pods, not a real node's.
 NODE_NAMES = ("gpu-node-0", "gpu-node-1")
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 GPU_RESOURCE = "nvidia.com/gpu"
-NODE_CAPACITY = {"cpu": "32", "memory": "256Gi", "pods": "110", GPU_RESOURCE: "4"}
+NODE_CAPACITY = {"cpu": "512", "memory": "4Ti", "pods": "110", GPU_RESOURCE: "64"}
 SERVICE_CIDR = "10.96.0.0/24"
 POD_CIDR = "10.244.0.1/24"
 # What the controller manager runs: rollouts (deployment, replicaset), service accounts and their tokens, the CA

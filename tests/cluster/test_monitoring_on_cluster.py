@@ -419,6 +419,23 @@ def test_prometheus_scrapes_the_sidecar_and_the_engine_with_the_operators_labels
     assert httpx.get(f"{stack.prometheus}/api/v1/alertmanagers", timeout=5).json()["data"]["activeAlertmanagers"]
 
 
+# The measured speedup's families (docs/metrics.md) exist only once a load band holds windows of both states with
+# at least 20 requests each. This scenario's sidecar runs in fleet mode, which does not measure (it decides on the
+# fleet's numbers with the fixed threshold), so they are never exported here; tests/integration/scrape/
+# test_measured_speedup_run.py shows them on a real sidecar process. Any other family missing still fails.
+MEASURED_ONLY = frozenset(
+    {
+        "specdecode_measured_speedup",
+        "specdecode_measured_speedup_low",
+        "specdecode_measured_speedup_high",
+        "specdecode_effective_draft_cost_ratio",
+        "specdecode_measured_breakeven_acceptance_ratio",
+        "specdecode_measured_breakeven_in_force",
+        "specdecode_measured_speedup_windows",
+    }
+)
+
+
 def test_every_specdecode_family_reaches_prometheus(monitoring_stack: Stack) -> None:
     stack = monitoring_stack
 
@@ -436,9 +453,10 @@ def test_every_specdecode_family_reaches_prometheus(monitoring_stack: Stack) -> 
                 out.add(family)
         return out
 
+    wanted = set(exported_families()) - MEASURED_ONLY
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: families(names()) == set(exported_families()), 60)
-    assert set(exported_families()) - families(names()) == set()
+        wait_for(lambda: wanted <= families(names()), 60)
+    assert wanted - families(names()) == set()
 
 
 def _dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
@@ -489,6 +507,8 @@ def test_every_dashboard_query_returns_data(monitoring_stack: Stack) -> None:
     for where, expr in _dashboard_queries(dashboard):
         # The per-temperature heatmap is repeated once per bucket (it matches the variable with =): each repeat
         # must draw.
+        if any(family in expr for family in MEASURED_ONLY):  # see MEASURED_ONLY
+            continue
         repeats = buckets if 'temperature_bucket="$temperature_bucket"' in expr else [None]
         for bucket in repeats:
             query = _substitute(expr, {**variables, "temperature_bucket": bucket} if bucket else variables)
