@@ -86,15 +86,13 @@ def _annotations() -> list[cogbuilder.Builder[dashboard.AnnotationQuery]]:
         PrometheusAnnotation(
             "Speculation off", "red", f"min by (namespace, pod) (specdecode_speculation_enabled{{{MODEL}}}) == 0"
         ),
-        # A toggle counter and the last-toggle timestamp only appear with the first toggle (at 1, at its time), so
-        # changes() never sees the first one: a counter series that did not exist 2 minutes earlier, and a recorded
-        # toggle less than 2 minutes old, mark it too (the real Prometheus test in tests/cluster found the gap).
+        # The toggle counters start at 0, so changes() sees a sidecar's first toggle. The pod whose sidecar toggled
+        # is replaced by the rollout it caused, taking its counter along: the toggle recorded on the target (its
+        # timestamp, exported by the next pod's sidecar) marks it too.
         PrometheusAnnotation(
             "Toggles",
             "orange",
             f"sum by (namespace, pod, action, mode) (changes(specdecode_toggles_total{{{POD}}}[2m])) > 0"
-            f" or sum by (namespace, pod, action, mode)"
-            f" (specdecode_toggles_total{{{POD}}} unless specdecode_toggles_total{{{POD}}} offset 2m)"
             f" or max by (namespace, pod) (specdecode_last_toggle_timestamp_seconds{{{POD}}}) > time() - 120",
         ),
     ]
