@@ -38,8 +38,11 @@ from sidecar.core.actuator import (
     Plan,
     TargetError,
     TargetView,
+    REDACT,
+    REDACT_REASON,
     plan,
     plan_record,
+    plan_redaction,
     toggle_log_line,
     view_of,
     wall_clock,
@@ -104,6 +107,9 @@ class ManifestActuator:
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
         return self._write(action, str(record.reason or action), lambda v: plan_record(v, record, action, decision))
+
+    def redact_record(self) -> ActResult:
+        return self._write(REDACT, REDACT_REASON, lambda v: plan_redaction(v, self.secret_flags))
 
     # --- internals ---------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar.core import cost_prior
-from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView
+from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView, needs_redaction
 from sidecar.core.cost_prior import SpeculativeSettings
 from sidecar.core.policy import (
     Action,
@@ -104,6 +104,7 @@ class Controller:
         )
         self.errors: Counter[str] = Counter()
         self._read_at: float | None = None
+        self._redaction_noted = False  # a failed or dry-run redaction is logged once, not at every read
         self._backoff_min, self._backoff_max = error_backoff
         self._backoff = 0.0
         self._hold_until = 0.0
@@ -174,7 +175,40 @@ class Controller:
             log.warning("cannot read %s: %s", self.actuator.target, exc)
             return None
         self._read_at = now
+        self._redact(self.view)
         return self.view
+
+    def _redact(self, view: TargetView) -> None:
+        """Take credentials out of a removal record an older sidecar wrote (``RemovalRecordRedacted``), at the
+        first fresh read that finds one, once: the rewritten record needs no second one. It changes the record
+        under the in-memory policy state, which carries over (nothing was decided). Only the Lease holder writes;
+        a dry run writes nothing and says so once; a failed write is retried at the next fresh read."""
+        if not needs_redaction(view, self.actuator.secret_flags) or not self.is_leader():
+            return
+        if self.config.dry_run:
+            if not self._redaction_noted:
+                self._redaction_noted = True
+                log.warning(
+                    "the removal record on %s holds values of credential flags (an older sidecar's); a dry run "
+                    "does not rewrite it: run once without --dry-run, or `spec-sidecar enable`",
+                    self.actuator.target,
+                )
+            return
+        result = self.actuator.redact_record()
+        if result.outcome is Outcome.CHANGED and result.view is not None:
+            if self.state is not None and self.state.record == view.record:
+                self.state = replace(self.state, record=result.view.record)
+            self.view = result.view
+            self._redaction_noted = False
+        elif result.outcome is not Outcome.UNCHANGED and not self._redaction_noted:
+            self._redaction_noted = True
+            log.warning(
+                "could not take the credentials out of the removal record on %s (%s: %s); trying again at the "
+                "next read",
+                self.actuator.target,
+                result.outcome,
+                result.detail,
+            )
 
     def _tell_speculation(self, view: TargetView) -> None:
         """Hand on what the target's args say about the drafts (for the assumed draft cost), when it changes.

@@ -84,6 +84,7 @@ class Actuator(Protocol):
 
     target: str  # how logs and Events name it: "namespace/deployment container=..." or "file:... container=..."
     errors: Counter[str]  # failed reads and writes by reason, exported as specdecode_actuator_errors_total
+    secret_flags: tuple[str, ...]  # flags whose values no record, Event or log line may hold
 
     def read(self) -> TargetView: ...
 
@@ -97,6 +98,10 @@ class Actuator(Protocol):
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
         """Write the annotations only (latch, a passed trial, pin, clearing a latch); the args stay as they are."""
+        ...
+
+    def redact_record(self) -> ActResult:
+        """Rewrite a removal record that holds credentials without them (:func:`plan_redaction`); args untouched."""
         ...
 
 
@@ -201,6 +206,29 @@ def plan_record(view: TargetView, record: ControlRecord, action: str, decision: 
     if view.record == record:
         return ActResult(Outcome.UNCHANGED, action, "annotations already say so", view)
     return Plan(view.command, view.args, record, ())
+
+
+# The action and reason of the annotations-only write that takes credentials out of a removal record.
+REDACT = "redact"
+REDACT_REASON = "credentials_in_removal_record"
+
+
+def needs_redaction(view: TargetView, secret_flags: Sequence[str] = specargs.DEFAULT_SECRET_FLAGS) -> bool:
+    """Whether the removal record on ``view`` holds a value of one of ``secret_flags`` (an older sidecar's)."""
+    removed = view.record.removed
+    return removed is not None and specargs.upgraded_record(removed, secret_flags) is not None
+
+
+def plan_redaction(view: TargetView, secret_flags: Sequence[str] = specargs.DEFAULT_SECRET_FLAGS) -> Plan | ActResult:
+    """The annotations-only write that replaces the removal record on ``view`` by its upgraded, credential-free
+    equivalent (:func:`sidecar.core.specargs.upgraded_record`), or ``unchanged`` if it holds none. A pin, a latch
+    or a rollout in progress does not stop it: it changes no args and decides nothing, it only takes back a
+    secret that should never have been written. Restore from the new record gives the same args as from the old one."""
+    removed = view.record.removed
+    upgraded = specargs.upgraded_record(removed, secret_flags) if removed is not None else None
+    if upgraded is None:
+        return ActResult(Outcome.UNCHANGED, REDACT, "the removal record holds no credential", view)
+    return Plan(view.command, view.args, replace(view.record, removed=upgraded), ())
 
 
 # Why a disable finds nothing to remove while the engine speculates, and what the operator can do.

@@ -15,7 +15,8 @@ speculation flags' own text and their positions, plus the args left after the re
 credential flags (``--api-key``, ``--hf-token``, ... : ``secret_flags``) replaced by ``<redacted>``. Those are
 only compared with the live args before a restore (a redacted value matches any value there); everything a
 restore puts back around the speculation flags comes from the live spec, so the original is rebuilt byte for
-byte all the same. Records of version 1 (before redaction) are still read and restored.
+byte all the same. Records of version 1 (before redaction) are still read and restored, and
+:func:`upgraded_record` rewrites one that holds a credential as the version 2 record that says the same.
 """
 
 from __future__ import annotations
@@ -503,6 +504,47 @@ def _redact_script(script: str, secrets: frozenset[str]) -> str:
         last = word.end
     out.append(script[last:])
     return "".join(out)
+
+
+def upgraded_record(
+    record: Mapping[str, Any], secret_flags: Sequence[str] = DEFAULT_SECRET_FLAGS
+) -> dict[str, Any] | None:
+    """A version 1 ``record`` without the credentials it holds, as the version 2 record a sidecar of today would
+    have written for the same removal; None if there is nothing to rewrite.
+
+    Version 1 records (older sidecars) kept the args left after the removal as they were, credentials included.
+    Only ``after`` changes, redacted exactly as :func:`remove` redacts it: the edits (the speculation flags' own
+    text and positions) stay as they are, and a restore takes everything around them from the live spec, so it
+    rebuilds the same args byte for byte from either record. The check before a restore loosens only where a
+    value was redacted: there any value now matches (a rotated key), as for a record written today.
+
+    None for a version 1 record with no credential: the rewrite exists to take a secret off the Deployment,
+    version 1 stays readable, and a write (with its Event) for a version number alone would tell nobody
+    anything. None for a version 2 record (already redacted when written; redacting its text again is not
+    exact: a quoted ``'--hf-token=<redacted>`` no longer splits into the words it came from), and for a record
+    this code cannot read (unknown version, malformed), which :func:`restore` refuses anyway. So an upgraded
+    record never upgrades again: the rewrite happens once.
+    """
+    if record.get("version") != 1 or not isinstance(record.get("edits"), list):
+        return None
+    after = record.get("after")
+    if not isinstance(after, Mapping):
+        return None
+    command, args = after.get("command"), after.get("args")
+    if not (_string_list_or_none(command) and _string_list_or_none(args)):
+        return None
+    secrets = secret_flag_names(secret_flags)
+    redacted = {
+        "command": redact(command, command, args, "command", secrets),
+        "args": redact(args, command, args, "args", secrets),
+    }
+    if redacted == {"command": command, "args": args}:
+        return None
+    return {**record, "version": RECORD_VERSION, "after": {**after, **redacted}}
+
+
+def _string_list_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(item, str) for item in value))
 
 
 def _matches_redacted(live: Sequence[str], recorded: Sequence[Any]) -> bool:

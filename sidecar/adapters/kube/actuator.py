@@ -5,9 +5,10 @@ of the Deployment as read: a 409/422 means someone else wrote first, so we re-re
 the patch. Retrying a guarded patch is safe (if the first one landed, the retry fails its ``test`` and the re-read
 shows our own write); retries and error counts are :mod:`sidecar.adapters.kube.client`'s. Every toggle emits a
 core/v1 Event on the Deployment and one structured (JSON) log line; so do the annotations-only writes (a latch; a
-passed timed trial, ``SpeculationTrialPassed``). A disable refused because no flag turns speculation on
-(``not_removable``) emits a Warning Event, ``SpeculationNotRemovable``, saying why. Only the holder of the Lease writes
-(:mod:`sidecar.adapters.kube.lease`). What is written and why: docs/policy.md.
+passed timed trial, ``SpeculationTrialPassed``; a removal record rewritten without the credentials an older
+sidecar put in it, ``RemovalRecordRedacted``). A disable refused because no flag turns speculation on
+(``not_removable``) emits a Warning Event, ``SpeculationNotRemovable``, saying why. Only the holder of the Lease
+writes (:mod:`sidecar.adapters.kube.lease`). What is written and why: docs/policy.md.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from sidecar.core.actuator import (
     Outcome,
     Plan,
     TargetView,
+    REDACT,
+    REDACT_REASON,
     plan,
     plan_record,
+    plan_redaction,
     toggle_log_line,
     view_of,
     wall_clock,
 )
-from sidecar.core.annotations import ControlRecord, from_annotations
+from sidecar.core.annotations import REMOVED_ARGS, ControlRecord, from_annotations
 from sidecar.core.patch import json_patch, rollout_complete
 from sidecar.core.policy import Action, Decision, Reason
 from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
@@ -124,6 +128,10 @@ class KubeActuator:
             automatic=decision is not None,
         )
 
+    def redact_record(self) -> ActResult:
+        # Planned afresh on every read, so retrying after a conflict cannot write over someone else's change.
+        return self._write(REDACT, REDACT_REASON, lambda view: plan_redaction(view, self.secret_flags), automatic=False)
+
     def _toggle(self, action: Action, reason: str, decision: Decision | None, *, force: bool = False) -> ActResult:
         return self._write(
             str(action),
@@ -195,11 +203,17 @@ class KubeActuator:
             "enable": "SpeculationEnabled",
             "latch": "SpeculationLatched",
             "record": "SpeculationTrialPassed" if reason == Reason.TRIAL_PASSED else "SpeculationControl",
+            REDACT: "RemovalRecordRedacted",
         }
         flags = "; ".join(planned.flags)
         message = f"{action}: {reason}" + (f" ({flags})" if flags else "")
         if reason == Reason.TRIAL_PASSED:
             message = "timed trial passed: speculation stays on; trial counters reset"
+        if action == REDACT:  # says which annotation changed and why, never what it held
+            message = (
+                f"the {REMOVED_ARGS} annotation held values of credential flags (written by an older sidecar, or "
+                "before --secret-flags named them); rewritten without them. enable still restores the same args"
+            )
         kind = kinds.get(action, "SpeculationControl")
         self._post_event(kind, message, "Warning" if action == "latch" else "Normal", deployment)
 
