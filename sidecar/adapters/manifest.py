@@ -32,14 +32,14 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
 
 from sidecar.core.actuator import (
+    REDACT,
+    REDACT_REASON,
     ActResult,
     Clock,
     Outcome,
     Plan,
     TargetError,
     TargetView,
-    REDACT,
-    REDACT_REASON,
     plan,
     plan_record,
     plan_redaction,

@@ -25,13 +25,13 @@ from kubernetes import client
 from sidecar.adapters.kube.client import Caller, KubeError, RetryPolicy, read_json
 from sidecar.adapters.kube.lease import LeaseElector
 from sidecar.core.actuator import (
+    REDACT,
+    REDACT_REASON,
     ActResult,
     Clock,
     Outcome,
     Plan,
     TargetView,
-    REDACT,
-    REDACT_REASON,
     plan,
     plan_record,
     plan_redaction,

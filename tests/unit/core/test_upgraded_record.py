@@ -38,7 +38,7 @@ def version_1(command: list[str] | None, args: list[str]) -> tuple[specargs.Remo
 def test_a_version_1_record_with_credentials_becomes_the_record_written_today(
     command: list[str] | None, args: list[str]
 ) -> None:
-    removal, old = version_1(command, args)
+    _, old = version_1(command, args)
     assert KEY in json.dumps(old)
     new = specargs.upgraded_record(old)
     assert new is not None
