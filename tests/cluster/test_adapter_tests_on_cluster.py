@@ -44,6 +44,9 @@ FAKE_ONLY: dict[str, str] = {
     "test_a_lease_server_error_means_not_leader_and_no_patch": INJECTED + " (500 on the Lease)",
     "test_without_a_lease_the_guarded_patch_still_lets_only_one_racer_write": RACE,
     "test_the_controller_disables_a_manifest_without_writing_or_logging_the_key": "a manifest, no API server",
+    "test_the_next_sidecar_rewrites_an_older_sidecars_record_in_a_manifest_once_and_enable_restores_the_args": (
+        "a manifest, no API server"
+    ),
 }
 
 
