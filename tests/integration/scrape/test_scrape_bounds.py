@@ -3,12 +3,14 @@ on 127.0.0.1 (tests/support/hostile_engine.py), /healthz timed from this process
 
 How /healthz is judged: probes start every 25 ms on a fixed schedule while scrapes are read and parsed, each on
 its own connection whether or not earlier ones have answered (so a blocked event loop is sampled as often as a
-free one), and the P90 of at least 40 of them must be under 100 ms. Not the maximum: this machine has 2 cores
-shared with other work, and any request can lose the CPU for a while to the scheduler or to a pass of Python's
-cyclic collector. A parse on the event loop (today's main) blocks every probe that lands in it, which is most of
-them: its P90 on the 33 MB histogram body was 6.8 s. Scrapes are 1 s apart (5 times the default rate): the body
-itself is still read on the event loop, and 30 MB every 0.3 s (100 MB/s) on this machine at load average 7
-put the P90 at 170-250 ms with a median of about 20 ms. Peak memory is the sidecar process's VmHWM.
+free one). What is asserted is that no parse holds the event loop, not a latency figure (those are benchmarks:
+docs/benchmarks.md, "Hostile scrapes", /healthz P90 under 15 ms): a probe that lands on a blocked loop waits for
+the rest of the parse, so on a blocked loop the P90 is most of a scrape's duration (6.8 s on the 33 MB histogram
+body, parsed on the event loop by an older main); on a free loop it is a small fraction of it. So the P90 (of at
+least 40 probes) must be under a third of the scrape's own duration as the sidecar measured it in the same run,
+or under 100 ms whichever is larger. A loaded machine slows the scrapes and the probes alike, so the comparison
+holds under load where a fixed 100 ms did not (P90 of 170-250 ms at load average 7 with 30 MB every 0.3 s, the
+body itself being read on the event loop). Peak memory is the sidecar process's VmHWM.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ def _p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
 
+def _assert_loop_never_held_by_a_parse(
+    latencies: list[float], sidecar: SidecarProcess, statistic: Callable[[list[float]], float] = _p90
+) -> None:
+    """``statistic`` of the probes' latencies is under a third of the last scrape's duration, or 100 ms."""
+    scrape = sidecar.value("specdecode_scrape_duration_seconds")
+    assert scrape is not None, sidecar.log()
+    bound = max(0.1, scrape / 3)
+    assert statistic(latencies) < bound, f"{_spread(latencies)}; last scrape took {scrape * 1000:.0f} ms"
+
+
 def _spread(values: list[float]) -> str:
     ms = [round(v * 1000, 1) for v in sorted(values)]
     return f"{len(ms)} probes, ms: median {statistics.median(ms)}, p90 {_p90(ms)}, slowest {ms[-5:]}"
@@ -99,7 +111,7 @@ def test_healthz_stays_fast_and_memory_small_while_a_30mb_scrape_with_a_15mb_esc
         run_sidecar(tmp_path, "--vllm-url", engine.url, "--scrape-interval", "1") as sidecar,
     ):
         latencies = _healthz_while_scraping(sidecar, engine, 3)
-        assert _p90(latencies) < 0.1, _spread(latencies)
+        _assert_loop_never_held_by_a_parse(latencies, sidecar)
         # Today's main: 2 GB (the label regex kept ~160 bytes per character of the value).
         assert _peak_rss_mib(sidecar) < 300
         # The line with the huge value is dropped and counted; the rest of the scrape is used.
@@ -115,7 +127,7 @@ def test_healthz_stays_fast_and_memory_small_while_33mb_of_valid_histogram_serie
         run_sidecar(tmp_path, "--vllm-url", engine.url, "--scrape-interval", "1") as sidecar,
     ):
         latencies = _healthz_while_scraping(sidecar, engine, 3)
-        assert _p90(latencies) < 0.1, _spread(latencies)
+        _assert_loop_never_held_by_a_parse(latencies, sidecar)
         assert _peak_rss_mib(sidecar) < 300  # today's main: 685 MB, and more as the window fills
         # 380,000 samples are over --scrape-max-series: the scrape is dropped whole, and said so.
         wait_until(lambda: _counter(sidecar, "specdecode_scrapes_total", result="too_many_series") >= 1, 10)
@@ -139,7 +151,7 @@ def test_healthz_stays_fast_while_33mb_of_histogram_series_are_all_parsed_when_t
         # time or more (docs/benchmarks.md, "Hostile scrapes"). On the event loop, as before, the median was
         # seconds.
         latencies = _healthz_while_scraping(sidecar, engine, 2)
-        assert statistics.median(latencies) < 0.1, _spread(latencies)
+        _assert_loop_never_held_by_a_parse(latencies, sidecar, statistics.median)
         wait_until(lambda: _counter(sidecar, "specdecode_scrapes_total", result="success") >= 2, 30, sidecar.log)
         assert sidecar.value("specdecode_target_up") == 1.0
 
@@ -194,7 +206,7 @@ def test_twenty_thousand_model_names_keep_only_max_models_and_count_the_rest(tmp
         ) as sidecar,
     ):  # fmt: skip
         latencies = _healthz_while_scraping(sidecar, engine, 5)
-        assert _p90(latencies) < 0.1, _spread(latencies)
+        _assert_loop_never_held_by_a_parse(latencies, sidecar)
         wait_until(lambda: _counter(sidecar, "specdecode_dropped_total", reason="trend_points") > 0, 20, sidecar.log)
         metrics = sidecar.metrics()
         ratios = [k for k in metrics if k[0] == "specdecode_acceptance_ratio"]
