@@ -28,6 +28,7 @@ from sidecar.control.loop import (
 from sidecar.core.actuator import Actuator, Leadership
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
+from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.policy import PolicyConfig, TrialConfig
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.scrape.collector import ScrapeCollector
@@ -48,6 +49,11 @@ class Sidecar:
     controller: Controller | None = None
     fleet: FleetSource | None = None  # fleet mode (--prometheus-url): the controller's source of Stats
 
+    def measured(self, model: str) -> MeasuredSpeedup | None:
+        """The measured speedup the sidecar decides on: the fleet's in fleet mode (its Lease holder's), else
+        the pod's own."""
+        return self.fleet.measured(model) if self.fleet is not None else self.monitor.view_measured(model)
+
     def speculative_tokens(self) -> int | None:
         """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
         stats = self.monitor.view.stats
@@ -59,27 +65,31 @@ class Sidecar:
 def build_sidecar(settings: Settings) -> Sidecar:
     monitor = Monitor(settings, configured_draft_cost_prior(settings.speculative_config, settings.target_model))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds()))
+    fleet = FleetSource(settings) if settings.prometheus_url else None
+    # Fleet mode exports, shows and decides on the fleet's measured speedup (the Lease holder's), a pod on its own.
+    measured = fleet.measured if fleet else monitor.view_measured
+    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds(), measured))
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
-    fleet = FleetSource(settings) if settings.prometheus_url else None
-    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline, a pod against its own; the measured
-    # break-even is the pod's own (fleet windows are not sampled for it).
+    # Fleet mode judges the fleet's P99/P50 against the fleet's baseline and its acceptance against the fleet's
+    # measured break-even; a pod judges its own. The TPOT windows travel with each toggle either way.
     controller = build_controller(
         settings,
         fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model),
-        breakeven_for=None if fleet else lambda model: _breakeven(monitor, model),
+        breakeven_for=fleet.breakeven if fleet else lambda model: _breakeven(monitor, model),
         # --speculative-config, when given, says what the engine runs; otherwise the target's args do.
         speculation_sink=None
         if settings.speculative_config
         else lambda spec, target: monitor.set_draft_cost_prior(draft_cost_prior(spec, target)),
-        speed_for=None if fleet else monitor.keep_speed,
-        speed_restore=None if fleet else monitor.restore_speed,
+        speed_for=fleet.keep_speed if fleet else monitor.keep_speed,
+        speed_restore=fleet.restore_speed if fleet else monitor.restore_speed,
     )
     if fleet is not None:
         registry.register(FleetCollector(fleet))
-        if controller is not None and controller.elects:
-            fleet.elect_by(controller)  # only the Lease holder queries Prometheus
+        if controller is not None:
+            fleet.settled = controller.settled  # no fleet window is a sample while the target rolls out
+            if controller.elects:
+                fleet.elect_by(controller)  # only the Lease holder queries Prometheus
     if controller is not None:
         (fleet or monitor).add_listener(controller.on_stats)
         registry.register(ControlCollector(controller))
@@ -87,7 +97,7 @@ def build_sidecar(settings: Settings) -> Sidecar:
 
 
 def _breakeven(monitor: Monitor, model: str) -> float | None:
-    measured = monitor.view.measured(model)
+    measured = monitor.view_measured(model)
     return measured.policy_threshold if measured is not None else None
 
 

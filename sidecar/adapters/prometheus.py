@@ -26,8 +26,9 @@ from sidecar.core.catalog import DIALECTS, Dialect, Role
 from sidecar.core.snapshot import Counter, CounterKey, Histogram, HistogramKey, ModelSnapshot, Snapshot, detect_dialect
 
 RESULTS = ("success", "empty", "timeout", "unreachable", "http_error", "bad_response")
-# Gauges that stats reads (the others are not worth a query per round).
-_GAUGE_ROLES = (Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE, Role.KV_CACHE_USAGE)
+# Gauges that stats reads (the others are not worth a query per round); requests running is the load the
+# measured speedup matches windows by.
+_GAUGE_ROLES = (Role.ACCEPT_RATE_GAUGE, Role.ACCEPT_LENGTH_GAUGE, Role.KV_CACHE_USAGE, Role.REQUESTS_RUNNING)
 
 
 @dataclass(frozen=True)

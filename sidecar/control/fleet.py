@@ -13,7 +13,13 @@ A replica that loses the Lease drops its fleet numbers at once (absent, not stal
 file, or no target at all) the one sidecar queries, as it always did.
 
 In fleet mode the P99/P50 baseline is learned from the fleet's numbers (while the fleet runs without
-speculation), exactly as a pod learns its own: divergence then compares the fleet with the fleet.
+speculation), exactly as a pod learns its own: divergence then compares the fleet with the fleet. So is the
+measured speedup (sidecar.core.measured_speedup): the fleet's windows with speculation on and off, at matched
+load (the fleet's requests running), one sample per ``--window``. A window that may mix both states is never a
+sample: none while the Deployment rolls out or before the first read of the target (``settled``, from the
+controller's last read), and none until a window after either, or after the fleet's speculation state changed
+(old pods' series stay in Prometheus' ``increase`` for a window). The windows travel with each toggle
+in the target's record, as a pod's do, because the toggle restarts the leader's pod too.
 
 The local Monitor keeps scraping the pod's own engine for the exporter and /status; /api/fleet shows the
 numbers the leader decides on.
@@ -26,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -36,8 +42,10 @@ from prometheus_client.registry import Collector
 
 from sidecar.adapters.kube.namespace import own_namespace
 from sidecar.adapters.prometheus import RESULTS, FleetQuery, FleetResult, query_fleet
+from sidecar.core import measured_speedup
 from sidecar.core.baseline import MIN_BASELINE_OBSERVATIONS, Baseline, learn
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedHistory
 from sidecar.core.report import report_json
 from sidecar.core.snapshot import Snapshot
 from sidecar.core.stats import AnalysisConfig, Stats, StatsListener, compute_stats
@@ -99,6 +107,13 @@ class FleetSource:
         # Configured ratios win over learned ones, as for the pod's own baseline.
         self.baseline = Baseline(configured=dict(settings.baseline_p99_p50))
         self.querying = leadership is None  # until the first look at the Lease, a replica with one does not
+        # The fleet's TPOT windows with speculation on and off, for the measured speedup.
+        self.speed = SpeedHistory()
+        # Whether the target is not rolling out (the controller's last read, set by the wiring; unknown reads as
+        # no). Without a target nothing here rolls it out: only the state change below marks a mixed window.
+        self.settled: Callable[[], bool] = lambda: True
+        self._unsettled_at: float | None = None  # when a window could last have mixed both states
+        self._speculating: dict[str, bool] = {}  # model -> whether the last fleet window showed speculation
         self._listeners: list[StatsListener] = []
         self._campaign_failing = False
 
@@ -122,7 +137,44 @@ class FleetSource:
         self.stats = fleet_stats(result.snapshot, self.query.window, self.config)
         now = result.snapshot.taken_at or time.time()
         self.baseline = learn(self.baseline, self.stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
+        if self._single_state(self.stats, now):
+            self.speed = measured_speedup.learn(self.speed, self.stats, now, self.settings.window)
         return self.stats
+
+    def _single_state(self, stats: Stats, now: float) -> bool:
+        """Whether this window holds one speculation state only: no rollout and no state change in it."""
+        speculating = {m.model_name: m.speculation for m in stats.models}
+        changed = any(self._speculating.get(name, on) != on for name, on in speculating.items())
+        self._speculating.update(speculating)
+        if changed or not self.settled():
+            self._unsettled_at = now
+        return self._unsettled_at is None or now - self._unsettled_at >= self.settings.window
+
+    def measured(self, model: str) -> MeasuredSpeedup | None:
+        """The speedup the fleet's latency shows for ``model`` at matched load (None: not comparable yet, or this
+        replica does not query: only the Lease holder's numbers are the fleet's)."""
+        if not self.querying:
+            return None
+        return measured_speedup.measure(self.speed.samples(model))
+
+    def breakeven(self, model: str) -> float | None:
+        """The measured break-even the policy judges the fleet against, once established (None before)."""
+        measured = self.measured(model)
+        return measured.policy_threshold if measured is not None else None
+
+    def keep_speed(self, model: str) -> str | None:
+        """The fleet's recent TPOT windows as text for the target's record, written with a toggle."""
+        return measured_speedup.encode(self.speed, model)
+
+    def restore_speed(self, text: str | None) -> None:
+        """Take back the windows the previous leader kept on the target (the controller calls this at its first
+        read, from this loop's listener: never while ``observe`` runs)."""
+        decoded = measured_speedup.decode(text)
+        if decoded is None:
+            return
+        model, samples = decoded
+        log.info("restored %d fleet TPOT windows of model %r from the target's record", len(samples), model)
+        self.speed = measured_speedup.with_samples(self.speed, model, samples)
 
     def step_down(self) -> None:
         """Not (or no longer) the Lease holder: stop querying and drop the fleet numbers, so nothing shows stale."""
@@ -194,6 +246,11 @@ class FleetSource:
             "last_detail": last.detail if last else None,
             "stats": report_json(self.stats) if self.stats is not None else None,
             "baseline_p99_p50": baseline_json(self.baseline, self.stats),
+            # Windows the measured speedup may use, per model and state (it needs both in one load band).
+            "speed_windows": {
+                model: {"on": len(self.speed.on.get(model, ())), "off": len(self.speed.off.get(model, ()))}
+                for model in sorted(set(self.speed.on) | set(self.speed.off))
+            },
         }
 
 

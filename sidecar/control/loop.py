@@ -291,6 +291,10 @@ class Controller:
             return "tripping"
         return "on" if view.speculation else "off"
 
+    def settled(self) -> bool:
+        """True if the last read found the target's rollout complete; False before any read (not known)."""
+        return self.view is not None and self.view.rollout_complete
+
     def actuator_errors(self) -> Counter[str]:
         errors = Counter(self.errors)
         errors.update(self.actuator.errors)

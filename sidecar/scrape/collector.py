@@ -25,17 +25,22 @@ DROP_REASONS = ("label_bytes", "series", "models", "trend_points")
 QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 
 
+# model -> the measured speedup to export for it (the pod's own, or in fleet mode the fleet's).
+MeasuredFor = Callable[[str], MeasuredSpeedup | None]
+
+
 class ScrapeCollector(Collector):
-    def __init__(self, view: Callable[[], View], stale_after: float) -> None:
+    def __init__(self, view: Callable[[], View], stale_after: float, measured: MeasuredFor | None = None) -> None:
         self._view = view
         self._stale_after = stale_after
+        self._measured = measured
 
     def collect(self) -> Iterator[Metric]:
         view = self._view()
         current = view.current(self._stale_after)
         yield from _health(view, current)
         if current:
-            yield from _model_families(view)
+            yield from _model_families(view, self._measured or view.measured)
 
 
 def _health(view: View, current: bool) -> Iterator[Metric]:
@@ -105,18 +110,18 @@ class _Gauges:
         family.add_metric(list(labels.values()), value)
 
 
-def _model_families(view: View) -> Iterator[Metric]:
+def _model_families(view: View, measured: MeasuredFor) -> Iterator[Metric]:
     assert view.stats is not None
     gauges = _Gauges()
     if view.stats.window_seconds is not None:
         seconds = view.stats.window_seconds
         gauges.add("specdecode_window_seconds", "Length of the window the numbers cover.", {}, seconds)
     for model in view.stats.models:
-        _model_gauges(gauges, model, view)
+        _model_gauges(gauges, model, view, measured)
     yield from gauges.families.values()
 
 
-def _model_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
+def _model_gauges(g: _Gauges, m: ModelStats, view: View, measured: MeasuredFor) -> None:
     labels = {"model_name": m.model_name}
     g.add("specdecode_speculation_enabled", "1 if the engine runs with speculation.", labels, float(m.speculation))
     g.add("specdecode_acceptance_ratio", "Accepted / draft tokens over the window.", labels, m.acceptance_ratio)
@@ -151,7 +156,7 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View) -> None:
         {**labels, "source": str(m.draft_cost.source)},
         m.draft_cost.ratio,
     )
-    _measured_gauges(g, m.model_name, view.measured(m.model_name))
+    _measured_gauges(g, m.model_name, measured(m.model_name))
     g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
     g.add(
         "specdecode_generation_tokens_per_second",

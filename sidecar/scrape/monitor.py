@@ -117,6 +117,10 @@ class Monitor:
             log.info("draft cost %s (%s)", prior.label, prior.basis)
             self.config = replace(self.config, draft_cost_prior=prior)
 
+    def view_measured(self, model: str) -> MeasuredSpeedup | None:
+        """The pod's own measured speedup for ``model`` in the latest View."""
+        return self.view.measured(model)
+
     def keep_speed(self, model: str) -> str | None:
         """This model's recent TPOT windows as text for the target's record (measured_speedup.encode)."""
         return measured_speedup.encode(self.view.speed, model)

@@ -100,7 +100,8 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         view = sc.monitor.view
         current = view.current(settings.stale_seconds())
         stats = view.stats if current else None
-        measured = {m.model_name: view.measured(m.model_name) for m in stats.models} if stats is not None else {}
+        # In fleet mode: the fleet's measured speedup, the one the decisions use.
+        measured = {m.model_name: sc.measured(m.model_name) for m in stats.models} if stats is not None else {}
         summaries = sc.recorder.bucket_summary()
         config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
         advice = advise_stats(stats, summaries, config) if stats is not None else None

@@ -119,6 +119,10 @@ def collect(
     # A window older than --stale-after is not shown as the engine's present (the health panel says since when).
     stats = view.stats if view.current(settings.stale_seconds()) else None
     models = stats.models if stats is not None else ()
+    # In fleet mode the measured speedup shown is the fleet's, the one the decisions use.
+    fleet = sidecar.fleet
+    measured = fleet.measured if fleet is not None else view.measured
+    speed = fleet.speed if fleet is not None else view.speed
     summaries = list(recorder.bucket_summary()) if recorder is not None else None
     config = AdviceConfig(thresholds=thresholds, slo=slo_from(getattr(settings, "slo", None)))  # slo: optional setting
     advice = advise_stats(stats, summaries or (), config) if stats is not None else ()
@@ -139,8 +143,8 @@ def collect(
         actuator=actuator_state(),
         decisions=tuple(decisions()),
         fleet=fleet_panel(sidecar),
-        measured={m.model_name: view.measured(m.model_name) for m in models},
-        speed_samples={m.model_name: view.speed.samples(m.model_name) for m in models},
+        measured={m.model_name: measured(m.model_name) for m in models},
+        speed_samples={m.model_name: speed.samples(m.model_name) for m in models},
     )
 
 
