@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -78,8 +77,9 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
         for i in range(3)
         for on in (True, False)
     ]
-    view = sidecar.monitor.view
-    sidecar.monitor.view = replace(view, speed=with_samples(view.speed, "tiny", samples))
+    # In fleet mode the measured families are the fleet's (its Lease holder's), learned from the fleet's windows.
+    assert sidecar.fleet is not None
+    sidecar.fleet.speed = with_samples(sidecar.fleet.speed, "tiny", samples)
     decision = sidecar.controller.step(sidecar.monitor.view.stats, 1010.0)
     assert decision is not None and str(decision.action) == "disable", decision
     sidecar.controller.step(sidecar.monitor.view.stats, 1011.0)  # reads the target back: the toggle's record
