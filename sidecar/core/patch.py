@@ -8,7 +8,7 @@ landing (docs/policy.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from sidecar.core.actuator import Plan
@@ -58,10 +58,17 @@ def annotation_ops(existing: Mapping[str, str] | None, record: ControlRecord) ->
     return ops
 
 
-def rollout_complete(deployment: Mapping[str, Any]) -> bool:
-    """updatedReplicas == readyReplicas == replicas, and the controller has seen the latest generation."""
+def rollout_complete(deployment: Mapping[str, Any], annotation_only: Collection[int] = ()) -> bool:
+    """updatedReplicas == readyReplicas == replicas, and the controller has seen the latest generation.
+
+    ``annotation_only``: generations the sidecar made itself by writing annotations alone. The API server bumps
+    a Deployment's generation for an annotation change too (the deployment controller copies annotations to the
+    ReplicaSet), but no pod rolls for it, so a generation the controller has not seen yet is no rollout when it
+    is one of these: the status it describes still holds for the unchanged pod template.
+    """
     meta, spec, status = deployment["metadata"], deployment.get("spec", {}), deployment.get("status") or {}
     replicas = spec.get("replicas", 1)
-    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+    observed, generation = status.get("observedGeneration", 0), meta.get("generation", 0)
+    if any(unseen not in annotation_only for unseen in range(observed + 1, generation + 1)):
         return False
     return bool(status.get("updatedReplicas", 0) == status.get("readyReplicas", 0) == replicas)

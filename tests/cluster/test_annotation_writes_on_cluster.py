@@ -2,14 +2,20 @@
 
 The real API server bumps a Deployment's generation when only its annotations change (the test server does
 not; docs/testing.md). So right after the sidecar records a passed trial (or a latch, or a human sets a pin),
-`observedGeneration < generation` and the rollout reads as unfinished, though no pod rolls. This shows what the
-decision loop makes of it: the state it reports says "rollout" only until its next read after the deployment
-controller has observed the write (well under a second here), and the next window is judged as usual.
+`observedGeneration < generation` until the deployment controller has seen the write, though no pod rolls. The
+sidecar knows the generations its own annotation-only writes made, and its rollout check does not count them as
+a rollout: the state it reports stays "on" and the next window is judged, however late the deployment
+controller is. Shown here with the controller running, and with it stopped (SIGSTOP to its PID) so that the
+gap lasts: any other change (someone else's annotation) still reads as a rollout until the controller has
+seen it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sidecar.adapters.kube.actuator import KubeActuator
@@ -61,7 +67,8 @@ def test_after_recording_a_passed_trial_the_loop_reads_rollout_only_until_the_co
     assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
     assert after["spec"] == before["spec"]
     assert after["metadata"]["annotations"][ann.REASON] == "trial_passed"
-    assert controller.decision_state() in ("rollout", "on"), controller.decision_state()
+    assert controller.view is not None and controller.view.rollout_complete
+    assert controller.decision_state() == "on"
 
     # The deployment controller observes it at once: no new ReplicaSet, no pod rolls.
     began = time.monotonic()
@@ -75,3 +82,63 @@ def test_after_recording_a_passed_trial_the_loop_reads_rollout_only_until_the_co
     assert fourth is not None and (fourth.action, fourth.reason) == (Action.NONE, Reason.TRIPPING), fourth
     assert controller.view is not None and controller.view.rollout_complete
     assert controller.decision_state() == "tripping"
+
+
+@contextlib.contextmanager
+def deployment_controller_stopped(cluster: Cluster) -> Iterator[None]:
+    """The kube-controller-manager this session started, stopped (SIGSTOP) and then continued: no generation is
+    observed meanwhile. It runs without leader election, so a pause costs it no lease."""
+    (kcm,) = [c for c in cluster.components if c.name == "kube-controller-manager"]
+    kcm.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        kcm.process.send_signal(signal.SIGCONT)
+
+
+def test_while_the_deployment_controller_lags_the_sidecars_own_record_write_is_no_rollout_but_anyone_elses_is(
+    cluster: Cluster,
+) -> None:
+    namespace = chart.new_namespace(cluster, "annotations")
+    deployment = trial_deployment()
+    deployment["metadata"]["namespace"] = namespace
+    cluster.apply(deployment)
+    chart.rollout(cluster, namespace, NAME)
+
+    def stored() -> dict[str, Any]:
+        found: dict[str, Any] = cluster.get_json("deployment", NAME, "-n", namespace)
+        return found
+
+    def actuator() -> KubeActuator:
+        api = api_client(kubeconfig=str(cluster.kubeconfig))
+        return KubeActuator(api, namespace=namespace, deployment=NAME, container="vllm", retry=FAST, clock=lambda: T0)
+
+    act = actuator()
+    controller = Controller(act, TRIAL_CONFIG)
+    generation = stored()["metadata"]["generation"]
+    with deployment_controller_stopped(cluster):
+        steps = [controller.step(stats(0.6), T0 + 100 + 60 * i) for i in range(3)]
+        assert steps[-1] is not None and (steps[-1].action, steps[-1].reason) == (Action.RECORD, Reason.TRIAL_PASSED)
+        assert [r.outcome for r in controller.decisions] == [str(Outcome.CHANGED)]
+        after = stored()
+        # The gap, held open: the write made a generation the deployment controller has not seen.
+        assert after["metadata"]["generation"] == generation + 1
+        assert after["status"]["observedGeneration"] == generation
+        # The sidecar that wrote it knows it changed annotations only: no rollout, on every read.
+        assert controller.view is not None and controller.view.rollout_complete
+        assert controller.decision_state() == "on"
+        assert act.read().rollout_complete
+        fourth = controller.step(stats(0.3), T0 + 280)  # judged at once, not held as "rollout_in_progress"
+        assert fourth is not None and (fourth.action, fourth.reason) == (Action.NONE, Reason.TRIPPING), fourth
+        # Another reader (a `spec-sidecar status`, a new sidecar) cannot tell and says not rolled out yet.
+        assert not actuator().read().rollout_complete
+        # Someone else's write, annotations only though it is, may not be told from a template change.
+        cluster.kubectl("annotate", "deployment", NAME, "-n", namespace, "example.com/owner=team-a")
+        assert stored()["metadata"]["generation"] == generation + 2
+        assert not act.read().rollout_complete
+    began = time.monotonic()
+    while stored()["status"].get("observedGeneration") != generation + 2:
+        assert time.monotonic() - began < 30, stored()["status"]
+        time.sleep(0.2)
+    assert act.read().rollout_complete and actuator().read().rollout_complete
+    assert len(cluster.get_json("rs", "-n", namespace)["items"]) == 1  # no pod rolled for any of it

@@ -328,6 +328,24 @@ def test_rollout_is_complete_only_when_every_replica_is_updated_and_ready(
     assert rollout_complete(obj) is complete
 
 
+@pytest.mark.parametrize(
+    ("observed", "annotation_only", "complete"),
+    [
+        (4, set(), False),  # generation 5 not seen yet: it may be a new pod template
+        (4, {5}, True),  # the sidecar's own annotations-only write made 5: no pod rolls for it
+        (3, {5}, False),  # 4 was someone else's, maybe a template change
+        (3, {4, 5}, True),
+        (5, set(), True),
+    ],
+)
+def test_a_generation_the_sidecars_own_annotation_write_made_is_no_rollout(
+    observed: int, annotation_only: set[int], complete: bool
+) -> None:
+    status = {"observedGeneration": observed, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}
+    obj = {"metadata": {"generation": 5}, "spec": {"replicas": 2}, "status": status}
+    assert rollout_complete(obj, annotation_only) is complete
+
+
 # --- a passed timed trial, recorded on the Deployment ------------------------------------------------------
 
 
