@@ -115,7 +115,8 @@ def _pays() -> list[PanelBuilder]:
             "Accepted / draft tokens over the sidecar's window. Below 0.5 (red line) speculation is net-negative"
             " and the sidecar turns it off; from 0.65 (green line) it is a likely win; between, measure P99 under"
             " load. Once this deployment's break-even is measured from its latency (dashed 'measured break-even'),"
-            " the sidecar judges against that line instead of 0.5.",
+            " the sidecar judges against that line instead of 0.5. In fleet mode the break-even is the fleet's,"
+            " drawn once, on the pod whose sidecar holds the Lease.",
             query(f"specdecode_acceptance_ratio{{{MODEL}}}", "{{pod}} {{model_name}}"),
             query(
                 f"specdecode_measured_breakeven_acceptance_ratio{{{MODEL}}}",
@@ -170,7 +171,8 @@ def _pays() -> list[PanelBuilder]:
             "Measured speedup (TPOT off / on, matched load)",
             "This deployment's own speedup: geometric-mean TPOT without speculation over TPOT with it, compared"
             " within load bands of running requests, with its 95 % interval (dashed). Below 1, speculation makes"
-            " tokens slower here, whatever the acceptance.",
+            " tokens slower here, whatever the acceptance. In fleet mode it is the whole Deployment's, from its"
+            " pods' latency summed in Prometheus, shown on the pod whose sidecar holds the Lease.",
             query(f"specdecode_measured_speedup{{{MODEL}}}", "measured {{pod}} {{model_name}}"),
             query(f"specdecode_measured_speedup_low{{{MODEL}}}", "interval low {{pod}} {{model_name}}", "B"),
             query(f"specdecode_measured_speedup_high{{{MODEL}}}", "interval high {{pod}} {{model_name}}", "C"),

@@ -10,8 +10,10 @@ address), is in tests/cluster/monitoring.py. The scenario runs once for the modu
    resources are created; the operator generates their config.
 2. `spec-sidecar run` (a process here, with a token of the chart's ServiceAccount and the vLLM pod's name, in
    fleet mode against this Prometheus) taps traffic to the fake engine; acceptance is poor at temperature > 0.
-3. The sidecar turns speculation off with one patch; the rollout replaces the pod; the engine then runs without
-   speculation, as the new pod's would. SpecDecodeAutoDisabled (for: 1m) fires and reaches the webhook.
+3. The sidecar turns speculation off with one patch (once the fleet has windows with speculation on for the
+   measured speedup); the rollout replaces the pod; the engine then runs without speculation, as the new pod's
+   would, and the fleet's windows off complete the measured speedup. SpecDecodeAutoDisabled (for: 1m) fires and
+   reaches the webhook.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import httpx
 import pytest
 import yaml
 
+from sidecar.core.measured_speedup import MIN_PER_BAND
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster, Component, free_port, wait_until
 from tests.cluster.monitoring import (
@@ -338,6 +341,9 @@ def _run_stack(
             try:
                 forbidden = 'specdecode_actuator_errors_total{reason="forbidden"} > 0'
                 wait_for(lambda: bool(stack.query(forbidden)), 120, stack.logs)
+                # While the patch is refused speculation stays on: the fleet's windows with it on pile up, which
+                # the measured speedup compares with those after the disable (it needs two of each).
+                wait_for(lambda: _speed_windows(health, "on") >= MIN_PER_BAND, 120, stack.logs)
                 _deployment_verbs(cluster, namespace, name, verbs)
                 wait_for(lambda: "--speculative-config" not in _vllm_args(cluster, namespace, name), 180, stack.logs)
                 engine.speculation = False  # the new pods' engine runs without the draft model
@@ -346,6 +352,12 @@ def _run_stack(
             finally:
                 stop.set()
                 sender.join(30)
+
+
+def _speed_windows(sidecar_api: str, state: str) -> int:
+    """The fleet's TPOT windows with speculation ``state`` the sidecar holds for the measured speedup."""
+    windows = httpx.get(f"{sidecar_api}/api/fleet", timeout=5).json()["speed_windows"].get(MODEL, {})
+    return int(windows.get(state, 0))
 
 
 def _deployment_verbs(cluster: Cluster, namespace: str, name: str, verbs: list[str]) -> list[str]:
@@ -419,23 +431,6 @@ def test_prometheus_scrapes_the_sidecar_and_the_engine_with_the_operators_labels
     assert httpx.get(f"{stack.prometheus}/api/v1/alertmanagers", timeout=5).json()["data"]["activeAlertmanagers"]
 
 
-# The measured speedup's families (docs/metrics.md) exist only once a load band holds windows of both states with
-# at least 20 requests each. This scenario's sidecar runs in fleet mode, which does not measure (it decides on the
-# fleet's numbers with the fixed threshold), so they are never exported here; tests/integration/scrape/
-# test_measured_speedup_run.py shows them on a real sidecar process. Any other family missing still fails.
-MEASURED_ONLY = frozenset(
-    {
-        "specdecode_measured_speedup",
-        "specdecode_measured_speedup_low",
-        "specdecode_measured_speedup_high",
-        "specdecode_effective_draft_cost_ratio",
-        "specdecode_measured_breakeven_acceptance_ratio",
-        "specdecode_measured_breakeven_in_force",
-        "specdecode_measured_speedup_windows",
-    }
-)
-
-
 def test_every_specdecode_family_reaches_prometheus(monitoring_stack: Stack) -> None:
     stack = monitoring_stack
 
@@ -453,9 +448,11 @@ def test_every_specdecode_family_reaches_prometheus(monitoring_stack: Stack) -> 
                 out.add(family)
         return out
 
-    wanted = set(exported_families()) - MEASURED_ONLY
+    wanted = set(exported_families())
+    # The measured speedup's families need two windows off in the fleet's numbers after the rollout, each a
+    # whole window (5 s) after the state change and the rollout: about 20 s after the fixture is done.
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: wanted <= families(names()), 60)
+        wait_for(lambda: wanted <= families(names()), 90)
     assert wanted - families(names()) == set()
 
 
@@ -503,18 +500,23 @@ def test_every_dashboard_query_returns_data(monitoring_stack: Stack) -> None:
         variables[variable["name"]] = "|".join(re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\\\1", v) for v in values)
         if variable["name"] == "temperature_bucket":
             buckets = values
-    empty = []
+    queries: list[tuple[str, str]] = []
     for where, expr in _dashboard_queries(dashboard):
         # The per-temperature heatmap is repeated once per bucket (it matches the variable with =): each repeat
         # must draw.
-        if any(family in expr for family in MEASURED_ONLY):  # see MEASURED_ONLY
-            continue
         repeats = buckets if 'temperature_bucket="$temperature_bucket"' in expr else [None]
         for bucket in repeats:
             query = _substitute(expr, {**variables, "temperature_bucket": bucket} if bucket else variables)
-            if not stack.query_range(query):
-                empty.append(f"{where}: {query}")
-    assert empty == []
+            queries.append((where, query))
+
+    def empty() -> list[str]:
+        return [f"{where}: {query}" for where, query in queries if not stack.query_range(query)]
+
+    # A series born a moment ago (the measured speedup's, once the fleet has two windows off) is drawn from the
+    # range's next step on (every 2 s).
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not empty(), 10)
+    assert empty() == []
 
 
 def _parsed(stack: Stack, expr: str) -> Any:
