@@ -39,6 +39,8 @@ FAKE_ONLY: dict[str, str] = {
     "test_an_event_that_cannot_be_posted_is_counted_and_the_toggle_stands": INJECTED + " (403 on one Event)",
     "test_an_unreachable_api_server_is_retried_counted_and_reported": "stops the API server",
     "test_rollout_is_complete_only_when_every_replica_is_updated_and_ready": "a pure function on status dicts",
+    "test_a_generation_the_sidecars_own_annotation_write_made_is_no_rollout": "a pure function on status dicts (the "
+    "real server's lag is held open in test_annotation_writes_on_cluster.py)",
     "test_a_concurrent_write_fails_the_records_test_op_and_the_pass_goes_back_to_the_policy": RACE,
     "test_the_controller_re_reads_after_a_409_and_records_the_pass_on_the_next_window": INJECTED + " (409)",
     "test_a_lease_server_error_means_not_leader_and_no_patch": INJECTED + " (500 on the Lease)",
