@@ -40,6 +40,7 @@ from sidecar.core.actuator import (
     Plan,
     TargetError,
     TargetView,
+    guard_config,
     plan,
     plan_record,
     plan_redaction,
@@ -111,6 +112,16 @@ class ManifestActuator:
     def redact_record(self) -> ActResult:
         return self._write(REDACT, REDACT_REASON, lambda v: plan_redaction(v, self.secret_flags))
 
+    # A file has no rollout to watch: whoever restarts the engine from it sees whether it starts. The config check
+    # before every write (``guard_config``) applies here as on a Deployment.
+
+    def revert_rollout(self, timeout: float) -> ActResult:
+        del timeout
+        return ActResult(Outcome.UNCHANGED, "revert", "a manifest file has no rollout to watch")
+
+    def settle_rollout(self) -> ActResult:
+        return ActResult(Outcome.UNCHANGED, "settle", "a manifest file has no rollout to watch")
+
     # --- internals ---------------------------------------------------------------------------------------
 
     def _view(self, loaded: _Loaded) -> TargetView:
@@ -127,9 +138,15 @@ class ManifestActuator:
             with _locked(self.path):
                 _remove_stale_temp_files(self.path)
                 loaded = self._load()
-                planned = planner(self._view(loaded))
+                view = self._view(loaded)
+                planned = planner(view)
                 if isinstance(planned, ActResult):
                     return planned
+                if (planned.command, planned.args) != (view.command, view.args):
+                    refused = guard_config(view, planned, action)
+                    if refused is not None:
+                        log.warning("%s refused on %s: %s", action, self.target, refused.detail)
+                        return refused
                 _apply(loaded, planned)
                 text = _dump(loaded.docs, loaded.text)
                 if _digest(self.path.read_text(encoding="utf-8")) != loaded.digest:

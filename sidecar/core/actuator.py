@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
-from sidecar.core import specargs, vllm_versions
+from sidecar.core import rollout_watch, specargs, vllm_versions
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision
+from sidecar.core.rollout_watch import RolloutWatch
 from sidecar.core.specargs import Flag
 
 Clock = Callable[[], float]
@@ -47,6 +48,7 @@ class Outcome(StrEnum):
     LATCHED = "latched"
     NOT_RESTORABLE = "not_restorable"  # no removal record, the args changed since, or the engine would refuse them
     NOT_REMOVABLE = "not_removable"  # the engine speculates, but no flag in the args turns it on
+    ENGINE_WOULD_REFUSE = "engine_would_refuse"  # the new speculative config has keys the engine's version rejects
     DRY_RUN = "dry_run"
     ERROR = "error"  # the write failed and was not done (reason in detail; counted by the adapter)
 
@@ -60,6 +62,7 @@ class TargetView:
     rollout_complete: bool
     flags: tuple[Flag, ...] = ()
     image: str | None = None  # the engine container's image: its tag tells which vLLM will read restored args
+    watch: RolloutWatch | None = None  # a config write whose rollout is being watched (sidecar.core.rollout_watch)
 
     @property
     def speculation(self) -> bool:
@@ -102,6 +105,15 @@ class Actuator(Protocol):
 
     def redact_record(self) -> ActResult:
         """Rewrite a removal record that holds credentials without them (:func:`plan_redaction`); args untouched."""
+        ...
+
+    def revert_rollout(self, timeout: float) -> ActResult:
+        """The watched write's rollout was not ready within ``timeout`` seconds: put back the args and record that
+        ran before it, byte for byte, and latch (sidecar.core.rollout_watch). Unchanged where nothing rolls out."""
+        ...
+
+    def settle_rollout(self) -> ActResult:
+        """The watched write rolled out (or was superseded): drop the watch. Unchanged where nothing rolls out."""
         ...
 
 
@@ -183,6 +195,15 @@ def _engine_would_refuse(
         "spec-sidecar.io/removed-args annotation)"
     )
     return ActResult(Outcome.NOT_RESTORABLE, action, detail, view)
+
+
+def guard_config(view: TargetView, planned: Plan, action: str) -> ActResult | None:
+    """Every write that changes the args passes here before it is sent (both actuators): a speculative config with
+    keys the engine's vLLM version rejects is refused, whatever asked for it (sidecar.core.rollout_watch)."""
+    refused = rollout_watch.config_refusal(view.image, (view.command, view.args), (planned.command, planned.args))
+    if refused is None:
+        return None
+    return ActResult(Outcome.ENGINE_WOULD_REFUSE, action, refused, view)
 
 
 # Automatic decisions that write the control record alone (the pod template is untouched: no rollout).

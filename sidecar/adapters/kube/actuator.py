@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from kubernetes import client
 
 from sidecar.adapters.kube.client import Caller, KubeError, RetryPolicy, read_json
 from sidecar.adapters.kube.lease import LeaseElector
+from sidecar.core import rollout_watch
 from sidecar.core.actuator import (
     REDACT,
     REDACT_REASON,
@@ -32,6 +34,7 @@ from sidecar.core.actuator import (
     Outcome,
     Plan,
     TargetView,
+    guard_config,
     plan,
     plan_record,
     plan_redaction,
@@ -40,7 +43,7 @@ from sidecar.core.actuator import (
     wall_clock,
 )
 from sidecar.core.annotations import REMOVED_ARGS, ControlRecord, from_annotations
-from sidecar.core.patch import json_patch, rollout_complete
+from sidecar.core.patch import json_patch, pointer, rollout_complete
 from sidecar.core.policy import Action, Decision, Reason
 from sidecar.core.specargs import DEFAULT_SECRET_FLAGS
 
@@ -48,6 +51,8 @@ log = logging.getLogger("spec_sidecar.kube")
 
 JSON_PATCH = "application/json-patch+json"
 COMPONENT = "spec-sidecar"
+# The writes that end a rollout watch: putting back what ran before it, and dropping it once the rollout is done.
+REVERT, SETTLE = "revert", "settle"
 
 
 class KubeActuator:
@@ -120,7 +125,8 @@ class KubeActuator:
             rollout_complete(obj, self._annotation_only),
             image=image if isinstance(image, str) else None,
         )
-        return view, obj, index
+        watch = rollout_watch.decode((obj["metadata"].get("annotations") or {}).get(rollout_watch.WATCH))
+        return replace(view, watch=watch), obj, index
 
     # writing
 
@@ -177,8 +183,15 @@ class KubeActuator:
             if planned.outcome is Outcome.NOT_REMOVABLE:  # people must hear why the sidecar does not act
                 self._post_event("SpeculationNotRemovable", planned.detail, "Warning", obj)
             return planned
+        rewrites = (planned.command, planned.args) != (view.command, view.args)
+        if rewrites and action != REVERT:
+            refused = guard_config(view, planned, action)
+            if refused is not None:  # people must hear why the sidecar does not act
+                self._post_event("SpeculationConfigRefused", refused.detail, "Warning", obj)
+                return refused
         ops = json_patch(obj, index, self.container, planned)
         annotation_only = (planned.args, planned.command) == (view.args, view.command)
+        ops += self._watch_ops(view, obj, planned, action, rewrites=rewrites, ops=ops)
         try:
             self._call(f"PATCH {self.target}", lambda: self._patch(ops))
         except KubeError as exc:
@@ -204,6 +217,65 @@ class KubeActuator:
             self._annotation_only.add(generation)
         return self._view(written)[0]
 
+    def _watch_ops(
+        self,
+        view: TargetView,
+        obj: Mapping[str, Any],
+        planned: Plan,
+        action: str,
+        *,
+        rewrites: bool,
+        ops: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The rollout watch goes with the write it watches, in the same patch: a write that changes the args
+        starts one (docs/policy.md, "After a write"); a revert or a settled rollout drops it."""
+        annotations = obj["metadata"].get("annotations") or {}
+        path = pointer("metadata", "annotations", rollout_watch.WATCH)
+        if action in (REVERT, SETTLE):
+            return [{"op": "remove", "path": path}] if rollout_watch.WATCH in annotations else []
+        if not rewrites:
+            return []
+        before, previous = (view.command, view.args), view.record
+        if view.watch is not None and not view.rollout_complete:
+            # A write on top of a rollout still under watch: what last ran is what that watch would put back.
+            undone = rollout_watch.undone(view.watch, view.command, view.args)
+            if undone is not None:
+                before, previous = undone, rollout_watch.revert_record(view.watch, view.record, "")
+        watch = rollout_watch.watch_for(
+            action,
+            self.clock(),
+            before=before,
+            after=(planned.command, planned.args),
+            previous=previous,
+            secret_flags=self.secret_flags,
+        )
+        value = rollout_watch.encode(watch)
+        if "annotations" not in obj["metadata"] and not any(o["path"] == "/metadata/annotations" for o in ops):
+            return [{"op": "add", "path": "/metadata/annotations", "value": {rollout_watch.WATCH: value}}]
+        return [{"op": "add", "path": path, "value": value}]
+
+    def revert_rollout(self, timeout: float) -> ActResult:
+        return self._write(REVERT, "rollout not ready", lambda view: self._revert_plan(view, timeout), automatic=True)
+
+    def settle_rollout(self) -> ActResult:
+        return self._write(SETTLE, "rollout ready", _settle_plan, automatic=True)
+
+    def _revert_plan(self, view: TargetView, timeout: float) -> Plan | ActResult:
+        watch = view.watch
+        if watch is None:
+            return ActResult(Outcome.UNCHANGED, REVERT, "no rollout is watched", view)
+        now = self.clock()
+        progress = rollout_watch.verdict(watch, (view.command, view.args), view.rollout_complete, now, timeout=timeout)
+        if progress is not rollout_watch.Progress.OVERDUE:  # decided on an older read: it rolled out meanwhile
+            return ActResult(Outcome.CONFLICT, REVERT, f"the watched rollout is {progress} now", view)
+        undone = rollout_watch.undone(watch, view.command, view.args)
+        latch = rollout_watch.revert_latch(watch, timeout, restored=undone is not None)
+        if undone is None:  # latch and alert all the same: nothing automatic acts on it any more
+            return Plan(view.command, view.args, replace(view.record, latched=latch), ())
+        command, args = undone
+        record = rollout_watch.revert_record(watch, view.record, latch)
+        return Plan(command, args, record, (f"put back the config from before {watch.action}",))
+
     def _patch(self, ops: list[dict[str, Any]]) -> Any:
         return self._apps.patch_namespaced_deployment(
             self.deployment,
@@ -227,6 +299,7 @@ class KubeActuator:
             "latch": "SpeculationLatched",
             "record": "SpeculationTrialPassed" if reason == Reason.TRIAL_PASSED else "SpeculationControl",
             REDACT: "RemovalRecordRedacted",
+            REVERT: "SpeculationRolloutReverted",
         }
         flags = "; ".join(planned.flags)
         message = f"{action}: {reason}" + (f" ({flags})" if flags else "")
@@ -237,8 +310,12 @@ class KubeActuator:
                 f"the {REMOVED_ARGS} annotation held values of credential flags (written by an older sidecar, or "
                 "before --secret-flags named them); rewritten without them. enable still restores the same args"
             )
+        if action == REVERT:
+            message = str(planned.record.latched)
+        if action == SETTLE:  # the end of a watch is logged, not announced
+            return
         kind = kinds.get(action, "SpeculationControl")
-        self._post_event(kind, message, "Warning" if action == "latch" else "Normal", deployment)
+        self._post_event(kind, message, "Warning" if action in ("latch", REVERT) else "Normal", deployment)
 
     def _post_event(self, kind: str, message: str, event_type: str, deployment: Mapping[str, Any]) -> None:
         now = datetime.fromtimestamp(self.clock(), UTC)
@@ -272,3 +349,10 @@ class KubeActuator:
         except KubeError as exc:  # the write happened (or was refused); a lost Event is counted and logged
             self.errors["event_failed"] += 1
             log.warning("could not emit the Event for %s: %s", self.target, exc)
+
+
+def _settle_plan(view: TargetView) -> Plan | ActResult:
+    """Drop the watch (args and record as they are) once the watched write rolled out or someone else's replaced it."""
+    if view.watch is None:
+        return ActResult(Outcome.UNCHANGED, SETTLE, "no rollout is watched", view)
+    return Plan(view.command, view.args, view.record, ())
