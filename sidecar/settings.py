@@ -314,6 +314,16 @@ class DecisionSettings(_Section):
         ),
     )
     trial_max_tries: int = Field(3, ge=1, description="Failed trials in a row before trials stop.")
+    rollout_timeout: float = Field(
+        1800.0,
+        ge=0,
+        description=(
+            "Seconds the pods of a config the sidecar (or a human with enable/disable) wrote may take to become "
+            "ready; past it the previous config is put back byte for byte, a Warning Event is raised and the "
+            "sidecar latches until a human clears spec-sidecar.io/latched. Keep it above the engine's start-up "
+            "time (the chart's progressDeadlineSeconds, 1800, by default). 0 never reverts."
+        ),
+    )
 
 
 class TargetSettings(_Section):

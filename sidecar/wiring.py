@@ -224,4 +224,5 @@ def build_controller(
         speculation_sink=speculation_sink,
         speed_for=speed_for,
         speed_restore=speed_restore,
+        rollout_timeout=settings.rollout_timeout,
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.core import cost_prior
+from sidecar.core import cost_prior, rollout_watch
 from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView, needs_redaction
 from sidecar.core.cost_prior import SpeculativeSettings
 from sidecar.core.policy import (
@@ -81,6 +81,7 @@ class Controller:
         renew_every: float = 5.0,
         keep: int = 50,
         error_backoff: tuple[float, float] = (5.0, 300.0),
+        rollout_timeout: float = 1800.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # leadership: the Lease the actuator writes under (a Deployment); None: this sidecar alone acts (a file).
@@ -108,6 +109,9 @@ class Controller:
         self._backoff_min, self._backoff_max = error_backoff
         self._backoff = 0.0
         self._hold_until = 0.0
+        # How long the pods of a written config may take to become ready before it is reverted (0: never).
+        self.rollout_timeout = rollout_timeout
+        self.rollout_reverts = 0
 
     async def on_stats(self, stats: Stats) -> None:
         await asyncio.to_thread(self.step, stats, self.clock())
@@ -117,6 +121,8 @@ class Controller:
         view = self._target(now)
         if view is None:
             return None
+        if self._watch_rollout(view, now):
+            return None  # the target just changed: decide on the next step, on a fresh read
         self._tell_speculation(view)
         if not self._restored:
             self._restored = True
@@ -209,6 +215,33 @@ class Controller:
                 result.outcome,
                 result.detail,
             )
+
+    def _watch_rollout(self, view: TargetView, now: float) -> bool:
+        """After a config write: revert it if its pods are not ready within the bound, drop the watch once they
+        are (sidecar.core.rollout_watch). True if the target was written."""
+        if view.watch is None or self.config.dry_run:
+            return False
+        current = (view.command, view.args)
+        progress = rollout_watch.verdict(view.watch, current, view.rollout_complete, now, timeout=self.rollout_timeout)
+        if progress is rollout_watch.Progress.PENDING:
+            return False
+        overdue = progress is rollout_watch.Progress.OVERDUE
+        result = self.actuator.revert_rollout(self.rollout_timeout) if overdue else self.actuator.settle_rollout()
+        self._read_at = None
+        if result.view is not None:
+            self.view = result.view
+        if result.outcome is not Outcome.CHANGED:
+            if result.outcome is Outcome.ERROR:
+                self.errors["write_failed"] += 1
+            return False
+        if overdue:
+            self.rollout_reverts += 1
+            record = DecisionRecord(now, "revert", "rollout_not_ready", result.detail, str(result.outcome))
+            self.decisions.append(record)
+            log.error("reverted %s: %s", self.actuator.target, result.detail)
+        else:
+            log.info("rollout of %s %s: watch dropped", view.watch.action, progress)
+        return True
 
     def _tell_speculation(self, view: TargetView) -> None:
         """Hand on what the target's args say about the drafts (for the assumed draft cost), when it changes.
@@ -369,6 +402,19 @@ class ControlCollector(Collector):
         for reason, n in sorted(c.actuator_errors().items()):
             errors.add_metric([reason], float(n))
         yield errors
+        reverts = CounterMetricFamily(
+            "specdecode_rollout_reverts",
+            "Config writes this sidecar put back because their pods were not ready within --rollout-timeout.",
+        )
+        reverts.add_metric([], float(c.rollout_reverts))
+        yield reverts
+        if c.view is not None:
+            reverted = GaugeMetricFamily(
+                "specdecode_rollout_reverted",
+                "1 while the target is latched because a written config's pods were not ready and it was reverted.",
+            )
+            reverted.add_metric([], 1.0 if rollout_watch.is_revert_latch(c.view.record.latched) else 0.0)
+            yield reverted
         leader = GaugeMetricFamily("specdecode_leader", "1 if this sidecar may write to the target.")
         leader.add_metric([], 1.0 if c.is_leader() else 0.0)
         yield leader

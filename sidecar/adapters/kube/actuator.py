@@ -264,9 +264,9 @@ class KubeActuator:
         watch = view.watch
         if watch is None:
             return ActResult(Outcome.UNCHANGED, REVERT, "no rollout is watched", view)
-        now = self.clock()
-        progress = rollout_watch.verdict(watch, (view.command, view.args), view.rollout_complete, now, timeout=timeout)
-        if progress is not rollout_watch.Progress.OVERDUE:  # decided on an older read: it rolled out meanwhile
+        # The bound was judged by the caller; what can have changed since its read is the rollout finishing.
+        progress = rollout_watch.verdict(watch, (view.command, view.args), view.rollout_complete, 0.0, timeout=0)
+        if progress is not rollout_watch.Progress.PENDING:
             return ActResult(Outcome.CONFLICT, REVERT, f"the watched rollout is {progress} now", view)
         undone = rollout_watch.undone(watch, view.command, view.args)
         latch = rollout_watch.revert_latch(watch, timeout, restored=undone is not None)
