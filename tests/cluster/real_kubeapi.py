@@ -108,6 +108,19 @@ class RealKubeAPI:
         ours = [e for e in found if (e.get("source") or {}).get("component") == COMPONENT]
         return sorted(ours, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
+    @contextlib.contextmanager
+    def no_room_for_new_pods(self) -> Iterator[None]:
+        """While inside, every node is cordoned: a rollout's new pods stay Pending and never become ready (as on
+        a cluster without a free GPU for the surge pod), while the running ones keep running. Uncordoned after."""
+        nodes = [n["metadata"]["name"] for n in self.cluster.get_json("nodes")["items"]]
+        try:
+            for node in nodes:
+                self.cluster.kubectl("cordon", node)
+            yield
+        finally:
+            for node in nodes:
+                self.cluster.kubectl("uncordon", node)
+
     def inject(self, *_: Any, **__: Any) -> None:
         raise NotImplementedError("a real API server cannot be made to fail on demand: keep this test on the fake")
 

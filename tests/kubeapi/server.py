@@ -145,6 +145,12 @@ class KubeAPI:
                 obj["metadata"]["generation"] += 1
             return copy.deepcopy(obj)
 
+    @contextmanager
+    def no_room_for_new_pods(self) -> Iterator[None]:
+        """While inside: a rollout's new pods cannot become ready. Here rollouts finish only when a test says so
+        (``complete_rollout``), so there is nothing to do; tests/cluster/real_kubeapi.py cordons the nodes."""
+        yield
+
     def inject(self, method: str, path: str, status: int | None = None, **kwargs: Any) -> Fault:
         fault = Fault(method.upper(), re.compile(path), status, **kwargs)
         with self.lock:
