@@ -83,12 +83,16 @@ def watch_for(
     """The watch for a write turning the container's (command, args) ``before`` into ``after``."""
     old, new = _text(*before), _text(*after)
     edits: list[tuple[int, int, str]] = []
+    taken: list[tuple[int, int]] = []  # where in the previous text each edit's replacement comes from
     matcher = difflib.SequenceMatcher(None, new, old, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag != "equal":
             edits.append((i1, i2, old[j1:j2]))
-    secrets = _secret_values(*before, secret_flags)
-    undo = None if any(s in text for _, _, text in edits for s in secrets) else tuple(edits)
+            taken.append((j1, j2))
+    # Any overlap with a credential, even one character of it, and no undo is kept.
+    hidden = _spans(old, _secret_values(*before, secret_flags))
+    leaks = any(j1 < end and start < j2 for j1, j2 in taken for start, end in hidden)
+    undo = None if leaks else tuple(edits)
     prior = {k: v for k, v in ann.to_annotations(previous).items() if k in _RESTORED_KEYS and v is not None}
     return RolloutWatch(action, ann.stored_time(now), digest(*after), undo, prior)
 
@@ -105,6 +109,18 @@ def _secret_values(command: Sequence[str] | None, args: Sequence[str] | None, fl
             if live != shown:  # this item holds a credential: keep every piece of it that is not shown as is
                 found.update(p for p in _hidden_parts(live, shown) if p)
     return found
+
+
+def _spans(text: str, values: set[str]) -> list[tuple[int, int]]:
+    """Every place in ``text`` (the JSON of the lists) where one of ``values`` stands, as JSON spells it."""
+    spans: list[tuple[int, int]] = []
+    for value in values:
+        needle = json.dumps(value)[1:-1]
+        start = text.find(needle)
+        while start >= 0:
+            spans.append((start, start + len(needle)))
+            start = text.find(needle, start + 1)
+    return spans
 
 
 def _hidden_parts(live: str, shown: str) -> list[str]:

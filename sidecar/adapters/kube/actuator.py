@@ -254,11 +254,15 @@ class KubeActuator:
             return [{"op": "add", "path": "/metadata/annotations", "value": {rollout_watch.WATCH: value}}]
         return [{"op": "add", "path": path, "value": value}]
 
+    # Both are planned again on each fresh read (the plan re-checks that the rollout is still the watched one and
+    # still not done), so unlike a policy decision they may retry after a conflict: while pods come and go the
+    # deployment controller writes the status often, and each write moves the resourceVersion the patch tests.
+
     def revert_rollout(self, timeout: float) -> ActResult:
-        return self._write(REVERT, "rollout not ready", lambda view: self._revert_plan(view, timeout), automatic=True)
+        return self._write(REVERT, "rollout not ready", lambda view: self._revert_plan(view, timeout), automatic=False)
 
     def settle_rollout(self) -> ActResult:
-        return self._write(SETTLE, "rollout ready", _settle_plan, automatic=True)
+        return self._write(SETTLE, "rollout ready", _settle_plan, automatic=False)
 
     def _revert_plan(self, view: TargetView, timeout: float) -> Plan | ActResult:
         watch = view.watch

@@ -65,7 +65,7 @@ def vllm(obj: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def annotations(server: KubeAPI) -> dict[str, str]:
+def notes_of(server: KubeAPI) -> dict[str, str]:
     found: dict[str, str] = server.deployment(NAMESPACE, NAME)["metadata"].get("annotations") or {}
     return found
 
@@ -84,11 +84,11 @@ def test_a_disable_whose_pods_never_become_ready_is_put_back_byte_for_byte_with_
     server: KubeAPI,
 ) -> None:
     original = vllm(server.add_deployment(list_deployment()))
-    act, controller, clock = setup(server)
+    _, controller, clock = setup(server)
     with server.no_room_for_new_pods():
         assert controller.step(stats(0.2), clock.now) is not None  # low acceptance: the sidecar disables
         assert "--speculative-config" not in vllm(server.deployment(NAMESPACE, NAME))["args"]
-        assert rollout_watch.WATCH in annotations(server)
+        assert rollout_watch.WATCH in notes_of(server)
 
         clock.now = T0 + TIMEOUT - 1  # not ready yet, but still within the bound: wait
         controller.step(stats(0.2), clock.now)
@@ -129,7 +129,7 @@ def test_a_write_whose_rollout_finishes_drops_its_watch_and_is_never_reverted(se
     server.add_deployment(list_deployment())
     act, controller, clock = setup(server)
     assert act.disable("by hand").outcome is Outcome.CHANGED
-    assert rollout_watch.WATCH in annotations(server)
+    assert rollout_watch.WATCH in notes_of(server)
     server.complete_rollout(NAMESPACE, NAME)
 
     clock.now = T0 + 10 * TIMEOUT
@@ -177,7 +177,7 @@ def test_a_speculative_config_the_engines_version_rejects_is_refused_before_anyt
         return Plan(view.command, args, view.record, ("--speculative-config",))
 
     patches = len(server.applied_patches())
-    result = act._write("reduce-k", "test", rewrite, automatic=False)  # noqa: SLF001 - any write goes this way
+    result = act._write("reduce-k", "test", rewrite, automatic=False)  # any write goes this way
     assert result.outcome is Outcome.ENGINE_WOULD_REFUSE
     assert "disable_padded_drafter_batch" in result.detail and "vLLM 0.34.0" in result.detail
     assert len(server.applied_patches()) == patches
