@@ -23,6 +23,7 @@ REQUIRED_ALERTS = {
     "SpecDecodeAcceptanceLow",
     "SpecDecodeAutoDisabled",
     "SpecDecodeFlapLatched",
+    "SpecDecodeRolloutReverted",
     "SpecDecodeLatencyDivergence",
     "SpecSidecarActuatorFailing",
     "SpecSidecarTapUpstreamFailing",
