@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from sidecar.cli.flags import UsageError, add_settings_flags, settings_from_args
 from sidecar.core.actuator import ActResult, Actuator, Outcome, TargetError, TargetView
+from sidecar.core.annotations import timestamp
 from sidecar.settings import TargetSettings
 from sidecar.wiring import build_actuator
 
@@ -160,6 +161,8 @@ def _status(view: TargetView, as_json: bool) -> int:
         "trial_attempts": r.trial_attempts,
         "next_trial_at": r.next_trial_at,
         "toggles": len(r.history),
+        # A written config whose rollout the sidecar watches (docs/policy.md, "After a write").
+        "rollout_watch": f"{view.watch.action} at {timestamp(view.watch.at)}" if view.watch is not None else None,
     }
     if as_json:
         print(json.dumps(body))

@@ -51,6 +51,7 @@ def test_status_disable_enable_round_trip(server: KubeAPI) -> None:
     server.complete_rollout(NAMESPACE, NAME)
     after = json.loads(cli(server, "status", "--json").stdout)
     assert (after["speculation"], after["restorable"], after["changed_by"]) == ("off", True, "manual")
+    assert after["rollout_watch"].startswith("disable at ")  # a manual write is watched too
 
     on = cli(server, "enable")
     assert on.returncode == 0 and on.stdout.startswith("changed"), on.stdout + on.stderr
