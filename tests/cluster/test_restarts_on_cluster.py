@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.core import annotations as ann
+from sidecar.core import rollout_watch
 from sidecar.core.patch import rollout_complete
 from tests.cluster import chart
 from tests.cluster.cluster import Cluster
@@ -229,6 +230,8 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         kubelet.wait("the new pod's sidecar to lead", lambda: lease().get("holderIdentity") == second_pod, 30)
         renewed = lease()["renewTime"]
         kubelet.wait("a renewal", lambda: lease()["renewTime"] != renewed, 20)
+        # The leader ends the disable's rollout watch: its pods are ready, nothing to put back.
+        kubelet.wait("the disable's rollout watch to end", lambda: release.status("rollout_watch") == (None,), 30)
         assert release.status(
             "speculation", "rollout_complete", "state", "changed_by", "reason", "restorable", "toggles"
         ) == ("off", True, "off", "sidecar", "low_acceptance", True, 1)
@@ -258,6 +261,8 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         kubelet.wait("the third pod's sidecar to lead", lambda: lease().get("holderIdentity") == third_pod, 30)
         on = release.status("speculation", "rollout_complete", "state", "changed_by", "restorable", "toggles")
         assert on == ("on", True, "on", "manual", False, 2)
+        # The leader ends the enable's rollout watch once its pods are ready (the disable's ended the same way).
+        kubelet.wait("the rollout watch to end", lambda: release.status("rollout_watch") == (None,), 30)
     finally:
         kubelet.stop_all()
 
@@ -272,9 +277,12 @@ def assert_stopped_cleanly_and_toggled_once_each_way(kubelet: Kubelet, release: 
     assert all("Application shutdown complete" in s.log for s in kubelet.stopped)
     logs = kubelet.logs()
     assert "forbidden" not in logs.lower(), logs[-3000:]
-    # No second toggle, no flap, nothing lost: two patches in all (the sidecar's disable, the human's enable).
+    # No second toggle, no flap, nothing lost: two toggles in all (the sidecar's disable, the human's enable),
+    # each followed, once its pods were ready, by the annotations-only patch that ends its rollout watch (on the
+    # real server an annotation change moves the generation too).
     final = release.deployment()
-    assert final["metadata"]["generation"] == generation + 2
+    assert final["metadata"]["generation"] == generation + 4
+    assert rollout_watch.WATCH not in final["metadata"]["annotations"]
     record = ann.from_annotations(final["metadata"]["annotations"])
     assert [(h.action, str(h.by), h.reason) for h in record.history] == [
         ("disable", "sidecar", "low_acceptance"),
