@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -183,3 +184,20 @@ def test_a_speculative_config_the_engines_version_rejects_is_refused_before_anyt
     assert len(server.applied_patches()) == patches
     assert vllm(server.deployment(NAMESPACE, NAME))["args"] == LIST_ARGS
     assert ("SpeculationConfigRefused", "Warning") in reasons(server)
+
+
+def test_a_sidecar_started_after_the_write_reverts_it_from_the_annotation_alone_and_a_dry_run_one_does_not(
+    server: KubeAPI,
+) -> None:
+    server.add_deployment(list_deployment())
+    act, _, clock = setup(server)
+    with server.no_room_for_new_pods():
+        assert act.disable("by hand").outcome is Outcome.CHANGED
+        clock.now = T0 + TIMEOUT
+        dry = Controller(act, replace(ACTING, dry_run=True), read_every=0.0, rollout_timeout=TIMEOUT, clock=clock)
+        dry.step(None, clock.now)
+        assert rollout_watch.WATCH in notes_of(server)  # a dry run writes nothing, a revert included
+        fresh = Controller(act, ACTING, read_every=0.0, rollout_timeout=TIMEOUT, clock=clock)  # nothing in memory
+        fresh.step(None, clock.now)
+        assert vllm(server.deployment(NAMESPACE, NAME))["args"] == LIST_ARGS
+    assert rollout_watch.is_revert_latch(notes_of(server).get(ann.LATCHED))
