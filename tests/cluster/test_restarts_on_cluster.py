@@ -196,6 +196,15 @@ class Release:
         found = self.cli("status")
         return tuple(found[k] for k in keys)
 
+    @staticmethod
+    def ended(deployment: dict[str, Any]) -> int:
+        """1 if the rollout watch is gone from this read of the Deployment (its patch moved the generation)."""
+        return int(rollout_watch.WATCH not in deployment["metadata"]["annotations"])
+
+    def watch_ended(self) -> bool:
+        """No rollout watch on the Deployment: the last write's pods were ready and the leader said so."""
+        return bool(self.status("rollout_watch") == (None,))
+
 
 def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_restarted_by_the_rollout_keeps_it_so(
     cluster: Cluster, tmp_path: Path
@@ -224,8 +233,7 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         after_disable = deployment()
         # Args and record: one patch. On kwok the new pods can be ready before this read, and the leader may have
         # ended the rollout watch already: an annotations-only patch, which moves the generation once more.
-        settled = rollout_watch.WATCH not in after_disable["metadata"]["annotations"]
-        assert after_disable["metadata"]["generation"] == generation + 1 + settled
+        assert after_disable["metadata"]["generation"] == generation + 1 + release.ended(after_disable)
         # The rollout replaces the first pod; its sidecar is stopped, the new pod's starts with nothing local.
         kubelet.wait("the first restart", lambda: len(kubelet.started) == 2 and not kubelet.running.get(first_pod))
         second_pod = kubelet.started[1]
@@ -234,7 +242,7 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         renewed = lease()["renewTime"]
         kubelet.wait("a renewal", lambda: lease()["renewTime"] != renewed, 20)
         # The leader ends the disable's rollout watch: its pods are ready, nothing to put back.
-        kubelet.wait("the disable's rollout watch to end", lambda: release.status("rollout_watch") == (None,), 30)
+        kubelet.wait("the disable's rollout watch to end", release.watch_ended, 30)
         assert release.status(
             "speculation", "rollout_complete", "state", "changed_by", "reason", "restorable", "toggles"
         ) == ("off", True, "off", "sidecar", "low_acceptance", True, 1)
@@ -265,7 +273,7 @@ def test_real_captures_turn_speculation_off_once_and_each_pods_own_sidecar_resta
         on = release.status("speculation", "rollout_complete", "state", "changed_by", "restorable", "toggles")
         assert on == ("on", True, "on", "manual", False, 2)
         # The leader ends the enable's rollout watch once its pods are ready (the disable's ended the same way).
-        kubelet.wait("the rollout watch to end", lambda: release.status("rollout_watch") == (None,), 30)
+        kubelet.wait("the rollout watch to end", release.watch_ended, 30)
     finally:
         kubelet.stop_all()
 
