@@ -1,13 +1,14 @@
 """Estimates the model family's acceptance per temperature without vLLM, by replaying its rule in torch.
 
 Run with the vLLM venv's python:
-    <vllm-venv>/bin/python scripts/simulate_family_acceptance.py [FAMILY_DIR] [--prompts 24]
+    <vllm-venv>/bin/python scripts/simulate_family_acceptance.py [FAMILY_DIR] [--prompts 24] [--drafts target]
 
 vLLM's draft-model speculation (k = 4) drafts greedily and accepts each drafted token with the target's
 probability of it at the request's temperature (at 0: when it is the target's top token); the first rejection
 ends the step, and the target's own token (resampled from what is left) or a bonus token follows. This replays
 that over the family's held-out prompts, 32 tokens each, and prints accepted / drafted per temperature. It is
 how the recipe was tuned (a minute per draft, no server); the figures in docs/model-family.md come from vLLM.
+`--drafts target` replays the target drafting for itself, the check that tells an engine fault from the models'.
 """
 
 # transformers 5 ships its model constructors without annotations.
@@ -72,6 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("family", nargs="?", type=Path, help="the family's directory (default: train or reuse)")
     parser.add_argument("--prompts", type=int, default=24, help="held-out prompts to run (default 24)")
+    parser.add_argument("--drafts", help="comma-separated model names in the family (default: every draft-*)")
+    parser.add_argument("--temperatures", default=",".join(map(str, TEMPERATURES)), help="comma-separated")
     args = parser.parse_args()
     family: Path = args.family or Path(
         subprocess.run(
@@ -84,9 +87,11 @@ def main() -> int:
     target = LlamaForCausalLM.from_pretrained(family / "target").eval()
     texts = json.loads((family / "prompts.json").read_text())[: args.prompts]
     prompts = [tokenizer(text)["input_ids"] for text in texts]
-    for draft_dir in sorted(family.glob("draft-*")):
+    drafts = [family / name for name in args.drafts.split(",")] if args.drafts else sorted(family.glob("draft-*"))
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    for draft_dir in drafts:
         draft = LlamaForCausalLM.from_pretrained(draft_dir).eval()
-        cells = [f"T={t}: {acceptance(target, draft, prompts, t):.3f}" for t in TEMPERATURES]
+        cells = [f"T={t}: {acceptance(target, draft, prompts, t):.3f}" for t in temperatures]
         print(f"{draft_dir.name}: " + "  ".join(cells), flush=True)
     return 0
 

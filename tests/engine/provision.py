@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,3 +71,36 @@ def tiny_models() -> Path:
         timeout=MODEL_TIMEOUT_SECONDS,
     )
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+PLUGIN_SOURCE = REPO_ROOT / "tests" / "engine" / "vllm_cpu_fix"
+# Set to 1 to serve with vLLM-CPU's own (faulty) sampler, e.g. to reproduce docs/model-family.md's stock figures.
+STOCK_SAMPLER_ENV = "SPEC_SIDECAR_VLLM_STOCK_SAMPLER"
+
+
+@functools.cache
+def vllm_test_plugins() -> Path:
+    """A directory to put on the engine's PYTHONPATH: the test-only vLLM plugin in tests/engine/vllm_cpu_fix,
+    installed by the vLLM venv's pip once per version of its source (the key hashes its files). The shared vLLM
+    venv itself stays untouched, so the fix applies exactly where this harness starts an engine."""
+    digest = hashlib.sha256()
+    for path in sorted(PLUGIN_SOURCE.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    target = cache_root() / f"vllm-test-plugins-{digest.hexdigest()[:16]}"
+    if target.is_dir():
+        return target
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".vllm-test-plugins-") as scratch:
+        # A copy, because building in place would leave build/ and *.egg-info in the checkout.
+        source = shutil.copytree(PLUGIN_SOURCE, Path(scratch) / "source")
+        staged = Path(scratch) / "installed"
+        subprocess.run(
+            [str(vllm_python()), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+             "--disable-pip-version-check", "--target", str(staged), str(source)],
+            check=True, capture_output=True, text=True, timeout=MODEL_TIMEOUT_SECONDS,
+        )  # fmt: skip
+        # Renamed into place only when complete; another process that got there first wins, which is fine.
+        with contextlib.suppress(OSError):
+            staged.rename(target)
+    return target
