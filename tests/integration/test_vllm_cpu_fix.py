@@ -47,7 +47,12 @@ def expanded(with_plugin: bool) -> dict[str, Any]:
     if with_plugin:
         env["PYTHONPATH"] = str(vllm_test_plugins())
     done = subprocess.run(
-        [str(vllm_python()), "-c", EXPAND_THREE_REQUESTS], capture_output=True, text=True, env=env, timeout=300, check=False
+        [str(vllm_python()), "-c", EXPAND_THREE_REQUESTS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
