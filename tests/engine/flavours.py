@@ -40,8 +40,12 @@ def _spec_json(config: dict[str, Any]) -> str:
     return json.dumps(config, separators=(",", ":"), sort_keys=True)
 
 
-def _draft_flavour(models: Path, draft: str, num_speculative_tokens: int, per_request_metrics: bool) -> Flavour:
+def _draft_flavour(
+    models: Path, draft: str, num_speculative_tokens: int, per_request_metrics: bool, draft_sample_method: str | None
+) -> Flavour:
     config = {"method": "draft_model", "model": str(models / draft), "num_speculative_tokens": num_speculative_tokens}
+    if draft_sample_method is not None:  # vLLM's default is "greedy": the draft's top token, taken as certain
+        config["draft_sample_method"] = draft_sample_method
     extra = PER_REQUEST_METRICS if per_request_metrics else ()
     return Flavour(f"draft-model:{draft}", models / "target", _spec_json(config), extra)
 
@@ -51,14 +55,17 @@ def draft_model_flavour(
     num_speculative_tokens: int = 4,
     per_request_metrics: bool = True,
     family: Path | None = None,
+    draft_sample_method: str | None = None,
 ) -> Flavour:
-    """The family's target with one of its drafts (FAMILY_DRAFTS); `family` picks another trained family."""
-    return _draft_flavour(family or model_family(), draft, num_speculative_tokens, per_request_metrics)
+    """The family's target with one of its drafts (FAMILY_DRAFTS, or "target" for the target drafting for
+    itself); `family` picks another trained family."""
+    models = family or model_family()
+    return _draft_flavour(models, draft, num_speculative_tokens, per_request_metrics, draft_sample_method)
 
 
 def noisy_copy_flavour(draft: str = NOISY_DRAFT, per_request_metrics: bool = True) -> Flavour:
     """The old tiny target with a noisy copy of itself as draft (scripts/make_tiny_models.py)."""
-    return _draft_flavour(tiny_models(), draft, 4, per_request_metrics)
+    return _draft_flavour(tiny_models(), draft, 4, per_request_metrics, None)
 
 
 def ngram_flavour(per_request_metrics: bool = False, family: Path | None = None) -> Flavour:
