@@ -145,7 +145,7 @@ def test_sampled_requests_still_get_drafts_accepted(acceptance_curves: dict[str,
     # plugin of tests/engine/vllm_cpu_fix restores vLLM's rule, under which 0.4 and 1.0 keep a few in a hundred.
     for draft, (_greedy, warm, hot) in acceptance_curves.items():
         assert warm > 0.1, (draft, acceptance_curves)
-        assert hot > 0.015, (draft, acceptance_curves)
+        assert hot > 0.01, (draft, acceptance_curves)
 
 
 def test_the_larger_family_draft_accepts_more_than_the_smaller_one_at_temperature_zero(
