@@ -3,7 +3,7 @@
 What the sidecar exports for a window must be what the engine itself says about the same requests: vLLM returns
 per-request `metrics.speculative_decoding` (started with --per-request-spec-decode-metrics summary), and their sums
 over a workload are the ground truth the exported window is compared with. Low temperature then high temperature
-must flip the verdict. This test serves the old noisy-copy pair (acceptance about 0.98 at temperature 0, 0.02 at
+must flip the verdict. This test serves the old noisy-copy pair (acceptance about 0.98 at temperature 0, low at
 1.0), not the trained family: the family's greedy acceptance sits near the 0.5 threshold (docs/model-family.md),
 so "keep or borderline at 0" would hang on sampling noise.
 """

@@ -2,7 +2,7 @@
 
 All serve the trained model family (scripts/make_model_family.py, docs/model-family.md), whose acceptance falls
 gradually with temperature like a real pair's. `noisy_copy_flavour` serves the old tiny target with a noisy copy
-of itself as draft, for tests that need its extremes (acceptance near 1 at temperature 0 and near 0 above it).
+of itself as draft, for tests that need its extremes (acceptance near 1 at temperature 0, low at 1.0).
 """
 
 from __future__ import annotations
