@@ -191,6 +191,27 @@ def _pays() -> list[PanelBuilder]:
         )
         .height(8)
         .span(12),
+        graph(
+            "Speculative tokens: running k and the right-sized K",
+            "k the engine runs with, and the K (1..k) with the highest expected speedup L(K) / (1 + K·c) from"
+            " per-position acceptance, with the range of K not distinguishable from it (dashed). A range wholly"
+            " below k means fewer speculative tokens would pay better; c's source is the 'source' label (unknown:"
+            " drafts taken as free, so K never drops).",
+            query(f"specdecode_num_speculative_tokens{{{MODEL}}}", "running k {{pod}} {{model_name}}"),
+            query(
+                f"specdecode_recommended_num_speculative_tokens{{{MODEL}}}",
+                "recommended K {{pod}} {{model_name}} ({{source}})",
+                "B",
+            ),
+            query(f"specdecode_recommended_num_speculative_tokens_low{{{MODEL}}}", "range low {{pod}}", "C"),
+            query(f"specdecode_recommended_num_speculative_tokens_high{{{MODEL}}}", "range high {{pod}}", "D"),
+        )
+        .unit("short")
+        .min(0)
+        .decimals(0)
+        .with_override(*dashed("^range.*"))
+        .height(8)
+        .span(12),
     ]
 
 

@@ -15,6 +15,7 @@ from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.figures import count, fixed
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.report import BucketSummary, threshold_in_force
+from sidecar.core.right_size_k import for_model
 from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
@@ -94,6 +95,9 @@ def _summary_table(m: ModelStats, measured: MeasuredSpeedup | None, threshold: f
     )
     if note is not None:
         table.add_row("why", plain(note))
+    size = for_model(m, measured)
+    if size is not None:
+        table.add_row("right-sized K", plain(size.words))
     table.add_row(
         "window drafts / draft / accepted",
         f"{count(m.drafts)} / {count(m.draft_tokens)} / {count(m.accepted_tokens)}",

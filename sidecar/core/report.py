@@ -15,6 +15,7 @@ from typing import Any
 from sidecar.core.advice import Advice, advice_json
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.measured_speedup import MeasuredSpeedup, band_label
+from sidecar.core.right_size_k import for_model, right_size_json
 from sidecar.core.speedup_words import caveat
 from sidecar.core.stats import ModelStats, Stats
 
@@ -119,6 +120,8 @@ def _model_json(m: ModelStats, measured: MeasuredSpeedup | None = None, threshol
         # Why a modelled speedup above 1 sits beside an acceptance below the threshold (null when it does not).
         "expected_speedup_note": note,
         "measured_speedup": measured_json(measured),
+        # The K (1..k) with the highest expected speedup, its plausible range and c's source (null when unknown).
+        "right_size_k": right_size_json(for_model(m, measured)),
         "latency_seconds": {
             metric: {k: _finite(v) for k, v in q.as_dict().items()}
             if (q := m.latency.get(metric))

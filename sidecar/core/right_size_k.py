@@ -23,9 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.stats import ModelStats
 
 Z95 = 1.96
 # A reduced K must beat 1 by this much at the low end of its interval before it replaces a disable.
@@ -216,3 +218,39 @@ def _option(rates: Sequence[float], k: int, best: int, c: float, drafts: float) 
         versus_best_low=diff - Z95 * diff_se,
         versus_best_high=diff + Z95 * diff_se,
     )
+
+
+def for_model(m: ModelStats, measured: MeasuredSpeedup | None = None) -> RightSize | None:
+    """The window's recommendation for one model (None with speculation off, or no per-position counters)."""
+    if not m.speculation:
+        return None
+    cost, interval = draft_cost_for(m.draft_cost, measured)
+    return right_size(m.position_acceptance, m.drafts, cost, cost_interval=interval)
+
+
+def right_size_json(size: RightSize | None) -> dict[str, Any] | None:
+    """``report --json`` / ``/api/report``: the recommendation, its bounds and each K's expected speedup."""
+    if size is None:
+        return None
+    return {
+        "current": size.current_k,
+        "recommended": size.recommended_k,
+        "low": size.low,
+        "high": size.high,
+        "distinguishable": size.distinguishable,
+        "expected_speedup": size.recommended.speedup,
+        "expected_speedup_at_current": size.current.speedup,
+        "draft_cost": {"ratio": size.cost.ratio, "source": str(size.cost.source), "basis": size.cost.basis},
+        "per_k": [
+            {
+                "k": o.k,
+                "mean_acceptance_length": o.mean_acceptance_length,
+                "acceptance_ratio": o.acceptance_ratio,
+                "expected_speedup": o.speedup,
+                "interval": [o.speedup_low, o.speedup_high],
+                "plausible": o.plausible,
+            }
+            for o in size.options
+        ],
+        "words": size.words,
+    }

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidecar.core import right_size_k
 from sidecar.core.baseline import divergence
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.stats import ModelStats
@@ -157,6 +158,7 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View, measured: MeasuredFor) 
         m.draft_cost.ratio,
     )
     _measured_gauges(g, m.model_name, measured(m.model_name))
+    _right_size_gauges(g, m, measured(m.model_name))
     g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
     g.add(
         "specdecode_generation_tokens_per_second",
@@ -205,6 +207,40 @@ def _measured_gauges(g: _Gauges, model: str, measured: MeasuredSpeedup | None) -
             {**labels, "speculation": state},
             float(count),
         )
+
+
+def _right_size_gauges(g: _Gauges, m: ModelStats, measured: MeasuredSpeedup | None) -> None:
+    """The K with the highest expected speedup and its plausible range (sidecar.core.right_size_k); absent
+    with speculation off or without per-position counters."""
+    size = right_size_k.for_model(m, measured)
+    if size is None:
+        return
+    labels = {"model_name": m.model_name, "source": str(size.cost.source)}
+    g.add(
+        "specdecode_recommended_num_speculative_tokens",
+        "K (1..current k) with the highest expected speedup L(K) / (1 + K*c) from per-position acceptance; "
+        "source: where c comes from.",
+        labels,
+        float(size.recommended_k),
+    )
+    g.add(
+        "specdecode_recommended_num_speculative_tokens_low",
+        "Smallest K not distinguishable (95 %) from the recommended one.",
+        labels,
+        float(size.low),
+    )
+    g.add(
+        "specdecode_recommended_num_speculative_tokens_high",
+        "Largest K not distinguishable (95 %) from the recommended one.",
+        labels,
+        float(size.high),
+    )
+    g.add(
+        "specdecode_recommended_expected_speedup",
+        "Expected speedup L(K) / (1 + K*c) at the recommended K.",
+        labels,
+        size.recommended.speedup,
+    )
 
 
 def _latency_gauges(g: _Gauges, m: ModelStats, view: View) -> None:

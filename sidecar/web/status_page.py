@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from sidecar.core import right_size_k
 from sidecar.core.advice import Advice, Status
 from sidecar.core.figures import count, fixed, percent
 from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
@@ -203,7 +204,7 @@ def _speedup_rows(
 ) -> tuple[tuple[str, str], ...]:
     """Modelled speedup with its footing, measured speedup and break-even, and why a gain sits beside a disable."""
     in_force = measured.policy_threshold if measured is not None else None
-    rows = (
+    rows: tuple[tuple[str, str], ...] = (
         ("expected speedup", expected_words(m.expected_speedup, m.draft_cost)),
         ("measured speedup", measured_words(measured, samples)),
         ("measured break-even", breakeven_words(measured)),
@@ -213,6 +214,9 @@ def _speedup_rows(
             f"{in_force:.2f} (measured)" if in_force is not None else f"{threshold:.2f} (--threshold)",
         ),
     )
+    size = right_size_k.for_model(m, measured)
+    if size is not None:
+        rows = (*rows, ("right-sized K", size.words))
     why = caveat(m.expected_speedup, m.acceptance_ratio, in_force or threshold, m.draft_cost, measured)
     return (*rows, ("why", why)) if why is not None else rows
 

@@ -230,3 +230,11 @@ def test_variables_for_namespace_pod_and_model_narrow_every_query() -> None:
         for expr in _exprs(panel):
             assert 'namespace=~"$namespace"' in expr and 'pod=~"$pod"' in expr, (panel["title"], expr)
         assert panel["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_right_sized_k_is_drawn_against_the_running_k_with_its_range() -> None:
+    panel = _panel_using(_committed()["spec-sidecar.json"], "specdecode_recommended_num_speculative_tokens")
+    exprs = _exprs(panel)
+    assert any(e.startswith("specdecode_num_speculative_tokens{") for e in exprs)
+    assert any("specdecode_recommended_num_speculative_tokens_low" in e for e in exprs)
+    assert any("specdecode_recommended_num_speculative_tokens_high" in e for e in exprs)

@@ -218,3 +218,36 @@ def test_untrusted_names_are_printed_as_text_never_read_as_markup_or_terminal_co
     shown = HOSTILE.replace("\x1b", "\\x1b").replace("\x07", "\\x07")
     assert human.stdout.count(shown) >= 3  # the report's panel, the bucket table, the advice panel
     assert "[1,+Inf)[/]" in human.stdout
+
+
+def test_report_recommends_the_k_with_the_highest_expected_speedup_and_says_where_c_comes_from(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "now.txt"
+    # α̂ = 0.5 at k = 5 (positions 0.5, 0.25, ...), a draft model of c = 0.16: K = 2 pays best (docs/math.md).
+    source.write_text(
+        vllm_payload(drafts=4000, draft_tokens=20000, accepted=3875, per_position=(2000, 1000, 500, 250, 125))
+    )
+    (model,) = report_json("--draft-cost-ratio", "0.16", str(source))["models"]
+    size = model["right_size_k"]
+    assert size["current"] == 5
+    assert size["recommended"] == 2
+    assert size["low"] <= 2 <= size["high"] < 5
+    assert size["distinguishable"] is True
+    assert size["draft_cost"]["source"] == "configured"
+    assert size["expected_speedup"] > size["expected_speedup_at_current"]
+    assert [row["k"] for row in size["per_k"]] == [1, 2, 3, 4, 5]
+    text = report("--draft-cost-ratio", "0.16", str(source))
+    assert text.returncode == 0, text.stderr
+    assert "right-sized K" in text.stdout and "K = 2 would give" in " ".join(text.stdout.split())
+    # Without a c, drafts are taken as free: no smaller K is recommended, and the report says how to set one.
+    (unknown,) = report_json(str(source))["models"]
+    assert unknown["right_size_k"]["recommended"] == 5
+    assert "--draft-cost-ratio" in unknown["right_size_k"]["words"]
+
+
+def test_with_speculation_off_there_is_no_k_to_right_size(tmp_path: Path) -> None:
+    source = tmp_path / "off.txt"
+    source.write_text(vllm_payload())
+    (model,) = report_json(str(source))["models"]
+    assert model["right_size_k"] is None

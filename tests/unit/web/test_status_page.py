@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.control.loop import DecisionRecord
 from sidecar.core.advice import AdviceConfig, advise
+from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.request_acceptance import SpecCounts
 from sidecar.core.verdict import Thresholds
 from sidecar.scrape.monitor import TrendPoint
@@ -185,3 +186,12 @@ def test_chart_spans_what_the_sidecar_has_seen_up_to_an_hour() -> None:
     old = (TrendPoint(NOW - 7200, "tiny", 0.5, 3.0, "keep"), TrendPoint(NOW, "tiny", 0.5, 3.0, "keep"))
     labels = [t.text for t in ET.fromstring(acceptance_chart(old, Thresholds(), NOW)).iter(f"{SVG}text")]
     assert "-60 min" in labels and "-120 min" not in labels
+
+
+def test_the_right_sized_k_is_shown_with_where_its_cost_comes_from() -> None:
+    cost = DraftCost(0.16, CostSource.ASSUMED, "a draft model")
+    m = model(model_name="tiny", position_acceptance=(0.5, 0.25, 0.125, 0.0625), drafts=5000.0, draft_cost=cost)
+    text = " ".join(" ".join(parse(render_status(page(models=(m,)))).text).split())
+    assert "right-sized K" in text
+    assert "K = 2 would give expected speedup 1.33" in text
+    assert "c = 0.16, assumed" in text
