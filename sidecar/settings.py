@@ -324,6 +324,16 @@ class DecisionSettings(_Section):
             "time (the chart's progressDeadlineSeconds, 1800, by default). 0 never reverts."
         ),
     )
+    reduce_k: bool = Field(
+        False,
+        description=(
+            "Before turning speculation off, lower num_speculative_tokens in the speculative config when the first "
+            "draft positions still pay on their own (their acceptance clears the threshold + --hysteresis and the "
+            "expected speedup at that K is above 1.05 at the low end of its interval). Same guards, record, Event, "
+            "cooldown and flap budget as a disable, once per record; 'enable' restores the original K byte for "
+            "byte (docs/policy.md)."
+        ),
+    )
 
 
 class TargetSettings(_Section):

@@ -21,6 +21,7 @@ from sidecar.control.loop import (
     Breakeven,
     ControlCollector,
     Controller,
+    Measured,
     SpeculationSink,
     SpeedFor,
     SpeedRestore,
@@ -77,6 +78,7 @@ def build_sidecar(settings: Settings) -> Sidecar:
         settings,
         fleet.baseline_ratios if fleet else lambda model: _baseline(monitor, model),
         breakeven_for=fleet.breakeven if fleet else lambda model: _breakeven(monitor, model),
+        measured_for=fleet.measured if fleet else lambda model: _measured(monitor, model),
         # --speculative-config, when given, says what the engine runs; otherwise the target's args do.
         speculation_sink=None
         if settings.speculative_config
@@ -99,6 +101,10 @@ def build_sidecar(settings: Settings) -> Sidecar:
 def _breakeven(monitor: Monitor, model: str) -> float | None:
     measured = monitor.view_measured(model)
     return measured.policy_threshold if measured is not None else None
+
+
+def _measured(monitor: Monitor, model: str) -> MeasuredSpeedup | None:
+    return monitor.view.measured(model)  # the view is replaced at every scrape: read it when asked
 
 
 def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
@@ -145,6 +151,7 @@ def policy_config(settings: Settings) -> PolicyConfig:
         divergence_factor=settings.divergence_factor,
         trial=trial,
         dry_run=settings.dry_run,
+        reduce_k=settings.reduce_k,
     )
 
 
@@ -208,6 +215,7 @@ def build_controller(
     baseline_for: Baseline | None = None,
     *,
     breakeven_for: Breakeven | None = None,
+    measured_for: Measured | None = None,
     speculation_sink: SpeculationSink | None = None,
     speed_for: SpeedFor | None = None,
     speed_restore: SpeedRestore | None = None,
@@ -221,6 +229,7 @@ def build_controller(
         target.leadership,
         baseline_for=baseline_for,
         breakeven_for=breakeven_for,
+        measured_for=measured_for,
         speculation_sink=speculation_sink,
         speed_for=speed_for,
         speed_restore=speed_restore,

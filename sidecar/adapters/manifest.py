@@ -44,6 +44,7 @@ from sidecar.core.actuator import (
     plan,
     plan_record,
     plan_redaction,
+    plan_reduce_k,
     toggle_log_line,
     view_of,
     wall_clock,
@@ -104,6 +105,13 @@ class ManifestActuator:
     def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:
         return self._write(
             str(Action.ENABLE), reason, lambda v: plan(v, Action.ENABLE, reason, decision, self.clock(), force=force)
+        )
+
+    def reduce_k(self, k: int | None, reason: str, decision: Decision | None = None) -> ActResult:
+        return self._write(
+            str(Action.REDUCE_K),
+            reason,
+            lambda v: plan_reduce_k(v, k, reason, decision, self.clock(), secret_flags=self.secret_flags),
         )
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:

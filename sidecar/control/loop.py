@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from sidecar.core import cost_prior, rollout_watch
 from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView, needs_redaction
 from sidecar.core.cost_prior import SpeculativeSettings
+from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.policy import (
     Action,
     Decision,
@@ -45,6 +46,8 @@ STATES = ("on", "off", "tripping", "cooldown", "trial", "rollout", "latched", "p
 Baseline = Callable[[str], Mapping[str, float | None]]
 # The measured break-even in force for a model (MeasuredSpeedup.policy_threshold), None while not established.
 Breakeven = Callable[[str], float | None]
+# The speedup measured for a model (its effective c sizes K for reduce-k), None before any matched load band.
+Measured = Callable[[str], MeasuredSpeedup | None]
 # Told the speculative settings and target model the target's args name, whenever they change.
 SpeculationSink = Callable[[SpeculativeSettings | None, str | None], None]
 # The TPOT windows to keep on the target with a toggle (measured_speedup.encode), and where to hand back those a
@@ -74,6 +77,7 @@ class Controller:
         model: str | None = None,
         baseline_for: Baseline | None = None,
         breakeven_for: Breakeven | None = None,
+        measured_for: Measured | None = None,
         speculation_sink: SpeculationSink | None = None,
         speed_for: SpeedFor | None = None,
         speed_restore: SpeedRestore | None = None,
@@ -88,6 +92,7 @@ class Controller:
         self.actuator, self.config, self.leadership, self.model = actuator, config, leadership, model
         self.baseline_for, self.read_every, self.renew_every, self.clock = baseline_for, read_every, renew_every, clock
         self.breakeven_for, self.speculation_sink = breakeven_for, speculation_sink
+        self.measured_for = measured_for
         self._told: tuple[SpeculativeSettings | None, str | None] | None = None
         self.speed_for, self.speed_restore = speed_for, speed_restore
         self._restored = False
@@ -101,7 +106,10 @@ class Controller:
         # toggle from increase() and changes() (the dashboard and alerts missed it on a real Prometheus).
         mode = "dry_run" if config.dry_run else "auto"
         self.toggle_counts: Counter[tuple[str, str]] = Counter(
-            {(str(a), mode): 0 for a in (Action.DISABLE, Action.ENABLE)}
+            {
+                (str(a), mode): 0
+                for a in (Action.DISABLE, Action.ENABLE, *((Action.REDUCE_K,) if config.reduce_k else ()))
+            }
         )
         self.errors: Counter[str] = Counter()
         self._read_at: float | None = None
@@ -132,9 +140,15 @@ class Controller:
         model = self._pick(stats)
         baseline = self.baseline_for(model.model_name) if model is not None and self.baseline_for else None
         breakeven = self.breakeven_for(model.model_name) if model is not None and self.breakeven_for else None
+        measured = self.measured_for(model.model_name) if model is not None and self.measured_for else None
         window = stats.window_seconds if stats is not None else None
         observation = observation_from_stats(
-            model, engine_up=engine_up, window_seconds=window, baseline=baseline, measured_threshold=breakeven
+            model,
+            engine_up=engine_up,
+            window_seconds=window,
+            baseline=baseline,
+            measured_threshold=breakeven,
+            measured=measured,
         )
         decision = decide(observation, state, self.config, now)
         self.last = decision
@@ -274,6 +288,8 @@ class Controller:
             return self.actuator.disable(reason, decision)
         if decision.action is Action.ENABLE:
             return self.actuator.enable(reason, decision)
+        if decision.action is Action.REDUCE_K:
+            return self.actuator.reduce_k(decision.k, reason, decision)
         return self.actuator.write_record(decision.state.record, str(decision.action), decision)  # latch, record
 
     def _after(self, decision: Decision, before: PolicyState, result: ActResult, now: float) -> None:

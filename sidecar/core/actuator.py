@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
-from sidecar.core import rollout_watch, specargs, vllm_versions
+from sidecar.core import rollout_watch, spec_tokens, specargs, vllm_versions
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision
 from sidecar.core.rollout_watch import RolloutWatch
@@ -49,6 +49,7 @@ class Outcome(StrEnum):
     NOT_RESTORABLE = "not_restorable"  # no removal record, the args changed since, or the engine would refuse them
     NOT_REMOVABLE = "not_removable"  # the engine speculates, but no flag in the args turns it on
     ENGINE_WOULD_REFUSE = "engine_would_refuse"  # the new speculative config has keys the engine's version rejects
+    NOT_REWRITABLE = "not_rewritable"  # reduce-k: no num_speculative_tokens in the args, or K lowered already
     DRY_RUN = "dry_run"
     ERROR = "error"  # the write failed and was not done (reason in detail; counted by the adapter)
 
@@ -97,6 +98,10 @@ class Actuator(Protocol):
 
     def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:
         """Restore exactly what the last disable removed; ``force``: even into args edited since."""
+        ...
+
+    def reduce_k(self, k: int | None, reason: str, decision: Decision | None = None) -> ActResult:
+        """Lower num_speculative_tokens to ``k`` (the decision's when given); ``enable`` restores the original."""
         ...
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
@@ -157,6 +162,8 @@ def plan(
 ) -> Plan | ActResult:
     """What to write for ``action`` on ``view``, or why nothing should be written. The values of
     ``secret_flags`` never reach the record (see :mod:`sidecar.core.specargs`)."""
+    if action is Action.ENABLE and view.speculation and view.record.reduced is not None and decision is None:
+        return _plan_restore_k(view, reason, now, force=force)
     refused = _refusal(view, action, decision)
     if refused is not None:
         return refused
@@ -175,7 +182,78 @@ def plan(
     if refused is not None:
         return refused
     restored = specargs.find(command, args)
+    if view.record.reduced is not None and decision is None:  # a human: back to the K before the sidecar lowered it
+        try:
+            command, args = spec_tokens.restore(command, args, view.record.reduced, strict=not force)
+            record = replace(record, reduced=None)
+        except specargs.RestoreConflictError:
+            pass  # speculation comes back at the lowered K; the record keeps the original for a later enable
     return Plan(command, args, replace(record, removed=None), describe(restored))
+
+
+# --- reduce-k: a smaller num_speculative_tokens, with the same guards and record as a toggle ------------------
+
+
+def plan_reduce_k(
+    view: TargetView,
+    k: int | None,
+    reason: str,
+    decision: Decision | None,
+    now: float,
+    *,
+    secret_flags: Sequence[str] = specargs.DEFAULT_SECRET_FLAGS,
+) -> Plan | ActResult:
+    """What to write to lower num_speculative_tokens to ``k`` (the decision's, when there is one), or why not.
+
+    Guarded as a disable is (the decision's record, a pin, a latch, a rollout in progress). The rewrite record
+    goes to ``spec-sidecar.io/reduced-k``; ``enable`` by a human puts the original back byte for byte.
+    """
+    name = str(Action.REDUCE_K)
+    k = decision.k if decision is not None else k
+    if k is None:
+        return ActResult(Outcome.ERROR, name, "no number of speculative tokens to write", view)
+    if not view.speculation:
+        return ActResult(Outcome.UNCHANGED, name, "speculation is off: there is no K to lower", view)
+    if decision is not None:
+        refused = check_decision(view, Action.REDUCE_K, decision)
+        if refused is not None:
+            return refused
+    elif view.record.pin == "on":
+        return ActResult(Outcome.PINNED, name, "pinned on: remove the pin first", view)
+    if view.record.reduced is not None:
+        detail = "K was lowered already: restore it with enable before lowering it again"
+        return ActResult(Outcome.NOT_REWRITABLE, name, detail, view)
+    current = spec_tokens.current_k(view.command, view.args)
+    if current is not None and current <= k:
+        return ActResult(Outcome.UNCHANGED, name, f"num_speculative_tokens is {current}, not above {k}", view)
+    try:
+        done = spec_tokens.rewrite(view.command, view.args, k, secret_flags=secret_flags)
+    except spec_tokens.NotRewritableError as exc:
+        return ActResult(Outcome.NOT_REWRITABLE, name, str(exc), view)
+    if decision is not None:
+        record = decision.state.record
+    else:
+        record = view.record.toggled(now, name, By.MANUAL, reason, view.record.removed)
+        record = replace(record, latched=None, trial_attempts=0, next_trial_at=None)
+    return Plan(done.command, done.args, replace(record, reduced=done.record), done.changed)
+
+
+def _plan_restore_k(view: TargetView, reason: str, now: float, *, force: bool) -> Plan | ActResult:
+    """``enable`` by a human while speculation runs at a lowered K: the original num_speculative_tokens back."""
+    name = str(Action.ENABLE)
+    pin = view.record.pin
+    if pin == "off":
+        return ActResult(Outcome.PINNED, name, "pinned off: remove the pin first", view)
+    assert view.record.reduced is not None
+    try:
+        command, args = spec_tokens.restore(view.command, view.args, view.record.reduced, strict=not force)
+    except specargs.RestoreConflictError as exc:
+        return ActResult(Outcome.NOT_RESTORABLE, name, f"{exc}; restore by hand or force", view)
+    record = _next_record(view.record, Action.ENABLE, reason, None, now)
+    changed = tuple(
+        " ".join(f.text) for f in specargs.find(command, args) if f not in set(specargs.find(view.command, view.args))
+    )
+    return Plan(command, args, replace(record, reduced=None), changed)
 
 
 def _engine_would_refuse(
@@ -326,7 +404,7 @@ def toggle_log_line(action: str, reason: str, target: str, planned: Plan, **extr
     """The one structured (JSON) log line of a write to a target, the same for every actuator."""
     return json.dumps(
         {
-            "event": "speculation_toggle" if action in ("disable", "enable") else "control_record",
+            "event": "speculation_toggle" if action in ("disable", "enable", "reduce-k") else "control_record",
             "action": action,
             "reason": reason,
             "target": target,

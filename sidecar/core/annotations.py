@@ -30,7 +30,11 @@ TRIAL = PREFIX + "trial"
 # Recent TPOT windows with speculation on and off (sidecar.core.measured_speedup.encode): the pod, and the
 # sidecar with it, restarts at every toggle, so the measured speedup would otherwise never see both states.
 SPEED = PREFIX + "speed"
-KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL, SPEED)
+# The record of a lowered num_speculative_tokens (sidecar.core.spec_tokens), to put the original back byte for byte.
+REDUCED_K = PREFIX + "reduced-k"
+KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL, SPEED, REDUCED_K)
+# What a history entry may say: the two toggles, and a lowered number of speculative tokens (speculation stays on).
+ACTIONS = ("disable", "enable", "reduce-k")
 
 # Enough for any flap budget we would configure; keeps the annotation small (the limit is 256 KiB in total).
 MAX_HISTORY = 32
@@ -44,7 +48,7 @@ class By(StrEnum):
 @dataclass(frozen=True)
 class Toggle:
     at: float
-    action: str  # "disable" | "enable"
+    action: str  # "disable" | "enable" | "reduce-k"
     by: By
     reason: str
 
@@ -62,6 +66,7 @@ class ControlRecord:
     trial_attempts: int = 0
     next_trial_at: float | None = None
     speed: str | None = None  # TPOT windows for the measured speedup, as written with the last toggle (opaque here)
+    reduced: Mapping[str, Any] | None = None  # spec_tokens rewrite record: the original K, to restore byte for byte
 
     def toggled(self, now: float, action: str, by: By, reason: str, removed: Mapping[str, Any] | None) -> ControlRecord:
         """The record after a toggle: state, reason, time, author, removed args, one more history entry."""
@@ -116,6 +121,7 @@ def to_annotations(record: ControlRecord) -> dict[str, str | None]:
         LATCHED: record.latched,
         TRIAL: trial,
         SPEED: record.speed,
+        REDUCED_K: json.dumps(record.reduced, separators=(",", ":")) if record.reduced is not None else None,
     }
 
 
@@ -128,6 +134,7 @@ def from_annotations(annotations: Mapping[str, str] | None) -> ControlRecord:
     trial = _json(a.get(TRIAL))
     trial = trial if isinstance(trial, dict) else {}
     removed = _json(a.get(REMOVED_ARGS))
+    reduced = _json(a.get(REDUCED_K))
     return ControlRecord(
         state=_choice(a.get(STATE), ("on", "off")),
         reason=a.get(REASON) or None,
@@ -140,6 +147,7 @@ def from_annotations(annotations: Mapping[str, str] | None) -> ControlRecord:
         trial_attempts=_int(trial.get("attempts")),
         next_trial_at=parse_timestamp(str(trial["next_at"])) if trial.get("next_at") else None,
         speed=a.get(SPEED) or None,
+        reduced=reduced if isinstance(reduced, dict) else None,
     )
 
 
@@ -177,7 +185,7 @@ def _history(raw: Any) -> tuple[Toggle, ...]:
             continue
         at = parse_timestamp(str(item.get("at", "")))
         by = _by(item.get("by"))
-        if at is None or by is None or item.get("action") not in ("disable", "enable"):
+        if at is None or by is None or item.get("action") not in ACTIONS:
             continue
         out.append(Toggle(at, str(item["action"]), by, str(item.get("reason", ""))))
     return tuple(out[-MAX_HISTORY:])

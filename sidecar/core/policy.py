@@ -12,7 +12,9 @@ Order of precedence, first match wins:
      no flag in its args is judged as on; the disable it may ask for is refused by the actuator);
   5. speculation on: judge the window (enough evidence? each enabled rule), count consecutive failing
      windows, and disable after ``trip_windows``, unless inside the cooldown, the grace after a manual enable,
-     or the flap budget says latch instead. During a timed trial, the window must clear threshold +
+     or the flap budget says latch instead. With ``reduce_k``, a smaller num_speculative_tokens replaces the
+     disable when the first positions still pay on their own (sidecar.core.right_size_k), once per record.
+     During a timed trial, the window must clear threshold +
      hysteresis instead; a trial that passes asks for its pass to be recorded on the target (``RECORD``), so
      that a restarted sidecar does not judge it again at the trial's stricter bar.
 Every decision carries a :class:`Reason` (a Prometheus label value) and a sentence for people.
@@ -28,6 +30,8 @@ from enum import StrEnum
 
 from sidecar.core.annotations import By, ControlRecord, stored_time
 from sidecar.core.baseline import divergence
+from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.right_size_k import KOption, RightSize, for_model, reduce_instead_of_disable
 from sidecar.core.stats import ModelStats
 
 
@@ -37,6 +41,7 @@ class Action(StrEnum):
     ENABLE = "enable"
     LATCH = "latch"  # write the latch annotation only; args untouched
     RECORD = "record"  # write the control record only (a passed trial); args untouched, so no rollout
+    REDUCE_K = "reduce-k"  # lower num_speculative_tokens in the speculative config; speculation stays on
 
 
 class Reason(StrEnum):
@@ -118,6 +123,9 @@ class PolicyConfig:
     divergence_factor: float | None = None  # also fail windows with P99/P50 > factor × baseline
     divergence_metrics: tuple[str, ...] = ("tpot", "e2e")
     trial: TrialConfig | None = None  # timed re-enable; off by default
+    # Lower num_speculative_tokens instead of disabling when the first positions still pay (docs/policy.md,
+    # 'Reduce K before disable'); opt-in, since it rewrites the engine's speculative config.
+    reduce_k: bool = False
     dry_run: bool = False
 
 
@@ -141,6 +149,8 @@ class Observation:
     invalid: str | None = None  # why the window's numbers cannot be true (sidecar.core.validity); None: valid
     # The break-even acceptance ratio measured from latency, once established (MeasuredSpeedup.policy_threshold).
     measured_threshold: float | None = None
+    # The K with the best expected speedup and the expected speedup of every smaller K (right_size_k).
+    right_size: RightSize | None = None
 
 
 def observation_from_stats(
@@ -150,6 +160,7 @@ def observation_from_stats(
     window_seconds: float | None,
     baseline: Mapping[str, float | None] | None = None,
     measured_threshold: float | None = None,
+    measured: MeasuredSpeedup | None = None,
 ) -> Observation:
     if model is None:
         return Observation(engine_up=engine_up, speculation=False, window_seconds=window_seconds)
@@ -169,6 +180,7 @@ def observation_from_stats(
         verdict=str(model.verdict),
         invalid=model.invalid if model.invalid is None else f"{model.invalid}: {model.invalid_detail or ''}",
         measured_threshold=measured_threshold,
+        right_size=for_model(model, measured),
     )
 
 
@@ -200,10 +212,12 @@ class Decision:
     # The state to carry on when the write does not land (None: the state it was decided on). A passed trial
     # stays passed in memory while its record is retried, rather than being judged again from the next window.
     unapplied: PolicyState | None = None
+    k: int | None = None  # for REDUCE_K: the num_speculative_tokens to write
 
     @property
     def toggles(self) -> bool:
-        return self.action in (Action.DISABLE, Action.ENABLE)
+        """A write of the args that rolls the engine: counted by the flap budget and the toggle metrics."""
+        return self.action in (Action.DISABLE, Action.ENABLE, Action.REDUCE_K)
 
 
 def decide(observation: Observation, state: PolicyState, config: PolicyConfig, now: float) -> Decision:
@@ -282,6 +296,9 @@ class _Window:
     inconclusive: bool  # below the threshold, but within the noise of a window this size
     warming: bool = False  # ... or the noise is not known yet
     threshold: float = 0.5  # the acceptance ratio it was judged against (effective_threshold)
+    # With reduce_k, when failing: the smaller K that would still pay (None: off is the better move), and why.
+    reduce_to: KOption | None = None
+    reduce_words: str = ""
 
 
 def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: float) -> _Window | Decision:
@@ -311,12 +328,49 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
     counted = replace(state, last_window_at=now, recent=recent)
     if failing:
         tripped = replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0])
-        return _Window(tripped, keeps, False, threshold=threshold)
+        reduce_to, words = _smaller_k(obs, state, config, threshold, failing)
+        return _Window(tripped, keeps, False, threshold=threshold, reduce_to=reduce_to, reduce_words=words)
     if failing_rules(obs, config, threshold, margin=0.0):
         # Below the threshold, but within the noise (or the noise is not known yet): neither trips nor clears.
         return _Window(counted, keeps, True, warming, threshold)
     passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent), spread_count=len(recent))
     return _Window(passed, keeps, False, threshold=threshold)
+
+
+# The rules a smaller K can answer: too few accepted tokens for the drafts' cost. Not a latency tail.
+_REDUCIBLE = frozenset({Reason.LOW_ACCEPTANCE, Reason.BELOW_BREAKEVEN})
+
+
+def _smaller_k(
+    obs: Observation, state: PolicyState, config: PolicyConfig, threshold: float, failing: tuple[Reason, ...]
+) -> tuple[KOption | None, str]:
+    """With reduce_k: the smaller K to write instead of a disable, and in words why it is (or is not) chosen.
+
+    The bar is the threshold plus the trial's hysteresis, so the reduced K does not trip again on the same drafts.
+    One step only: once the record holds a lowered K, the next step down is off.
+    """
+    if not config.reduce_k:
+        return None, ""
+    size = obs.right_size
+    if state.record.reduced is not None:
+        return None, "K was lowered already (spec-sidecar.io/reduced-k): the next step is off"
+    if not set(failing) <= _REDUCIBLE:
+        return None, "the latency tail fails, which fewer drafts per step do not answer"
+    if size is None:
+        return None, "no per-position acceptance in this window to size K with"
+    bar = threshold + config.hysteresis
+    choice = reduce_instead_of_disable(size, bar)
+    if choice is None:
+        return None, (
+            f"no K below {size.current_k} reads acceptance >= {bar:.2f} with an expected speedup above "
+            f"1.05 at the low end of its interval ({size.cost.label})"
+        )
+    words = (
+        f"the first {choice.k} positions read acceptance {choice.acceptance_ratio:.2f} (>= {bar:.2f}) and an "
+        f"expected speedup of {choice.speedup:.2f} (95 % from {choice.speedup_low:.2f}; {size.cost.label}) "
+        f"against {size.current.speedup:.2f} at K = {size.current_k}"
+    )
+    return choice, words
 
 
 def effective_threshold(obs: Observation, config: PolicyConfig) -> float:
@@ -423,6 +477,14 @@ def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
     if held is not None:
         return held
     detail = f"{state.trip_reason} for {state.trip_count} consecutive windows"
+    if window.reduce_to is not None:
+        k = window.reduce_to.k
+        detail = f"{detail}; lowering num_speculative_tokens to {k} instead of turning speculation off: "
+        return _toggle(
+            state, config, now, Action.REDUCE_K, reason=state.trip_reason, detail=detail + window.reduce_words, k=k
+        )
+    if window.reduce_words:
+        detail = f"{detail}; off rather than a smaller K: {window.reduce_words}"
     return _toggle(state, config, now, Action.DISABLE, reason=state.trip_reason, detail=detail)
 
 
@@ -514,7 +576,14 @@ def _hold(state: PolicyState, reason: Reason, detail: str) -> Decision:
 
 
 def _toggle(
-    state: PolicyState, config: PolicyConfig, now: float, action: Action, *, reason: Reason, detail: str
+    state: PolicyState,
+    config: PolicyConfig,
+    now: float,
+    action: Action,
+    *,
+    reason: Reason,
+    detail: str,
+    k: int | None = None,
 ) -> Decision:
     record = state.record
     pinned = reason in (Reason.PINNED_ON, Reason.PINNED_OFF)
@@ -531,10 +600,10 @@ def _toggle(
         )
     toggled = record.toggled(now, str(action), By.SIDECAR, str(reason), record.removed)
     toggled = _schedule_trial(toggled, record, config, now, reason=reason) if action is Action.DISABLE else toggled
-    fresh = PolicyState(speculation=action is Action.ENABLE, rollout_complete=False, record=toggled)
+    fresh = PolicyState(speculation=action is not Action.DISABLE, rollout_complete=False, record=toggled)
     if config.dry_run:  # nothing changes; start counting afresh so a dry run reports each trip once
         fresh = replace(state, trip_count=0, trip_reason=None)
-    return Decision(action, reason, fresh, not config.dry_run, detail, prior=record)
+    return Decision(action, reason, fresh, not config.dry_run, detail, prior=record, k=k)
 
 
 def _schedule_trial(

@@ -38,6 +38,7 @@ from sidecar.core.actuator import (
     plan,
     plan_record,
     plan_redaction,
+    plan_reduce_k,
     toggle_log_line,
     view_of,
     wall_clock,
@@ -135,6 +136,14 @@ class KubeActuator:
 
     def enable(self, reason: str, decision: Decision | None = None, *, force: bool = False) -> ActResult:
         return self._toggle(Action.ENABLE, reason, decision, force=force)
+
+    def reduce_k(self, k: int | None, reason: str, decision: Decision | None = None) -> ActResult:
+        return self._write(
+            str(Action.REDUCE_K),
+            reason,
+            lambda view: plan_reduce_k(view, k, reason, decision, self.clock(), secret_flags=self.secret_flags),
+            automatic=decision is not None,
+        )
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
         return self._write(
@@ -300,6 +309,7 @@ class KubeActuator:
         kinds = {
             "disable": "SpeculationDisabled",
             "enable": "SpeculationEnabled",
+            "reduce-k": "SpeculativeTokensReduced",
             "latch": "SpeculationLatched",
             "record": "SpeculationTrialPassed" if reason == Reason.TRIAL_PASSED else "SpeculationControl",
             REDACT: "RemovalRecordRedacted",
