@@ -29,7 +29,12 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString, SingleQuotedScalarString
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    FoldedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
 
 from sidecar.core.actuator import (
     REDACT,
@@ -240,11 +245,11 @@ def _edit_list(container: CommentedMap, field: str, new: list[str] | None) -> No
 
 
 def _styled_like(previous: Any, text: str) -> Any:
-    """A replaced shell script keeps its block style (``|`` or ``>``)."""
-    if isinstance(previous, LiteralScalarString):
-        return LiteralScalarString(text)
-    if isinstance(previous, FoldedScalarString):
-        return FoldedScalarString(text)
+    """A replaced item keeps its style: a shell script its block style (``|`` or ``>``), a quoted arg its quotes
+    (reduce-k rewrites ``"5"`` in place, and the restore must write ``"5"`` again, not ``'5'``)."""
+    for style in (LiteralScalarString, FoldedScalarString, DoubleQuotedScalarString, SingleQuotedScalarString):
+        if isinstance(previous, style):
+            return style(text)
     return string_scalar(text)
 
 
