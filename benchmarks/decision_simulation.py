@@ -26,8 +26,15 @@ measurement is established; the policy then judges against that measured break-e
   detection delay        after a drop 0.70 -> c - 0.05 and c - 0.10
   fixed-rule disables    what the fixed threshold does to the same stationary traffic, where speculation pays
 
+And reduce-k against plain disable (``--reduce-k-only``): drafts of k = 5 with a per-position conditional
+acceptance profile, healthy and then dropping; the default policy and the same with ``--reduce-k`` run on the
+same traces (the same random numbers decide every draft token, whatever K is running). The engine follows each
+decision from the next window (a lowered K, or no speculation). Per window, the true expected speedup under the
+speedup model, L(K) / (1 + K·c) from the true profile (1 with speculation off); reported over the windows after
+the drop: the mean for each policy, the best fixed K in hindsight, and how much of the gain reduce-k keeps.
+
 Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--starts 1000] [--seed 7]
-     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--json]
+     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--reduce-k-only] [--json]
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sidecar.core import measured_speedup
 from sidecar.core.acceptance import iid_acceptance_ratio
+from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
+from sidecar.core.right_size_k import right_size
 from sidecar.settings import Settings
 from sidecar.wiring import policy_config
 
@@ -390,7 +399,7 @@ def cases(
                 yield model, p, n, draw
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one statement per option, mostly
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=200)
@@ -412,8 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tpot-noise", type=float, default=0.05, help="log-normal sd of a window's mean TPOT")
     parser.add_argument("--measured-volumes", default="1000", help="draft tokens per window, measured rows")
     parser.add_argument("--measured-only", action="store_true", help="only the measured break-even rows")
+    parser.add_argument("--reduce-k-only", action="store_true", help="only reduce-k against plain disable")
+    parser.add_argument("--drafts", type=int, default=200, help="drafts per window, reduce-k rows")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.reduce_k_only:
+        return print_reduce_k(args)
     models = dict(MODELS)
     if args.captured.exists():
         pools = load_captured(args.captured)
@@ -515,6 +528,165 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(markdown(report, list(configs)))
     return 0
+
+
+# --- reduce-k against plain disable ---------------------------------------------------------------------------
+
+K_MAX = 5
+
+
+@dataclass(frozen=True)
+class KScenario:
+    """A drop in acceptance: conditional acceptance per position before and after, the true c, and the c the
+    sidecar assumes (its prior; the same as the true one unless the row says otherwise)."""
+
+    name: str
+    before: tuple[float, ...]
+    after: tuple[float, ...]
+    cost: float
+    assumed: float | None = None
+
+    @property
+    def prior(self) -> DraftCost:
+        c = self.cost if self.assumed is None else self.assumed
+        return DraftCost(c, CostSource.ASSUMED, "the scenario's prior")
+
+
+K_SCENARIOS = (
+    KScenario("draft model, steep after position 0", (0.9, 0.85, 0.8, 0.8, 0.8), (0.8, 0.35, 0.3, 0.3, 0.3), 0.16),
+    KScenario("draft model, i.i.d. α 0.6", (0.9,) * 5, (0.6,) * 5, 0.16),
+    KScenario("EAGLE head, i.i.d. α 0.55", (0.9,) * 5, (0.55,) * 5, 0.05),
+    KScenario("n-gram, steep", (0.85,) * 5, (0.7, 0.3, 0.2, 0.2, 0.2), 0.0),
+    KScenario("draft model, i.i.d. α 0.3: no K clears 0.55", (0.9,) * 5, (0.3,) * 5, 0.16),
+    KScenario(
+        "steep, prior c 0.16 but true c 0.35", (0.9, 0.85, 0.8, 0.8, 0.8), (0.8, 0.35, 0.3, 0.3, 0.3), 0.35, 0.16
+    ),
+)
+
+
+def true_speedup(profile: tuple[float, ...], k: int, cost: float) -> float:
+    """L(K) / (1 + K·c) from the conditional acceptance per position (0 for speculation off: 1.0)."""
+    if k == 0:
+        return 1.0
+    rate, length = 1.0, 1.0
+    for q in profile[:k]:
+        rate *= q
+        length += rate
+    return length / (1 + k * cost)
+
+
+def k_window(profile: tuple[float, ...], k: int, uniforms: list[list[float]], prior: DraftCost) -> Observation:
+    """One window of drafts at K = k; draft d accepts position i while uniforms[d][i] < profile[i]."""
+    if k == 0:
+        return Observation(True, False, window_seconds=WINDOW)
+    drafts = len(uniforms)
+    at = [0] * k
+    for u in uniforms:
+        for i in range(k):
+            if u[i] >= profile[i]:
+                break
+            at[i] += 1
+    rates = tuple(n / drafts for n in at)
+    accepted = sum(at)
+    return Observation(
+        True,
+        True,
+        accepted / (drafts * k),
+        float(drafts * k),
+        drafts=float(drafts),
+        position_acceptance=rates,
+        mean_acceptance_length=1 + accepted / drafts,
+        num_speculative_tokens=k,
+        window_seconds=WINDOW,
+        right_size=right_size(rates, drafts, prior),
+    )
+
+
+def k_run(
+    config: PolicyConfig, scenario: KScenario, traces: list[list[list[float]]], warm: int
+) -> tuple[list[float], int]:
+    """The true speedup of each window after the drop under ``config``, and the writes it made."""
+    state, now, k, writes, speedups = PolicyState(speculation=True), T0, K_MAX, 0, []
+    for i, uniforms in enumerate(traces):
+        profile = scenario.before if i < warm else scenario.after
+        if i >= warm:
+            speedups.append(true_speedup(profile, k, scenario.cost))
+        decision = decide(k_window(profile, k, uniforms, scenario.prior), state, config, now)
+        state = decision.state
+        if decision.action is Action.DISABLE:
+            k, writes = 0, writes + 1
+        elif decision.action is Action.REDUCE_K and decision.k is not None:
+            k, writes = decision.k, writes + 1
+            state = replace(state, record=replace(state.record, reduced={"simulated": True}))
+        state = replace(state, rollout_complete=True)  # the engine restarted before the next window
+        now += WINDOW
+    return speedups, writes
+
+
+def reduce_k_rows(
+    default: PolicyConfig, rng: random.Random, *, runs: int, horizon: int, drafts: int, warm: int = 30
+) -> list[dict[str, object]]:
+    configs = {"disable": default, "reduce-k": replace(default, reduce_k=True)}
+    rows: list[dict[str, object]] = []
+    for scenario in K_SCENARIOS:
+        means: dict[str, list[float]] = {name: [] for name in configs}
+        writes: dict[str, list[int]] = {name: [] for name in configs}
+        for _ in range(runs):
+            traces = [[[rng.random() for _ in range(K_MAX)] for _ in range(drafts)] for _ in range(warm + horizon)]
+            for name, config in configs.items():
+                speedups, n = k_run(config, scenario, traces, warm)
+                means[name].append(statistics.fmean(speedups))
+                writes[name].append(n)
+        best_k = max(range(K_MAX + 1), key=lambda k: true_speedup(scenario.after, k, scenario.cost))
+        best = true_speedup(scenario.after, best_k, scenario.cost)
+        on_disable, on_reduce = statistics.fmean(means["disable"]), statistics.fmean(means["reduce-k"])
+        rows.append(
+            {
+                "scenario": scenario.name,
+                "cost": scenario.cost,
+                "assumed_cost": scenario.prior.ratio,
+                "speedup_at_k5_after": round(true_speedup(scenario.after, K_MAX, scenario.cost), 3),
+                "best_k": best_k,
+                "best_speedup": round(best, 3),
+                "mean_speedup_disable": round(on_disable, 3),
+                "mean_speedup_reduce_k": round(on_reduce, 3),
+                "reduce_over_disable": round(on_reduce / on_disable, 3),
+                "gain_kept": round((on_reduce - 1) / (best - 1), 3) if best > 1 else None,
+                "gain_kept_by_disable": round((on_disable - 1) / (best - 1), 3) if best > 1 else None,
+                "writes_disable": statistics.median(writes["disable"]),
+                "writes_reduce_k": statistics.median(writes["reduce-k"]),
+            }
+        )
+    return rows
+
+
+def print_reduce_k(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    rows = reduce_k_rows(policy_config(Settings()), rng, runs=args.runs, horizon=args.horizon, drafts=args.drafts)
+    report = {"runs": args.runs, "horizon": args.horizon, "drafts": args.drafts, "seed": args.seed, "rows": rows}
+    print(json.dumps(report, indent=2) if args.json else reduce_k_markdown(report))
+    return 0
+
+
+def reduce_k_markdown(report: dict[str, object]) -> str:
+    lines = [
+        f"reduce-k against plain disable ({report['runs']} runs, {report['drafts']} drafts per window, k = {K_MAX}, "
+        f"mean true speedup over the {report['horizon']} windows after the drop, seed {report['seed']}):",
+        "",
+        "| scenario | c (assumed) | speedup at k = 5 after | best K after (speedup) | disable | reduce-k "
+        "| reduce-k / disable | gain kept, reduce-k / disable | writes (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in cast(list[dict[str, object]], report["rows"]):
+        kept = row["gain_kept"]
+        kept_text = "–" if kept is None else f"{kept:.0%} / {row['gain_kept_by_disable']:.0%}"
+        lines.append(
+            f"| {row['scenario']} | {row['cost']} ({row['assumed_cost']}) | {row['speedup_at_k5_after']} "
+            f"| {row['best_k']} ({row['best_speedup']}) | {row['mean_speedup_disable']} "
+            f"| {row['mean_speedup_reduce_k']} | {row['reduce_over_disable']} | {kept_text} "
+            f"| {row['writes_disable']} / {row['writes_reduce_k']} |"
+        )
+    return "\n".join(lines)
 
 
 def toggle_table(title: str, rows: list[dict[str, object]], names: list[str]) -> list[str]:

@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 
+from sidecar.adapters.kube.actuator import KubeActuator
+from sidecar.adapters.kube.client import api_client
 from sidecar.core import annotations as ann
 from sidecar.core import spec_tokens
 from sidecar.core.actuator import Outcome
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision, PolicyState, Reason
-from tests.integration.adapters.test_kube_actuator import actuator, stored
-from tests.kubeapi.manifests import deployment, vllm_container
+from tests.integration.adapters.test_kube_actuator import FAST, actuator, stored
+from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
 from tests.kubeapi.server import JSON_PATCH, KubeAPI, kube_api
 from tests.support.kube_records import T0
 from tests.unit.core.test_spec_tokens import SPELLINGS
@@ -64,19 +66,32 @@ def test_an_automatic_reduce_k_is_one_guarded_patch_with_its_record_and_an_event
     assert "num_speculative_tokens" in event["message"] and event["type"] == "Normal"
 
 
-@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
-def test_enable_gives_back_the_original_args_byte_for_byte_in_every_spelling(server: KubeAPI, spelling: str) -> None:
-    command, args = SPELLINGS[spelling]
-    server.add_deployment(deployment(command=command, args=args))
-    act = actuator(server)
-    assert act.reduce_k(1, "manual").changed
-    lowered = vllm_container(stored(server))
-    assert spec_tokens.current_k(lowered.get("command"), lowered.get("args")) == 1
-    server.complete_rollout(*_where(stored(server)))
-    assert act.enable("manual").changed
-    back = stored(server)
-    assert (vllm_container(back).get("command"), vllm_container(back).get("args")) == (command, args)
-    assert ann.REDUCED_K not in (back["metadata"].get("annotations") or {})
+def test_enable_gives_back_the_original_args_byte_for_byte_in_every_spelling(server: KubeAPI) -> None:
+    # One Deployment per spelling, in one test: the same test runs on the real server, which takes no parameters.
+    for number, (spelling, (command, args)) in enumerate(sorted(SPELLINGS.items())):
+        name = f"{NAME}-{number}"
+        server.add_deployment(named(deployment(command=command, args=args), name))
+        act = KubeActuator(
+            api_client(host=server.url), namespace=NAMESPACE, deployment=name, container="vllm", retry=FAST,
+            clock=lambda: T0,
+        )  # fmt: skip
+        assert act.reduce_k(1, "manual").changed, spelling
+        lowered = vllm_container(server.deployment(NAMESPACE, name))
+        assert spec_tokens.current_k(lowered.get("command"), lowered.get("args")) == 1, spelling
+        server.complete_rollout(NAMESPACE, name)
+        assert act.enable("manual").changed, spelling
+        back = server.deployment(NAMESPACE, name)
+        assert (vllm_container(back).get("command"), vllm_container(back).get("args")) == (command, args), spelling
+        assert ann.REDUCED_K not in (back["metadata"].get("annotations") or {}), spelling
+
+
+def named(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """The test Deployment under another name, with labels of its own (two Deployments must not share pods)."""
+    obj["metadata"]["name"] = name
+    obj["metadata"]["labels"] = {"app": name}
+    obj["spec"]["selector"]["matchLabels"] = {"app": name}
+    obj["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    return obj
 
 
 def test_reduce_then_disable_then_enable_gives_back_the_original_k(server: KubeAPI) -> None:
