@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for name, help_text in (
         ("status", "Show whether speculation is on for the target, and the sidecar's record on it."),
         ("disable", "Turn speculation off now (removes every speculation flag; recorded as manual)."),
-        ("enable", "Restore exactly the flags the last disable removed (recorded as manual)."),
+        (
+            "enable",
+            "Restore exactly the flags the last disable removed, and the num_speculative_tokens a reduce-k "
+            "lowered (recorded as manual).",
+        ),
     ):
         p = subparsers.add_parser(name, help=help_text, description=f"{help_text} {DESCRIPTIONS[name]}")
         add_settings_flags(p, (TargetSettings,))
@@ -156,6 +160,8 @@ def _status(view: TargetView, as_json: bool) -> int:
         "changed_at": r.changed_at,
         "changed_by": str(r.changed_by) if r.changed_by else None,
         "restorable": r.removed is not None,
+        # A lowered num_speculative_tokens (--reduce-k): from and to; 'enable' puts the original back.
+        "reduced_k": {"from": r.reduced.get("from"), "to": r.reduced.get("to")} if r.reduced is not None else None,
         "pin": r.pin,
         "latched": r.latched,
         "trial_attempts": r.trial_attempts,

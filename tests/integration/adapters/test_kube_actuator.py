@@ -25,6 +25,7 @@ from tests.kubeapi.manifests import (
     NAME,
     NAMESPACE,
     SHELL_SCRIPT,
+    deployment,
     list_deployment,
     shell_deployment,
     vllm_container,
@@ -469,3 +470,21 @@ def test_a_dry_run_judges_the_trial_and_writes_nothing(server: KubeAPI) -> None:
     assert [d.reason for d in decisions if d is not None][2] is Reason.TRIAL_PASSED
     assert [r for r in server.requests if r.method != "GET"] == [] and server.events == []
     assert stored(server) == before
+
+
+def test_a_script_with_and_and_is_toggled_guarded_by_the_resource_version(server: KubeAPI) -> None:
+    # The real kube-apiserver fails a JSON-patch test on a string holding "&&" (422) although it is what was read:
+    # such a field is guarded by the resourceVersion test alone, or no toggle would ever land.
+    script = "cd /srv && exec vllm serve /models/target --spec-tokens 3 --port 8000"
+    before = server.add_deployment(deployment(command=["/bin/sh", "-c", script]))
+    act = actuator(server)
+    result = act.disable("low_acceptance")
+    assert result.outcome is Outcome.CHANGED, result.detail
+    [patch] = server.applied_patches()
+    tests = [op for op in patch.body if op["op"] == "test"]
+    assert {"op": "test", "path": "/metadata/resourceVersion", "value": before["metadata"]["resourceVersion"]} in tests
+    assert not [op for op in tests if op["path"].endswith("/command")]
+    assert vllm_container(stored(server))["command"][2] == "cd /srv && exec vllm serve /models/target --port 8000"
+    server.complete_rollout(NAMESPACE, NAME)
+    assert act.enable("manual").changed
+    assert vllm_container(stored(server))["command"] == ["/bin/sh", "-c", script]

@@ -75,11 +75,13 @@ def test_enable_gives_back_the_original_args_byte_for_byte_in_every_spelling(ser
             api_client(host=server.url), namespace=NAMESPACE, deployment=name, container="vllm", retry=FAST,
             clock=lambda: T0,
         )  # fmt: skip
-        assert act.reduce_k(1, "manual").changed, spelling
+        lowered_result = act.reduce_k(1, "manual")
+        assert lowered_result.changed, (spelling, lowered_result.outcome, lowered_result.detail)
         lowered = vllm_container(server.deployment(NAMESPACE, name))
         assert spec_tokens.current_k(lowered.get("command"), lowered.get("args")) == 1, spelling
         server.complete_rollout(NAMESPACE, name)
-        assert act.enable("manual").changed, spelling
+        restored = act.enable("manual")
+        assert restored.changed, (spelling, restored.outcome, restored.detail)
         back = server.deployment(NAMESPACE, name)
         assert (vllm_container(back).get("command"), vllm_container(back).get("args")) == (command, args), spelling
         assert ann.REDUCED_K not in (back["metadata"].get("annotations") or {}), spelling
