@@ -19,12 +19,15 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-# A JSON-patch ``test`` on a list holding "&&" fails on the real kube-apiserver (422 Invalid) although the list is
-# exactly what was read; the same patch without that test applies (tests/cluster, an ``sh -c '... && ...'`` script).
-# The likely cause: Go stores &, < and > escaped (\u0026 ...) and the test compares strings' raw bytes. Every write
-# to such a container would read as a conflict forever, so those fields are guarded by the resourceVersion test
-# alone, which changes with any write to the object.
-_GO_ESCAPED = frozenset("&<>")
+# The real kube-apiserver applies a JSON Patch to the object as Go's encoder writes it: ``&``, ``<``, ``>`` escaped
+# (``\u0026``...), non-ASCII characters raw, some control characters in escapes of its own. Its ``test`` op
+# compares those bytes, and Python's encoder (the Kubernetes client's) writes all of them the other way, so a
+# ``test`` on such a string fails (422) although it holds exactly what was read: every toggle of an
+# ``sh -c '... && ...'`` container or of a non-ASCII argument would read as a conflict forever (Kubernetes'
+# apiserver issue 100; shown on the real server in tests/cluster). Such fields are guarded by the resourceVersion
+# test alone, which changes with any write to the object.
+def _go_encodes_differently(text: str) -> bool:
+    return any(c in "&<>" or not 0x20 <= ord(c) < 0x7F for c in text)
 
 
 def json_patch(deployment: Mapping[str, Any], index: int, container: str, planned: Plan) -> list[dict[str, Any]]:
@@ -37,7 +40,7 @@ def json_patch(deployment: Mapping[str, Any], index: int, container: str, planne
         {"op": "test", "path": base + "/name", "value": container},
     ]
     for field in ("command", "args"):
-        if field in current and not any(_GO_ESCAPED.intersection(str(item)) for item in current[field]):
+        if field in current and not any(_go_encodes_differently(str(item)) for item in current[field]):
             ops.append({"op": "test", "path": f"{base}/{field}", "value": list(current[field])})
     for field, new in (("command", planned.command), ("args", planned.args)):
         old = current.get(field)

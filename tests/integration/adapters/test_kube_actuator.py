@@ -488,3 +488,22 @@ def test_a_script_with_and_and_is_toggled_guarded_by_the_resource_version(server
     server.complete_rollout(NAMESPACE, NAME)
     assert act.enable("manual").changed
     assert vllm_container(stored(server))["command"] == ["/bin/sh", "-c", script]
+
+
+def test_a_non_ascii_argument_is_toggled_guarded_by_the_resource_version(server: KubeAPI) -> None:
+    # Go writes non-ASCII text raw where Python's encoder escapes it, so the real server's byte-wise ``test`` would
+    # fail on it as on "&&": the args are guarded by the resourceVersion alone, and the toggle lands both ways.
+    args = ["--model", "/models/target", "--served-model-name", "modèle-café", "--spec-tokens", "3", "--port", "8000"]
+    before = server.add_deployment(deployment(args=args))
+    act = actuator(server)
+    result = act.disable("low_acceptance")
+    assert result.outcome is Outcome.CHANGED, result.detail
+    [patch] = server.applied_patches()
+    tests = [op for op in patch.body if op["op"] == "test"]
+    assert {"op": "test", "path": "/metadata/resourceVersion", "value": before["metadata"]["resourceVersion"]} in tests
+    assert not [op for op in tests if op["path"].endswith("/args")]
+    assert "modèle-café" in vllm_container(stored(server))["args"]
+    assert "--spec-tokens" not in vllm_container(stored(server))["args"]
+    server.complete_rollout(NAMESPACE, NAME)
+    assert act.enable("manual").changed
+    assert vllm_container(stored(server))["args"] == args
