@@ -179,6 +179,16 @@ class MeasuredSpeedup:
     e2e_p99_ratio: float | None
 
     @property
+    def finding(self) -> str:
+        """What the interval says, whatever the break-even's width: 'slower' with speculation (the whole 95 %
+        interval below 1), 'faster' (above 1) or 'unclear' (it holds 1)."""
+        if self.high < 1.0:
+            return "slower"
+        if self.low > 1.0:
+            return "faster"
+        return "unclear"
+
+    @property
     def established(self) -> bool:
         """Enough evidence to replace the fixed threshold (docs/policy.md, 'The measured break-even')."""
         if self.on_windows < MIN_WINDOWS or self.off_windows < MIN_WINDOWS:

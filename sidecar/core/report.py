@@ -75,6 +75,8 @@ def measured_json(m: MeasuredSpeedup | None) -> dict[str, Any] | None:
         "speedup": _finite(m.speedup),
         "low": _finite(m.low),
         "high": _finite(m.high),
+        # "slower" / "faster" with speculation (the whole interval on one side of 1) or "unclear".
+        "finding": m.finding,
         "on_windows": m.on_windows,
         "off_windows": m.off_windows,
         "load_bands": [band_label(b.band) for b in m.bands],

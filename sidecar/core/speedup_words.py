@@ -16,6 +16,14 @@ from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample, band_label
 
 
+# What the measured interval says, in words (MeasuredSpeedup.finding).
+FINDING_WORDS = {
+    "slower": "slower with speculation",
+    "faster": "faster with speculation",
+    "unclear": "no clear difference yet",
+}
+
+
 def expected_words(speedup: float | None, cost: DraftCost) -> str:
     """'1.378 (modelled; c = 0, unknown: upper bound)' — the expected speedup with its footing."""
     if speedup is None:
@@ -41,7 +49,7 @@ def measured_words(measured: MeasuredSpeedup | None, samples: Sequence[SpeedSamp
     bands = ", ".join(band_label(b.band) for b in measured.bands)
     words = (
         f"{measured.speedup:.3f} [{measured.low:.3f}, {measured.high:.3f}] from {measured.on_windows} on / "
-        f"{measured.off_windows} off windows at {bands} running requests"
+        f"{measured.off_windows} off windows at {bands} running requests: {FINDING_WORDS[measured.finding]}"
     )
     if not measured.established:
         words += f" (not yet in force: {measured.evidence_needed})"
@@ -64,9 +72,20 @@ def caveat(
     cost: DraftCost,
     measured: MeasuredSpeedup | None,
 ) -> str | None:
-    """Why a modelled speedup above 1 sits beside an acceptance below the threshold; None when it does not."""
-    if expected is None or acceptance is None or expected <= 1.0 or acceptance >= threshold:
+    """Why a modelled speedup above 1 sits beside an acceptance below the threshold, or beside a measured speedup
+    below 1 at any acceptance; None when it does not."""
+    if expected is None or acceptance is None or expected <= 1.0:
         return None
+    if acceptance >= threshold:
+        if measured is None or measured.finding != "slower":
+            return None
+        # The acceptance passes the rule, but this engine's latency says speculation costs more than it gains here
+        # (on a CPU, where verifying k tokens is not one step's price, it can at any acceptance).
+        return (
+            f"the modelled {expected:.2f}x counts only tokens per verify step, {_footing(cost)}; measured here: "
+            f"{measured.speedup:.2f}x [{measured.low:.2f}, {measured.high:.2f}], slower with speculation at "
+            f"acceptance {acceptance:.3f}"
+        )
     words = (
         f"the modelled {expected:.2f}x counts only tokens per verify step, {_footing(cost)}; acceptance "
         f"{acceptance:.3f} is below {threshold:.2f}, where verifying rejected drafts and the batch room they take "

@@ -22,27 +22,29 @@ class EngineManager:
     def current(self) -> Engine | None:
         return self._current
 
-    def get(self, flavour: Flavour) -> Engine:
-        """The running engine if it serves `flavour`; otherwise stops it and starts one that does."""
+    def get(self, flavour: Flavour, port: int | None = None) -> Engine:
+        """The running engine if it serves `flavour`; otherwise stops it and starts one that does (on `port`,
+        when given: e.g. the previous engine's, so that whoever watches that URL sees a restart)."""
         current = self._current
-        if current is not None and current.flavour == flavour and current.running:
+        if current is not None and current.flavour == flavour and current.running and port in (None, current.port):
             return current
         self._stop_engine()
         self._lock.acquire()
         try:
-            engine = self._start(flavour)
+            engine = self._start(flavour, port)
         except BaseException:
             self._lock.release()
             raise
         self._current = engine
         return engine
 
-    def _start(self, flavour: Flavour) -> Engine:
-        # The free port is picked before vLLM binds it; if another process took it meanwhile, pick again once.
+    def _start(self, flavour: Flavour, port: int | None) -> Engine:
+        # The free port is picked before vLLM binds it; if another process took it meanwhile, pick again once
+        # (a port asked for is not changed: the caller wants that URL).
         try:
-            return Engine(flavour, self._log_dir).start()
+            return Engine(flavour, self._log_dir, port).start()
         except EngineStartError as error:
-            if "address already in use" not in str(error).lower():
+            if port is not None or "address already in use" not in str(error).lower():
                 raise
             return Engine(flavour, self._log_dir).start()
 

@@ -53,10 +53,11 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 class Engine:
     """A started server: `.url`, `.model`, `.log_path`, `.stop()`; also a context manager."""
 
-    def __init__(self, flavour: Flavour, log_dir: Path | None = None) -> None:
+    def __init__(self, flavour: Flavour, log_dir: Path | None = None, port: int | None = None) -> None:
         self.flavour = flavour
         self.model = SERVED_MODEL_NAME
-        self.port = free_port()
+        # A given port: a restart in another configuration at the same URL, as a watcher configured once sees it.
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         directory = log_dir or Path(tempfile.mkdtemp(prefix="vllm-engine-"))
         directory.mkdir(parents=True, exist_ok=True)

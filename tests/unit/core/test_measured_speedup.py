@@ -180,3 +180,19 @@ def test_the_windows_kept_on_the_target_read_back_as_they_were_and_a_hand_edit_r
     assert ms.encode(SpeedHistory(), "tiny") is None
     for broken in ("", "{", "[]", '{"v":2,"model":"tiny"}', '{"v":1,"model":"tiny","on":[[1,2]]}'):
         assert ms.decode(broken) is None
+
+
+def test_the_finding_says_which_side_of_one_the_whole_interval_lies_on() -> None:
+    def measured(tpot_on: float) -> ms.MeasuredSpeedup:
+        samples = [
+            SpeedSample(float(i), on, 3.0, (tpot_on if on else 0.05) * (1 + 0.01 * (i % 3)), 40.0,
+                        mean_acceptance_length=3.0 if on else None, num_speculative_tokens=4 if on else None)
+            for i in range(6) for on in (True, False)
+        ]  # fmt: skip
+        m = ms.measure(samples)
+        assert m is not None
+        return m
+
+    assert measured(0.08).finding == "slower"
+    assert measured(0.03).finding == "faster"
+    assert measured(0.05).finding == "unclear"

@@ -70,3 +70,25 @@ def test_the_e2e_ratios_say_which_way_is_faster() -> None:
     words = e2e_words(m)
     assert words.startswith("P50 1.20x, P99 0.80x") and "faster with speculation" in words
     assert e2e_words(None) == "—"
+
+
+def test_a_measurement_clearly_below_one_is_called_slower_and_quoted_beside_a_passing_acceptance() -> None:
+    """On a CPU speculation can lose at acceptance 0.53 (docs/model-family.md): the modelled gain is not bare."""
+    m = slow_measurement()
+    assert m.finding == "slower"
+    assert "slower with speculation" in measured_words(m)
+    why = caveat(1.7, 0.53, 0.5, cost_prior.configured(0.2), m)
+    assert why is not None and "slower with speculation at acceptance 0.530" in why and "1.70x" in why
+
+
+def test_an_interval_holding_one_is_no_clear_difference_and_adds_no_caveat_at_a_passing_acceptance() -> None:
+    rng = random.Random(1)
+    samples = [
+        SpeedSample(float(i), on, 1.5, 0.05 * (1 + rng.gauss(0, 0.05)), 80.0,
+                    mean_acceptance_length=2.0 if on else None, num_speculative_tokens=4 if on else None)
+        for i in range(6) for on in (True, False)
+    ]  # fmt: skip
+    m = measured_speedup.measure(samples)
+    assert m is not None and m.low < 1.0 < m.high
+    assert m.finding == "unclear" and "no clear difference yet" in measured_words(m)
+    assert caveat(1.7, 0.53, 0.5, cost_prior.configured(0.2), m) is None
