@@ -16,7 +16,7 @@ from sidecar.core.figures import count, fixed
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.report import BucketSummary, threshold_in_force
 from sidecar.core.right_size_k import for_model
-from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
+from sidecar.core.speedup_words import FINDING_WORDS, breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats, Stats
 from sidecar.core.verdict import Thresholds, verdict
 
@@ -133,14 +133,16 @@ def render_measured(measured: Mapping[str, Mapping[str, Any]], console: Console,
     table = Table(
         title=f"measured by the sidecar at {plain(source)} (TPOT off / on, matched load)", title_justify="left"
     )
-    for column in ("model", "speedup", "95 % interval", "windows on / off", "break-even acceptance", "in force"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    columns = ("model", "speedup", "95 % interval", "finding", "windows on / off", "break-even acceptance", "in force")
+    for column in columns:
+        table.add_column(column, justify="left" if column in {"model", "finding"} else "right")
     for model, m in measured.items():
         low, high = m.get("low"), m.get("high")
         interval = f"{fixed(low)}-{fixed(high)}"
         in_force = "yes" if m.get("in_force") else plain(f"no: {m.get('evidence_needed') or '?'}")
+        finding = FINDING_WORDS.get(str(m.get("finding")), "—")  # an older sidecar sends none
         table.add_row(
-            plain(model), fixed(m.get("speedup")), interval, f"{m.get('on_windows')} / {m.get('off_windows')}",
+            plain(model), fixed(m.get("speedup")), interval, finding, f"{m.get('on_windows')} / {m.get('off_windows')}",
             fixed(m.get("breakeven_acceptance_ratio"), 2), in_force,
         )  # fmt: skip
     console.print(table)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from sidecar.core.cost_prior import CostSource, DraftCost
 from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample, band_label
 
-
 # What the measured interval says, in words (MeasuredSpeedup.finding).
 FINDING_WORDS = {
     "slower": "slower with speculation",

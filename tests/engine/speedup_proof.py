@@ -59,7 +59,7 @@ class Phase:
     startup_seconds: float | None
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(t, name) for t in self.requests)
+        return float(statistics.median(float(getattr(t, name)) for t in self.requests))
 
     def log_median_se(self, name: str) -> float:
         """Standard error of log(median) from the spread of log values over the requests."""

@@ -151,7 +151,7 @@ def test_api_report_and_status_show_the_measured_speedup_beside_the_modelled_one
     assert m["speedup"] == pytest.approx(1.6667, abs=1e-3) and m["in_force"] is True
     assert m["in_force_threshold"] == pytest.approx(0.2, abs=1e-6) and m["load_bands"] == ["2-4"]
     page = httpx.get(sidecar.url + "/status", timeout=5).text
-    assert "measured speedup" in page and "1.667 [" in page
+    assert "measured speedup" in page and "1.667 [" in page and "faster with speculation" in page
     assert "0.20 (measured)" in page  # what the policy judges against
 
 
@@ -167,6 +167,11 @@ def test_report_with_tap_shows_what_the_running_sidecar_measured(measured: tuple
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout  # fmt: skip
     assert "measured by the sidecar at" in table and "1.667" in table and "0.20" in table
+    assert "faster with speculation" in table and model_finding(as_json) == "faster"
     model = json.loads(as_json)["models"][0]
     assert model["measured_speedup"]["speedup"] == pytest.approx(1.6667, abs=1e-3)
     assert model["draft_cost"]["source"] == "unknown"  # this report was given no speculative config
+
+
+def model_finding(report_json: str) -> object:
+    return json.loads(report_json)["models"][0]["measured_speedup"]["finding"]
