@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.core.quantile import histogram_mean
 from tests.engine.flavours import draft_model_flavour, plain_flavour
 from tests.engine.manager import EngineManager
 from tests.engine.server import free_port
 from tests.engine.timing import Timed, closed_loop
-from tests.engine.workload import default_prompts
+from tests.engine.workload import default_prompts, fetch_metrics
 from tests.support.sidecar_process import SidecarProcess, start_sidecar, stop_process, wait_until
 
 Z95 = 1.96
@@ -53,10 +55,42 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class EngineMeans:
+    """Means over the engine's whole run from its own histograms: exact (``_sum`` / ``_count``) and as the
+    sidecar estimates them (bucket midpoints, ``histogram_mean``), to see what the buckets cost."""
+
+    tpot: float
+    tpot_from_buckets: float
+    itl: float  # vllm:inter_token_latency_seconds: one observation per engine step, not per token
+
+    @classmethod
+    def scrape(cls, url: str) -> EngineMeans:
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        buckets: list[tuple[float, float]] = []
+        for family in text_string_to_metric_families(fetch_metrics(url)):
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    sums[sample.name[: -len("_sum")]] = sample.value
+                elif sample.name.endswith("_count"):
+                    counts[sample.name[: -len("_count")]] = sample.value
+                elif sample.name == f"{TPOT}_bucket":
+                    buckets.append((float(sample.labels["le"]), sample.value))
+        from_buckets = histogram_mean(buckets)
+        assert from_buckets is not None, "the engine exposed no TPOT buckets"
+        return cls(sums[TPOT] / counts[TPOT], from_buckets, sums[ITL] / counts[ITL])
+
+
+TPOT = "vllm:request_time_per_output_token_seconds"
+ITL = "vllm:inter_token_latency_seconds"
+
+
+@dataclass(frozen=True)
 class Phase:
     speculation: bool
     requests: tuple[Timed, ...]
     startup_seconds: float | None
+    engine: EngineMeans
 
     def median(self, name: str) -> float:
         return float(statistics.median(float(getattr(t, name)) for t in self.requests))
@@ -129,13 +163,15 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
     try:
         _wait_for_engine(sidecar, speculation=True)
         # One window to fill, then `windows` samples (one per window).
-        on = Phase(True, tuple(load(on_engine.model, (settings.windows + 1.5) * window)), on_engine.startup_seconds)
+        timed = load(on_engine.model, (settings.windows + 1.5) * window)
+        on = Phase(True, tuple(timed), on_engine.startup_seconds, EngineMeans.scrape(url))
         on_report = _report_model(sidecar)
         off_engine = manager.get(plain_flavour(), port=port)
         _wait_for_engine(sidecar, speculation=False)
         load(off_engine.model, 3.0)
         # No sample until a whole window has passed since the restart was seen.
-        off = Phase(False, tuple(load(off_engine.model, (settings.windows + 1.5) * window)), off_engine.startup_seconds)
+        timed = load(off_engine.model, (settings.windows + 1.5) * window)
+        off = Phase(False, tuple(timed), off_engine.startup_seconds, EngineMeans.scrape(url))
         time.sleep(1.5)  # the last scrape
         off_report = _report_model(sidecar)
         text = _report_text(sidecar, url)
@@ -187,6 +223,10 @@ def table(proof: Proof) -> list[tuple[str, str, str, str]]:
         ("speedup, TPOT off / on", f"{proof.client_speedup():.3f} ± {_pct(Z95 * proof.client_log_se())}",
          f"{m['speedup']:.3f} [{m['low']:.3f}, {m['high']:.3f}]",
          f"difference {_pct(proof.log_difference)}, tolerance ±{_pct(proof.tolerance)}"),
+        ("engine's whole run: TPOT mean off / on", "", f"{off.engine.tpot / on.engine.tpot:.3f} exact, "
+         f"{off.engine.tpot_from_buckets / on.engine.tpot_from_buckets:.3f} from buckets", "warm-up included"),
+        ("engine's ITL mean on / off (ms)", "", f"{1000 * on.engine.itl:.1f} / {1000 * off.engine.itl:.1f}",
+         "per step: with speculation a step emits several tokens"),
         ("speedup, e2e P50 off / on", f"{proof.client_speedup('e2e'):.3f}", _fixed(m.get("e2e_p50_ratio")), ""),
         ("acceptance ratio (window)", "", _fixed(proof.sidecar_on.get("acceptance_ratio")), "last window with it on"),
         ("effective draft cost c", "", _fixed(m.get("effective_draft_cost_ratio")), ""),
