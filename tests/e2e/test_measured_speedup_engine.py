@@ -25,6 +25,8 @@ from tests.engine import speedup_proof as proof_run
 pytestmark = pytest.mark.engine
 
 
+# Two engine starts, several minutes each on a loaded machine, plus the load: more than the suite's 900 s default.
+@pytest.mark.timeout(1800)
 def test_the_sidecars_measured_speedup_agrees_with_the_client_timed_one_and_says_which_way_it_goes(
     engine_manager: EngineManager, tmp_path: Path
 ) -> None:

@@ -18,7 +18,10 @@ Used by tests/e2e/test_measured_speedup_engine.py and benchmarks/engine_speedup.
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,6 +160,7 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
     rate = len(warm) / max(warm[-1].sent + warm[-1].e2e - warm[0].sent, 1e-3)
     low, high = settings.window_bounds
     window = float(round(min(max(settings.requests_per_window / rate, low), high)))
+    _say(f"speculation on: engine up in {on_engine.startup_seconds:.0f} s, {rate:.1f} requests/s, window {window:g} s")
     sidecar = start_sidecar(
         workdir, "--vllm-url", url, "--scrape-interval", "1", "--window", f"{window:g}", "--log-level", "info"
     )
@@ -166,7 +170,9 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
         timed = load(on_engine.model, (settings.windows + 1.5) * window)
         on = Phase(True, tuple(timed), on_engine.startup_seconds, EngineMeans.scrape(url))
         on_report = _report_model(sidecar)
+        _say(f"speculation on: {len(timed)} requests timed; restarting without speculation")
         off_engine = manager.get(plain_flavour(), port=port)
+        _say(f"speculation off: engine up in {off_engine.startup_seconds:.0f} s")
         _wait_for_engine(sidecar, speculation=False)
         load(off_engine.model, 3.0)
         # No sample until a whole window has passed since the restart was seen.
@@ -178,6 +184,10 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
     finally:
         stop_process(sidecar.process, timeout=15)
     return Proof(settings, window, on, off, on_report, off_report, text)
+
+
+def _say(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
 def _wait_for_engine(sidecar: SidecarProcess, speculation: bool) -> None:
@@ -197,17 +207,12 @@ def _report_model(sidecar: SidecarProcess) -> dict[str, Any]:
 
 
 def _report_text(sidecar: SidecarProcess, engine_url: str) -> str:
-    import subprocess
-    import sys
-
     command = [sys.executable, "-m", "sidecar.cli", "report", engine_url, "--tap", sidecar.url]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60, env=_wide_terminal())
     return done.stdout + done.stderr
 
 
 def _wide_terminal() -> dict[str, str]:
-    import os
-
     return {**os.environ, "COLUMNS": "200"}
 
 
