@@ -34,6 +34,9 @@ class Histogram:
     created: float | None = None
     # The ``_count`` sample as exposed (None when absent): checked against the +Inf bucket, never used as count.
     count_sample: float | None = None
+    # The ``_sum`` sample (None when absent): with the count it gives the exact mean, which the buckets cannot when
+    # the observations sit in one bucket (vLLM's first TPOT bucket holds everything under 10 ms: a CPU's TPOT).
+    sum: float | None = None
 
 
 CounterKey = tuple[Role, SeriesId, str]  # role, engine series, position ("" when not positional)
@@ -88,10 +91,12 @@ class HistogramTable(Mapping[HistogramKey, Histogram]):
     __slots__ = ("_rows",)
 
     def __init__(self, histograms: Mapping[HistogramKey, Histogram] | None = None) -> None:
-        self._rows: dict[HistogramKey, tuple[tuple[tuple[float, float], ...], float, float | None, float | None]]
+        self._rows: dict[
+            HistogramKey, tuple[tuple[tuple[float, float], ...], float, float | None, float | None, float | None]
+        ]
         self._rows = {}
         for key, h in (histograms or {}).items():
-            self._rows[key] = (h.buckets, h.count, h.created, h.count_sample)
+            self._rows[key] = (h.buckets, h.count, h.created, h.count_sample, h.sum)
 
     def __getitem__(self, key: HistogramKey) -> Histogram:
         return Histogram(*self._rows[key])
@@ -271,12 +276,13 @@ class _Builder:
         for s in self.by_name.get(family + "_created", ()):
             created_by_series[self._model_and_series(s.labels)] = s.value
         counts = {self._model_and_series(s.labels): s.value for s in self.by_name.get(family + "_count", ())}
+        sums = {self._model_and_series(s.labels): s.value for s in self.by_name.get(family + "_sum", ())}
         for (model, series), bounds in grouped.items():
             ordered = tuple(sorted(bounds.items()))
             count = ordered[-1][1] if ordered and ordered[-1][0] == float("inf") else 0.0
             key = (model, series)
             self.histograms[model][(metric, series)] = Histogram(
-                ordered, count, created_by_series.get(key), counts.get(key)
+                ordered, count, created_by_series.get(key), counts.get(key), sums.get(key)
             )
 
 

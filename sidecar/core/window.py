@@ -14,6 +14,7 @@ Counters restart per engine series, not one by one (an engine restart zeroes the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ def histogram_increase(before: Histogram | None, after: Histogram) -> Histogram:
     deltas = tuple((bound, a - b) for (bound, a), (_, b) in zip(after.buckets, before.buckets, strict=True))
     if any(d < 0 for _, d in deltas) or after.count < before.count:
         return after
-    return Histogram(deltas, after.count - before.count, after.created)
+    added = after.sum - before.sum if after.sum is not None and before.sum is not None else None
+    return Histogram(deltas, after.count - before.count, after.created, sum=added)
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ def sum_histograms(histograms: list[Histogram]) -> Histogram | None:
     for h in histograms:
         for bound, count in h.buckets:
             totals[bound] = totals.get(bound, 0.0) + count
-    return Histogram(tuple(sorted(totals.items())), sum(h.count for h in histograms))
+    sums = [h.sum for h in histograms]
+    total = math.fsum(s for s in sums if s is not None) if all(s is not None for s in sums) else None
+    return Histogram(tuple(sorted(totals.items())), sum(h.count for h in histograms), sum=total)
 
 
 def _restarted(before: float | None, after: float | None) -> bool:

@@ -4,9 +4,9 @@ One sidecar watches one URL while vLLM serves the family's target there with `dr
 0, where this engine accepts about half the drafts), then, restarted at the same URL, without speculation. A
 closed loop of 3 clients sends the same requests in both phases (same prompts and seeds, 16 tokens each with
 ignore_eos) and times each one (tests/engine/speedup_proof.py). The sidecar's speedup, from vLLM's per-request
-TPOT histogram window by window at matched load, must agree with the client-timed ratio of median TPOT within a
-tolerance computed from the spread this run shows, and must say which way it goes from its own measurement: on
-a 2-core CPU speculation with a draft model is slower even at acceptance 0.5 (docs/model-family.md).
+TPOT histogram window by window at matched load, must agree with the client-timed ratio of mean TPOT (the same
+quantity) within a tolerance computed from the spread this run shows, and must say which way it goes from its
+own measurement, whichever way that is on this machine at the time (docs/model-family.md).
 
 Wall time: two engine starts (about 1 min each on an idle machine, several under load) and about 1.5 min of
 load per phase.
@@ -40,8 +40,10 @@ def test_the_sidecars_measured_speedup_agrees_with_the_client_timed_one_and_says
     # The sidecar compared windows of both states at the load the clients kept (3 in flight: band 2-4).
     assert m["on_windows"] >= 3 and m["off_windows"] >= 3, shown
     assert "2-4" in m["load_bands"], shown
-    # Agreement: within what the spread of both estimates allows (Proof.tolerance), and never by more than 15 %.
-    assert abs(proof.log_difference) <= min(proof.tolerance, math.log(1.15)), shown
+    # Agreement: within what the spread of both estimates allows (Proof.tolerance), a spread that must itself be
+    # small enough for the comparison to mean something.
+    assert proof.tolerance < math.log(1.25), shown
+    assert abs(proof.log_difference) <= proof.tolerance, shown
     # The sign, from measurement: where the client's own interval is clearly on one side of 1, the sidecar's
     # finding, number and words say the same.
     client_low = proof.client_speedup() * math.exp(-proof_run.Z95 * proof.client_log_se())
