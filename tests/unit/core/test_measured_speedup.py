@@ -196,3 +196,27 @@ def test_the_finding_says_which_side_of_one_the_whole_interval_lies_on() -> None
     assert measured(0.08).finding == "slower"
     assert measured(0.03).finding == "faster"
     assert measured(0.05).finding == "unclear"
+
+
+def _tpot_text(count: float, total: float | None) -> str:
+    labels = 'engine="0",model_name="tiny"'
+    bounds = [("0.01", count), ("0.025", count), ("+Inf", count)]
+    lines = [f"vllm:num_requests_running{{{labels}}} 3.0"]
+    lines += [f'vllm:request_time_per_output_token_seconds_bucket{{{labels},le="{le}"}} {n}' for le, n in bounds]
+    lines.append(f"vllm:request_time_per_output_token_seconds_count{{{labels}}} {count}")
+    if total is not None:
+        lines.append(f"vllm:request_time_per_output_token_seconds_sum{{{labels}}} {total}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_window_mean_tpot_is_exact_from_the_sum_where_the_buckets_cannot_tell_7_ms_from_9_ms() -> None:
+    """On a CPU every request's TPOT sits under vLLM's first bucket bound (10 ms): the buckets say 5 ms for all."""
+    from tests.support.exposition_text import only_model, stats_of
+
+    fast = only_model(stats_of(_tpot_text(10, 0.07), _tpot_text(110, 0.07 + 100 * 0.007)))
+    slow = only_model(stats_of(_tpot_text(10, 0.09), _tpot_text(110, 0.09 + 100 * 0.009)))
+    assert fast.latency_mean["tpot"] == pytest.approx(0.007)
+    assert slow.latency_mean["tpot"] == pytest.approx(0.009)
+    # Without _sum (an engine or a Prometheus query that gives buckets only) the buckets' estimate stays.
+    buckets_only = only_model(stats_of(_tpot_text(10, None), _tpot_text(110, None)))
+    assert buckets_only.latency_mean["tpot"] == pytest.approx(0.005)
