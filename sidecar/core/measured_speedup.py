@@ -5,10 +5,11 @@ costs one target step. Both are settled by measuring: the time per output token 
 with speculation on against windows with it off, at the same load.
 
 Samples: one per non-overlapping window (``every`` seconds) per model, with at least ``min_requests`` requests:
-the window's mean TPOT (estimated from the histogram's buckets, uniform within a bucket as ``histogram_quantile``
-assumes), its load (mean ``num_requests_running`` over the window's scrapes), e2e P50/P99 and, with speculation
-on, L, k and the acceptance ratio. Off windows come from wherever the engine ran without speculation while this
-process watched it: after a disable, before a trial, a manual toggle, or configured values.
+the window's mean TPOT (exact from the histogram's ``_sum`` and count; from its buckets, uniform within a bucket
+as ``histogram_quantile`` assumes, only where no ``_sum`` is exposed), its load (mean ``num_requests_running``
+over the window's scrapes), e2e P50/P99 and, with speculation on, L, k and the acceptance ratio. Off windows come
+from wherever the engine ran without speculation while this process watched it: after a disable, before a trial,
+a manual toggle, or configured values.
 
 Matched load: windows are grouped by load band (running requests < 1, 1-2, 2-4, 4-8, ...: powers of two), and
 only bands holding both states count. Per band, the speedup is the ratio of geometric means TPOT_off / TPOT_on,

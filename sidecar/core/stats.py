@@ -86,7 +86,7 @@ class ModelStats:
     invalid_detail: str | None = None
     # The c behind breakeven_acceptance_length and expected_speedup: configured, assumed or unknown.
     draft_cost: DraftCost = cost_prior.UNKNOWN
-    # Mean latency per metric over the window, estimated from the buckets (sidecar.core.quantile.histogram_mean).
+    # Mean latency per metric over the window: _sum / count, or from the buckets without a _sum (histogram_mean).
     latency_mean: Mapping[str, float] = field(default_factory=dict)
     # Mean requests running over the window's scrapes (summed over engines): the load the latency was measured at.
     requests_running: float | None = None
