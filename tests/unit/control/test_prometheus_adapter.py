@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from sidecar.adapters.prometheus import (
 )
 from sidecar.control.fleet import FleetSource, default_selector, fleet_stats
 from sidecar.core.catalog import VLLM_V1
+from sidecar.core.quantile import histogram_mean
 from sidecar.core.stats import AnalysisConfig, compute_stats
 from sidecar.scrape.fetch import parse_payload
 from sidecar.settings import Settings
@@ -265,8 +267,11 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
     result = fleet_round(fake_prometheus(answers), window=60)
     assert result.snapshot is not None
     from_fleet = fleet_stats(result.snapshot, 60, AnalysisConfig()).models[0]
-    # The fleet does not ask for the load (its windows are not samples of the measured speedup).
-    assert from_fleet == replace(scraped, requests_running=None)
+    # The fleet does not ask for the load or the histograms' _sum (its windows are not samples of the measured
+    # speedup): its mean latency is the buckets' estimate, the scrape path's the exact _sum / count.
+    assert from_fleet == replace(scraped, requests_running=None, latency_mean=from_fleet.latency_mean)
+    assert from_fleet.latency_mean["ttft"] == pytest.approx(histogram_mean(((0.1, 35), (1.0, 85), (math.inf, 100))))
+    assert scraped.latency_mean["ttft"] == 0.0  # the payload's _sum
 
 
 # --- the source -------------------------------------------------------------------------------------------
