@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,28 +176,36 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
     low, high = settings.window_bounds
     window = float(round(min(max(settings.requests_per_window / rate, low), high)))
     _say(f"speculation on: engine up in {on_engine.startup_seconds:.0f} s, {rate:.1f} requests/s, window {window:g} s")
-    sidecar = start_sidecar(
-        workdir, "--vllm-url", url, "--scrape-interval", "1", "--window", f"{window:g}", "--log-level", "info"
-    )
-    try:
-        _wait_for_engine(sidecar, speculation=True)
-        # One window to fill, then `windows` samples (one per window).
-        timed = load(on_engine.model, (settings.windows + 1.5) * window)
-        on = Phase(True, tuple(timed), on_engine.startup_seconds, EngineMeans.scrape(url))
-        on_report = _report_model(sidecar)
-        _say(f"speculation on: {len(timed)} requests timed; restarting without speculation")
-        off_engine = manager.get(plain_flavour(), port=port)
-        _say(f"speculation off: engine up in {off_engine.startup_seconds:.0f} s")
-        _wait_for_engine(sidecar, speculation=False)
-        load(off_engine.model, 3.0)
-        # No sample until a whole window has passed since the restart was seen.
-        timed = load(off_engine.model, (settings.windows + 1.5) * window)
-        off = Phase(False, tuple(timed), off_engine.startup_seconds, EngineMeans.scrape(url))
-        time.sleep(1.5)  # the last scrape
-        off_report = _report_model(sidecar)
-        text = _report_text(sidecar, url)
-    finally:
-        stop_process(sidecar.process, timeout=15)
+    # The load runs in the background from before the sidecar's first window to after its last, and the report is
+    # read while it still runs: every window the sidecar samples is then under the same load, none partly idle.
+    seconds = (settings.windows + 1.8) * window
+    with ThreadPoolExecutor(max_workers=1) as background:
+        loading = background.submit(load, on_engine.model, seconds)
+        began = time.monotonic()
+        sidecar = start_sidecar(
+            workdir, "--vllm-url", url, "--scrape-interval", "1", "--window", f"{window:g}", "--log-level", "info"
+        )
+        try:
+            _wait_for_engine(sidecar, speculation=True)
+            # One window to fill, then `windows` samples (one per window).
+            time.sleep(max(0.0, began + (settings.windows + 1.3) * window - time.monotonic()))
+            on_report = _report_model(sidecar)
+            timed = [t for t in loading.result() if t.sent >= began]
+            on = Phase(True, tuple(timed), on_engine.startup_seconds, EngineMeans.scrape(url))
+            _say(f"speculation on: {len(timed)} requests timed; restarting without speculation")
+            off_engine = manager.get(plain_flavour(), port=port)
+            loading = background.submit(load, off_engine.model, seconds + window)
+            began = time.monotonic()
+            _say(f"speculation off: engine up in {off_engine.startup_seconds:.0f} s")
+            _wait_for_engine(sidecar, speculation=False)
+            # No sample until a whole window has passed since the restart was seen, then `windows` samples.
+            time.sleep(max(0.0, began + (settings.windows + 2.3) * window - time.monotonic()))
+            off_report = _report_model(sidecar)
+            timed = list(loading.result())
+            off = Phase(False, tuple(timed), off_engine.startup_seconds, EngineMeans.scrape(url))
+            text = _report_text(sidecar, url)
+        finally:
+            stop_process(sidecar.process, timeout=15)
     return Proof(settings, window, on, off, on_report, off_report, text)
 
 
