@@ -472,38 +472,35 @@ def test_a_dry_run_judges_the_trial_and_writes_nothing(server: KubeAPI) -> None:
     assert stored(server) == before
 
 
-def test_a_script_with_and_and_is_toggled_guarded_by_the_resource_version(server: KubeAPI) -> None:
-    # The real kube-apiserver fails a JSON-patch test on a string holding "&&" (422) although it is what was read:
-    # such a field is guarded by the resourceVersion test alone, or no toggle would ever land.
-    script = "cd /srv && exec vllm serve /models/target --spec-tokens 3 --port 8000"
-    before = server.add_deployment(deployment(command=["/bin/sh", "-c", script]))
+def _toggle_guarded_by_the_resource_version_alone(server: KubeAPI, field: str, value: list[str]) -> list[str]:
+    """Disable then enable a container whose `field` holds text the real server encodes otherwise than Python
+    (core/patch.py): the patch tests the resourceVersion but not `field`, and both toggles land. Returns what the
+    disable left in `field`."""
+    made = deployment(command=value) if field == "command" else deployment(args=value)
+    before = server.add_deployment(made)
     act = actuator(server)
     result = act.disable("low_acceptance")
     assert result.outcome is Outcome.CHANGED, result.detail
     [patch] = server.applied_patches()
     tests = [op for op in patch.body if op["op"] == "test"]
     assert {"op": "test", "path": "/metadata/resourceVersion", "value": before["metadata"]["resourceVersion"]} in tests
-    assert not [op for op in tests if op["path"].endswith("/command")]
-    assert vllm_container(stored(server))["command"][2] == "cd /srv && exec vllm serve /models/target --port 8000"
+    assert not [op for op in tests if op["path"].endswith(f"/{field}")]
+    disabled: list[str] = vllm_container(stored(server))[field]
     server.complete_rollout(NAMESPACE, NAME)
     assert act.enable("manual").changed
-    assert vllm_container(stored(server))["command"] == ["/bin/sh", "-c", script]
+    assert vllm_container(stored(server))[field] == value
+    return disabled
+
+
+def test_a_script_with_and_and_is_toggled_guarded_by_the_resource_version(server: KubeAPI) -> None:
+    # The real kube-apiserver fails a JSON-patch test on a string holding "&&" (422) although it is what was read.
+    script = "cd /srv && exec vllm serve /models/target --spec-tokens 3 --port 8000"
+    disabled = _toggle_guarded_by_the_resource_version_alone(server, "command", ["/bin/sh", "-c", script])
+    assert disabled[2] == "cd /srv && exec vllm serve /models/target --port 8000"
 
 
 def test_a_non_ascii_argument_is_toggled_guarded_by_the_resource_version(server: KubeAPI) -> None:
-    # Go writes non-ASCII text raw where Python's encoder escapes it, so the real server's byte-wise ``test`` would
-    # fail on it as on "&&": the args are guarded by the resourceVersion alone, and the toggle lands both ways.
+    # Go writes non-ASCII text raw where Python's encoder escapes it: the real server's byte-wise test fails too.
     args = ["--model", "/models/target", "--served-model-name", "modèle-café", "--spec-tokens", "3", "--port", "8000"]
-    before = server.add_deployment(deployment(args=args))
-    act = actuator(server)
-    result = act.disable("low_acceptance")
-    assert result.outcome is Outcome.CHANGED, result.detail
-    [patch] = server.applied_patches()
-    tests = [op for op in patch.body if op["op"] == "test"]
-    assert {"op": "test", "path": "/metadata/resourceVersion", "value": before["metadata"]["resourceVersion"]} in tests
-    assert not [op for op in tests if op["path"].endswith("/args")]
-    assert "modèle-café" in vllm_container(stored(server))["args"]
-    assert "--spec-tokens" not in vllm_container(stored(server))["args"]
-    server.complete_rollout(NAMESPACE, NAME)
-    assert act.enable("manual").changed
-    assert vllm_container(stored(server))["args"] == args
+    disabled = _toggle_guarded_by_the_resource_version_alone(server, "args", args)
+    assert "modèle-café" in disabled and "--spec-tokens" not in disabled
