@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from sidecar.adapters.kube.actuator import KubeActuator
-from sidecar.adapters.kube.client import RetryPolicy, api_client
 from sidecar.adapters.manifest import ManifestActuator
 from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
@@ -25,11 +24,11 @@ from sidecar.core.policy import Action, PolicyConfig
 from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
 from tests.kubeapi.server import KubeAPI, kube_api
 from tests.support.cli_process import cli
+from tests.support.kube_actuators import actuator_on
 from tests.support.kube_records import auto_decision
 from tests.support.stats_builders import stats
 
 T0 = 1_800_000_000.0
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(1.0, 0.5))
 # Written for vLLM 0.33: disable_padded_drafter_batch is a key 0.34 dropped (and refuses to start with).
 OLD_CONFIG = json.dumps(
     {"method": "eagle3", "model": "org/llama-eagle3", "num_speculative_tokens": 3, "disable_padded_drafter_batch": True}
@@ -46,15 +45,7 @@ def server() -> Iterator[KubeAPI]:
 
 
 def actuator(server: KubeAPI) -> KubeActuator:
-    return KubeActuator(
-        api_client(host=server.url),
-        namespace=NAMESPACE,
-        deployment=NAME,
-        container="vllm",
-        identity="pod-a",
-        retry=FAST,
-        clock=lambda: T0,
-    )
+    return actuator_on(server.url)
 
 
 def with_image(obj: dict[str, Any], image: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.adapters.kube.actuator import KubeActuator
-from sidecar.adapters.kube.client import KubeError, RetryPolicy, api_client
+from sidecar.adapters.kube.client import KubeError, api_client
 from sidecar.control.loop import Controller
 from sidecar.core import annotations as ann
 from sidecar.core import specargs
@@ -31,10 +31,9 @@ from tests.kubeapi.manifests import (
     vllm_container,
 )
 from tests.kubeapi.server import JSON_PATCH, KubeAPI, kube_api
+from tests.support.kube_actuators import FAST, actuator_on
 from tests.support.kube_records import T0, TRIAL_CONFIG, auto_decision, trial_deployment
 from tests.support.stats_builders import stats
-
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(1.0, 0.5))
 
 
 @pytest.fixture
@@ -44,16 +43,7 @@ def server() -> Iterator[KubeAPI]:
 
 
 def actuator(server: KubeAPI, **kwargs: Any) -> KubeActuator:
-    return KubeActuator(
-        api_client(host=server.url),
-        namespace=NAMESPACE,
-        deployment=NAME,
-        container="vllm",
-        identity="pod-a",
-        retry=FAST,
-        clock=lambda: T0,
-        **kwargs,
-    )
+    return actuator_on(server.url, **kwargs)
 
 
 def stored(server: KubeAPI) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from sidecar.core import spec_tokens
 from sidecar.core.actuator import Outcome
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision, PolicyState, Reason
-from tests.integration.adapters.test_kube_actuator import FAST, actuator, stored
+from tests.integration.adapters.test_kube_actuator import actuator, stored
 from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
 from tests.kubeapi.server import JSON_PATCH, KubeAPI, kube_api
+from tests.support.kube_actuators import FAST
 from tests.support.kube_records import T0
 from tests.unit.core.test_spec_tokens import SPELLINGS
 

@@ -16,7 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sidecar.adapters.kube.actuator import KubeActuator
-from sidecar.adapters.kube.client import RetryPolicy, api_client
 from sidecar.control.loop import ControlCollector, Controller
 from sidecar.core import annotations as ann
 from sidecar.core import rollout_watch
@@ -24,9 +23,9 @@ from sidecar.core.actuator import Outcome, Plan, TargetView
 from sidecar.core.policy import Action, PolicyConfig, Reason
 from tests.kubeapi.manifests import LIST_ARGS, NAME, NAMESPACE, SPEC_CONFIG, deployment, list_deployment
 from tests.kubeapi.server import KubeAPI, kube_api
+from tests.support.kube_actuators import actuator_on
 from tests.support.stats_builders import stats
 
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(1.0, 0.5))
 T0 = 1_800_000_000.0
 TIMEOUT = 600.0
 # Acts on the first low window, so that only the latch can hold it back.
@@ -49,15 +48,7 @@ class Clock:
 
 def setup(server: KubeAPI) -> tuple[KubeActuator, Controller, Clock]:
     clock = Clock()
-    act = KubeActuator(
-        api_client(host=server.url),
-        namespace=NAMESPACE,
-        deployment=NAME,
-        container="vllm",
-        identity="pod-a",
-        retry=FAST,
-        clock=clock,
-    )
+    act = actuator_on(server.url, clock=clock)
     return act, Controller(act, ACTING, read_every=0.0, rollout_timeout=TIMEOUT, clock=clock), clock
 
 
