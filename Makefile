@@ -67,8 +67,9 @@ unit: install
 
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code. go-builds comes first so that the Go builds run while the rest gets ready and runs.
+# --durations: the CI log names the 40 slowest tests, where the time budget (docs/testing.md "CI time") goes.
 test: go-builds lint vllm tools prometheus chromium
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=40
 
 bench: install
 	$(PY) benchmarks/parse_benchmark.py
