@@ -3,13 +3,16 @@
 1. A Deployment manifest (a local YAML file) runs vLLM with draft-model speculation; the demo starts the real
    engine from exactly the args in that file, and `spec-sidecar run --deployment-file` beside it.
 2. Traffic goes through the sidecar's tap, its temperature climbing 0 → 0.3 → 0.6 → 1.0; the screen shows the
-   sidecar's windowed acceptance and verdict as they change, and prints a line per window (kept when redirected).
+   sidecar's windowed acceptance and verdict as they change, and beside them the speedup the sidecar measured
+   from the engine's latency (once it has windows with speculation on and off at the same load: the client
+   keeps the same concurrency throughout), and prints a line per window (kept when redirected).
 3. When acceptance stays low, the sidecar rewrites the manifest (speculation off, reason and history recorded
    in annotations); the demo does what Kubernetes would do: it pauses its client, lets requests in flight finish
    and restarts vLLM from the new args, which comes up without speculation.
 4. Then a human turns it back on: `spec-sidecar enable --deployment-file ...` restores the args byte for byte.
 5. It ends with the phase table, the report over the whole run (engine counters and every tapped request), a
-   verdict that says whether the report and the sidecar agree, and the /status page.
+   verdict that says whether the report and the sidecar agree, what the measured speedup says and whether it
+   backs the decision, and the /status page.
 
 Everything binds 127.0.0.1 and stops by itself. DEMO_PHASE_SECONDS (default 45) sets each phase's length.
 """
@@ -47,6 +50,7 @@ from scripts.demo_view import (  # noqa: E402
     phase_table,
     restart_note,
     sample_from_report,
+    speed_verdict,
     window_line,
 )
 from sidecar.adapters.manifest import ManifestActuator  # noqa: E402
@@ -62,6 +66,8 @@ TEMPERATURE_EDGES = "0.3,0.6,1.0"
 # The tap's P10/P50/P90 look at a sliding window of requests; longer than any demo, it holds the whole run, so the
 # closing buckets judge every request the user watched (a 60 s window held only the last, speculation-off minute).
 BUCKET_WINDOW_SECONDS = 86400
+# The same number of requests in flight in every phase, with speculation on and off: the sidecar measures the
+# speedup only between windows at the same load (sidecar/core/measured_speedup.py), here 2-4 running requests.
 CONCURRENCY = 3
 # Without a terminal, rich draws 80 columns and squeezes the tables; a log file can be wider.
 LOG_COLUMNS = 120
@@ -321,7 +327,8 @@ def run_phase(demo: Demo, url: str, traffic: Traffic, live: Live, temperature: f
     while True:
         now = demo.look(url, phase)
         if time.monotonic() >= min(next_line, end):
-            live.console.print(window_line(now, traffic.sent, traffic.failed), soft_wrap=True)
+            seen_off = any(s.speculation == "off" for s in demo.samples)
+            live.console.print(window_line(now, traffic.sent, traffic.failed, seen_off), soft_wrap=True)
             next_line = time.monotonic() + WINDOW_SECONDS
         if time.monotonic() >= end:
             return
@@ -375,6 +382,9 @@ def finish(demo: Demo, url: str) -> None:
     recommendation, reasons = report_advice([*report, "--json"])
     demo.console.rule("The verdict")
     for line in closing_verdict(demo.samples, demo.toggles, recommendation, reasons):
+        demo.console.print(line)
+    demo.console.rule("The measured speedup: what the engine's own latency says")
+    for line in speed_verdict(demo.samples, demo.toggles):
         demo.console.print(line)
     page = demo.logs / "status.html"
     page.write_text(httpx.get(url + "/status", timeout=5).text)

@@ -16,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from sidecar.cli.terminal_text import VERDICT_STYLE
+from sidecar.core.speedup_words import FINDING_WORDS
 from sidecar.core.verdict import Thresholds
 
 # The demo runs the sidecar with the default operating rule, so its lines are the defaults'.
@@ -32,6 +33,53 @@ KEEP_ON = {"keep", "keep but watch"}
 
 
 @dataclass(frozen=True)
+class Speed:
+    """The sidecar's measured speedup as /api/report gives it (``measured_speedup``): TPOT with speculation off
+    over TPOT with it on, from windows at the same load, with its 95 % interval."""
+
+    speedup: float
+    low: float
+    high: float
+    finding: str  # "slower" / "faster" with speculation (the whole interval on one side of 1) or "unclear"
+    on_windows: int
+    off_windows: int
+    load_bands: tuple[str, ...]
+    breakeven: float | None  # the acceptance ratio at which this engine breaks even, from its latency
+    breakeven_low: float | None
+    breakeven_high: float | None
+    in_force: bool  # whether the measured break-even has replaced the fixed threshold in the policy
+    evidence_needed: str | None
+
+
+def speed_from_report(measured: Mapping[str, Any] | None) -> Speed | None:
+    """``measured_speedup`` of one model of /api/report; None when it is null, absent or unreadable."""
+    if not isinstance(measured, Mapping):
+        return None
+    try:
+        interval = measured.get("breakeven_acceptance_interval") or [None, None]
+        return Speed(
+            speedup=float(measured["speedup"]),
+            low=float(measured["low"]),
+            high=float(measured["high"]),
+            finding=str(measured["finding"]),
+            on_windows=int(measured["on_windows"]),
+            off_windows=int(measured["off_windows"]),
+            load_bands=tuple(str(b) for b in measured.get("load_bands") or ()),
+            breakeven=_number(measured.get("breakeven_acceptance_ratio")),
+            breakeven_low=_number(interval[0]),
+            breakeven_high=_number(interval[1]),
+            in_force=measured.get("in_force") is True,
+            evidence_needed=measured.get("evidence_needed"),
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True)
 class Sample:
     """One look at the sidecar's /api/report: its window as it stood at ``at`` (wall clock)."""
 
@@ -43,6 +91,7 @@ class Sample:
     mean_length: float | None
     draft_tokens: float | None
     verdict: str
+    speed: Speed | None = None  # the sidecar's measured speedup as it stood; None: not measured (yet)
 
     @property
     def measured(self) -> bool:
@@ -68,6 +117,7 @@ class PhaseRow:
     evidence: Sample | None  # the window the row shows; None when nothing was measured in the phase
     note: str  # which window that is, or why there is none, and what the sidecar did
     acted: bool = False  # the sidecar turned speculation off during this phase
+    speed: str = ""  # the measured speedup as it stood at the end of the phase, in words
 
 
 def sample_from_report(report: Mapping[str, Any], phase: str, at: float) -> Sample:
@@ -84,6 +134,7 @@ def sample_from_report(report: Mapping[str, Any], phase: str, at: float) -> Samp
         mean_length=model.get("mean_acceptance_length"),
         draft_tokens=window.get("draft_tokens"),
         verdict=str(model.get("verdict") or "no-data"),
+        speed=speed_from_report(model.get("measured_speedup")),
     )
 
 
@@ -95,7 +146,27 @@ def clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
-def window_line(sample: Sample, sent: int, failed: int) -> str:
+NOT_YET_OFF = "not yet: needs windows with speculation off"
+NOT_YET_MATCHED = "not yet: needs windows of both states at the same load"
+
+
+def speed_words(speed: Speed | None, seen_off: bool) -> str:
+    """The measured speedup in a line: '0.81x [0.62, 1.05] slower with speculation', or what it still needs
+    (``seen_off``: the engine has run without speculation in this run, so only matched windows are missing)."""
+    if speed is None:
+        return NOT_YET_MATCHED if seen_off else NOT_YET_OFF
+    finding = FINDING_WORDS.get(speed.finding, speed.finding)
+    return f"{speed.speedup:.2f}x [{speed.low:.2f}, {speed.high:.2f}] {finding}"
+
+
+def speed_cell(speed: Speed | None, seen_off: bool) -> str:
+    """The same in a table cell, on a few short lines so the table fits 80 columns (the caption explains it)."""
+    if speed is None:
+        return "not yet: needs\nmatched windows" if seen_off else "not yet: needs\nspeculation off"
+    return f"{speed.speedup:.2f}x {speed.finding}\n\\[{speed.low:.2f}, {speed.high:.2f}]"
+
+
+def window_line(sample: Sample, sent: int, failed: int, seen_off: bool = False) -> str:
     """One line per window, printed as it closes: what a redirected `make demo > log` keeps of the live view."""
     traffic = f"{sent} requests, {failed} failed"
     if not sample.engine_up:
@@ -108,7 +179,8 @@ def window_line(sample: Sample, sent: int, failed: int) -> str:
             f"speculation on  acceptance {fmt(sample.acceptance)}  L {fmt(sample.mean_length, 2)}  "
             f"draft tokens {tokens}  verdict {sample.verdict}"
         )
-    return f"{clock(sample.at)}  {sample.phase:<6} {what}  · {traffic}"
+    speed = f"measured speedup {speed_words(sample.speed, seen_off or sample.speculation == 'off')}"
+    return f"{clock(sample.at)}  {sample.phase:<6} {what}  · {speed}  · {traffic}"
 
 
 def phase_rows(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[PhaseRow]:
@@ -135,8 +207,20 @@ def phase_rows(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[Pha
         else:
             evidence = _last_measured(mine)
             note = "its last window with speculation on" if evidence else "speculation off: nothing to measure"
-        rows.append(PhaseRow(phase, speculation, evidence, note, acted=bool(acted)))
+        rows.append(PhaseRow(phase, speculation, evidence, note, acted=bool(acted), speed=_speed_at_end(samples, mine)))
     return rows
+
+
+def _speed_at_end(samples: Sequence[Sample], mine: Sequence[Sample]) -> str:
+    """The measured speedup as the phase's last readable report gave it (it covers the whole run so far)."""
+    last = next((s for s in reversed(mine) if s.engine_up), None)
+    if last is None:
+        return "—"
+    return speed_cell(last.speed, _seen_off(samples, last.at))
+
+
+def _seen_off(samples: Sequence[Sample], until: float) -> bool:
+    return any(s.speculation == "off" for s in samples if s.at <= until)
 
 
 def phase_at(samples: Sequence[Sample], at: float) -> str | None:
@@ -163,17 +247,30 @@ def phase_table(rows: Sequence[PhaseRow], now: Sample | None = None) -> Table:
     )
     for column in ("phase", "speculation", "acceptance", "L", "draft tokens", "verdict"):
         table.add_column(column, justify="left" if column == "phase" else "right")
-    notes = ["L: mean acceptance length, tokens per verification step."]
+    # Its cells are short lines (speed_cell): on 80 columns rich wraps them further, wider terminals keep them.
+    table.add_column("measured speedup")
+    notes = [
+        "L: mean acceptance length, tokens per verification step.",
+        "measured speedup: time per output token with speculation off / on, from the sidecar's windows at the "
+        "same load over the run so far, as it stood at the end of the phase (above 1: faster with speculation), "
+        "then the finding (slower or faster when the whole 95 % interval, under it, is on one side of 1; unclear "
+        "when it holds 1). Not yet: the sidecar needs windows with speculation off, then at least two windows of "
+        "each state at the same load (matched windows).",
+    ]
     for row in rows:
         label = row.phase
         if row.acted:
             label += " *"
             notes.append(f"* {row.phase}: {row.note}.")
-        table.add_row(label, row.speculation, *_numbers(row.evidence))
+        table.add_row(label, row.speculation, *_numbers(row.evidence), row.speed)
     if any(row.evidence is None for row in rows):
         notes.append("—: speculation off for the whole phase, nothing to measure.")
     if now is not None:
-        table.add_row("now", now.speculation or "engine down", *_numbers(now if now.engine_up else None))
+        speed = speed_cell(now.speed, now.speculation == "off" or any("off" in r.speculation for r in rows))
+        table.add_row(
+            "now", now.speculation or "engine down", *_numbers(now if now.engine_up else None),
+            speed if now.engine_up else "—",
+        )  # fmt: skip
     table.caption, table.caption_justify = "\n".join(notes), "left"
     return table
 
@@ -236,6 +333,77 @@ def closing_verdict(
     lines.extend(f"  • {reason}" for reason in reasons)
     lines.append(_agreement(off is not None, recommendation))
     return lines
+
+
+def speed_verdict(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[str]:
+    """The closing lines on the measured speedup: what the engine's own latency said, in plain words, and
+    whether it backs what the sidecar did. The last figure the sidecar reported during the run is the one told."""
+    turned_off = any(t.by == "sidecar" and t.state == "off" for t in toggles)
+    speed = next((s.speed for s in reversed(samples) if s.speed is not None), None)
+    on = [s.acceptance for s in samples if s.measured and s.acceptance is not None]
+    while_on = f"{min(on):.2f} to {max(on):.2f}" if on else "—"
+    if speed is None:
+        why = (
+            "the engine never ran without speculation while traffic flowed"
+            if not any(s.speculation == "off" for s in samples)
+            else "there were too few full windows of one state, or they were at another load"
+        )
+        return [
+            "The sidecar did not measure the speedup: it needs at least two full windows with speculation on and "
+            f"two with it off at the same load (running requests), and {why}. So nothing here says whether "
+            "speculation made this engine faster or slower; the decision rests on the acceptance threshold alone."
+        ]
+    change = 1.0 / speed.speedup - 1.0
+    took = f"{abs(change) * 100:.0f} % {'more' if change > 0 else 'less'} time"
+    bands = ", ".join(speed.load_bands) or "?"
+    lines = [
+        f"The sidecar also timed the engine itself: at the same load ({bands} requests running), a token took {took} "
+        f"with speculation on than with it off (measured speedup {speed.speedup:.2f}x, 95 % interval "
+        f"{speed.low:.2f} to {speed.high:.2f}, from {speed.on_windows} windows with speculation on and "
+        f"{speed.off_windows} with it off; while on, the windows read acceptance {while_on})."
+    ]
+    if speed.finding == "slower":
+        lines.append("The whole interval is below 1: speculation made this engine slower at the acceptance it had.")
+    elif speed.finding == "faster":
+        lines.append("The whole interval is above 1: speculation made this engine faster at the acceptance it had.")
+    else:
+        lines.append("The interval holds 1: from these windows the engine was neither clearly faster nor slower.")
+    if speed.breakeven is not None and speed.breakeven_low is not None and speed.breakeven_high is not None:
+        force = (
+            "in force: the policy now judges acceptance against it instead of "
+            f"{RULE.disable_below:g}"
+            if speed.in_force
+            else f"not yet in force, the policy still uses {RULE.disable_below:g}"
+            + (f" (it needs {speed.evidence_needed})" if speed.evidence_needed else "")
+        )
+        lines.append(
+            f"By its own latency this engine breaks even at acceptance {speed.breakeven:.2f} "
+            f"[{speed.breakeven_low:.2f}, {speed.breakeven_high:.2f}]; {force}."
+        )
+    lines.append(_speed_agreement(turned_off, speed.finding))
+    return lines
+
+
+def _speed_agreement(turned_off: bool, finding: str) -> str:
+    if turned_off and finding == "slower":
+        return "The measurement agrees with the decision: turning speculation off made tokens come faster here."
+    if not turned_off and finding == "faster":
+        return "The measurement agrees with the decision: keeping speculation on made tokens come faster here."
+    if turned_off and finding == "faster":
+        return (
+            "The measurement does not back the decision: speculation still paid here at that acceptance. The "
+            f"sidecar acted on the fixed threshold ({RULE.disable_below:g}), which the measured break-even "
+            "replaces only once it is established (docs/policy.md)."
+        )
+    if not turned_off and finding == "slower":
+        return (
+            "The measurement differs from the decision: speculation cost time here, but the acceptance never "
+            "stayed below the threshold long enough for the sidecar to act."
+        )
+    return (
+        "So the measurement neither backs nor contradicts the decision yet: the sidecar "
+        f"{'turned speculation off' if turned_off else 'kept speculation on'} on the acceptance threshold alone."
+    )
 
 
 def _agreement(turned_off: bool, recommendation: str) -> str:
