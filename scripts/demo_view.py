@@ -370,8 +370,7 @@ def speed_verdict(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[
         lines.append("The interval holds 1: from these windows the engine was neither clearly faster nor slower.")
     if speed.breakeven is not None and speed.breakeven_low is not None and speed.breakeven_high is not None:
         force = (
-            "in force: the policy now judges acceptance against it instead of "
-            f"{RULE.disable_below:g}"
+            f"in force: the policy now judges acceptance against it instead of {RULE.disable_below:g}"
             if speed.in_force
             else f"not yet in force, the policy still uses {RULE.disable_below:g}"
             + (f" (it needs {speed.evidence_needed})" if speed.evidence_needed else "")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
 
 from scripts.demo_view import (
     Sample,
+    Speed,
     Toggle,
     closing_verdict,
     phase_at,
@@ -16,6 +18,7 @@ from scripts.demo_view import (
     phase_table,
     restart_note,
     sample_from_report,
+    speed_verdict,
     window_line,
 )
 
@@ -189,3 +192,95 @@ def test_a_restart_that_broke_no_request_says_so_and_one_that_did_explains_why()
 
     assert "71 s" in clean and "no request failed" in clean
     assert "2 requests failed" in broken and "retry" in broken
+
+
+def speed(value: float, low: float, high: float, finding: str, in_force: bool = False) -> Speed:
+    needed = None if in_force else "3 more windows with it off at matched load"
+    return Speed(value, low, high, finding, 5, 4, ("2-4",), 0.42, 0.31, 0.55, in_force, needed)
+
+
+# The same run as the sidecar reported it: no speedup until windows with speculation off sat beside the on ones.
+SLOWER = speed(0.81, 0.70, 0.93, "slower")
+RUN_MEASURED = [*RUN[:6], replace(RUN[6], speed=SLOWER), replace(RUN[7], speed=SLOWER)]
+
+
+def test_a_sample_reads_the_measured_speedup_of_the_sidecars_report() -> None:
+    measured = {
+        "speedup": 0.81, "low": 0.70, "high": 0.93, "finding": "slower", "on_windows": 5, "off_windows": 4,
+        "load_bands": ["2-4"], "effective_draft_cost_ratio": 0.42, "breakeven_acceptance_ratio": 0.42,
+        "breakeven_acceptance_interval": [0.31, 0.55], "e2e_p50_ratio": 0.9, "e2e_p99_ratio": 0.8,
+        "in_force": False, "in_force_threshold": None,
+        "evidence_needed": "3 more windows with it off at matched load",
+    }  # fmt: skip
+    report = {"target_up": True, "models": [{"speculation": "off", "measured_speedup": measured}]}
+
+    assert sample_from_report(report, "T=0.6", T0).speed == SLOWER
+
+
+def test_a_null_absent_or_unreadable_measured_speedup_is_no_speedup() -> None:
+    for measured in (None, {}, {"speedup": "fast"}, "0.8"):
+        report = {"target_up": True, "models": [{"speculation": "on", "measured_speedup": measured}]}
+        assert sample_from_report(report, "T=0.0", T0).speed is None
+    assert sample_from_report({"target_up": True, "models": [{}]}, "T=0.0", T0).speed is None
+
+
+def test_a_window_line_says_what_the_measured_speedup_still_needs_until_it_has_a_figure() -> None:
+    before_off = window_line(on(10, "T=0.0", 0.52, "borderline"), 50, 0, seen_off=False)
+    after_off = window_line(off(140, "T=0.3"), 300, 0, seen_off=True)
+    measured = window_line(RUN_MEASURED[6], 400, 0, seen_off=True)
+
+    assert "acceptance 0.520" in before_off
+    assert "measured speedup not yet: needs windows with speculation off" in before_off
+    assert "measured speedup not yet: needs windows of both states at the same load" in after_off
+    assert "measured speedup 0.81x [0.70, 0.93] slower with speculation" in measured
+    restarting = window_line(down(70, "T=0.3"), 1, 0)
+    assert "not answering" in restarting and "speedup" not in restarting
+
+
+def test_the_phase_table_shows_the_measured_speedup_as_it_stood_at_the_end_of_each_phase() -> None:
+    rows = {row.phase: row for row in phase_rows(RUN_MEASURED, [SIDECAR_OFF])}
+
+    assert rows["T=0.0"].speed == "not yet: needs\nspeculation off"
+    assert rows["T=0.3"].speed == "not yet: needs\nmatched windows"
+    assert rows["T=0.6"].speed == "0.81x slower\n\\[0.70, 0.93]"
+    printed = text(phase_table(list(rows.values()), now=replace(off(300, "T=1.0"), speed=SLOWER)), width=120)
+    assert "measured speedup" in printed
+    t06 = printed.splitlines().index(next(line for line in printed.splitlines() if "T=0.6" in line))
+    assert "0.81x slower" in printed.splitlines()[t06]
+    assert "[0.70, 0.93]" in printed.splitlines()[t06 + 1]
+    now = next(line for line in printed.splitlines() if line.startswith("│ now"))
+    assert "0.81x slower" in now
+
+
+def test_the_closing_lines_tell_the_measured_speedup_in_words_and_that_it_backs_turning_speculation_off() -> None:
+    lines = speed_verdict(RUN_MEASURED, [SIDECAR_OFF])
+
+    assert "a token took 23 % more time with speculation on than with it off" in lines[0]
+    assert "0.81x, 95 % interval 0.70 to 0.93" in lines[0] and "5 windows with speculation on and 4" in lines[0]
+    assert "2-4 requests running" in lines[0]
+    assert "acceptance 0.01 to 1.00" in lines[0]
+    assert lines[1].startswith("The whole interval is below 1")
+    assert "breaks even at acceptance 0.42 [0.31, 0.55]" in lines[2] and "not yet in force" in lines[2]
+    assert lines[-1].startswith("The measurement agrees with the decision")
+
+
+def test_the_closing_lines_say_plainly_when_the_measurement_does_not_back_the_decision() -> None:
+    faster = [*RUN[:7], replace(RUN[7], speed=speed(1.4, 1.1, 1.8, "faster", in_force=True))]
+    unclear = [*RUN[:7], replace(RUN[7], speed=speed(0.95, 0.8, 1.1, "unclear"))]
+
+    against = speed_verdict(faster, [SIDECAR_OFF])
+    assert "a token took 29 % less time" in against[0]
+    assert "in force" in against[2] and "not yet" not in against[2]
+    assert against[-1].startswith("The measurement does not back the decision")
+    assert speed_verdict(unclear, [SIDECAR_OFF])[-1].startswith("So the measurement neither backs nor contradicts")
+    assert speed_verdict(faster, [])[-1].startswith("The measurement agrees with the decision: keeping")
+
+
+def test_the_closing_lines_without_a_measured_speedup_say_why_and_claim_nothing() -> None:
+    never_off = speed_verdict(RUN[:2], [])
+    too_few = speed_verdict(RUN, [SIDECAR_OFF])
+
+    assert len(never_off) == 1 and "did not measure the speedup" in never_off[0]
+    assert "never ran without speculation" in never_off[0]
+    assert "too few full windows" in too_few[0]
+    assert "faster" not in too_few[0].replace("faster or slower", "")
