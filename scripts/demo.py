@@ -384,7 +384,8 @@ def finish(demo: Demo, url: str) -> None:
     for line in closing_verdict(demo.samples, demo.toggles, recommendation, reasons):
         demo.console.print(line)
     demo.console.rule("The measured speedup: what the engine's own latency says")
-    for line in speed_verdict(demo.samples, demo.toggles):
+    final = sample_from_report(api_report(url), "after the traffic", time.time()).speed
+    for line in speed_verdict(demo.samples, demo.toggles, final):
         demo.console.print(line)
     page = demo.logs / "status.html"
     page.write_text(httpx.get(url + "/status", timeout=5).text)

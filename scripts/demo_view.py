@@ -335,11 +335,12 @@ def closing_verdict(
     return lines
 
 
-def speed_verdict(samples: Sequence[Sample], toggles: Sequence[Toggle]) -> list[str]:
+def speed_verdict(samples: Sequence[Sample], toggles: Sequence[Toggle], final: Speed | None = None) -> list[str]:
     """The closing lines on the measured speedup: what the engine's own latency said, in plain words, and
-    whether it backs what the sidecar did. The last figure the sidecar reported during the run is the one told."""
+    whether it backs what the sidecar did. ``final``: the sidecar's figure read after the traffic (the one the
+    report above shows: it may hold a window more than the last look); else the last one seen during the run."""
     turned_off = any(t.by == "sidecar" and t.state == "off" for t in toggles)
-    speed = next((s.speed for s in reversed(samples) if s.speed is not None), None)
+    speed = final or next((s.speed for s in reversed(samples) if s.speed is not None), None)
     on = [s.acceptance for s in samples if s.measured and s.acceptance is not None]
     while_on = f"{min(on):.2f} to {max(on):.2f}" if on else "—"
     if speed is None:

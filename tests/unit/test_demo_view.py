@@ -284,3 +284,10 @@ def test_the_closing_lines_without_a_measured_speedup_say_why_and_claim_nothing(
     assert "never ran without speculation" in never_off[0]
     assert "too few full windows" in too_few[0]
     assert "faster" not in too_few[0].replace("faster or slower", "")
+
+
+def test_the_closing_lines_tell_the_figure_read_after_the_traffic_when_there_is_one() -> None:
+    final = speed(0.87, 0.59, 1.27, "unclear")
+
+    assert "measured speedup 0.87x" in speed_verdict(RUN_MEASURED, [SIDECAR_OFF], final)[0]
+    assert "measured speedup 0.81x" in speed_verdict(RUN_MEASURED, [SIDECAR_OFF], None)[0]
