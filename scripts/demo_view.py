@@ -355,7 +355,8 @@ def speed_verdict(samples: Sequence[Sample], toggles: Sequence[Toggle], final: S
             "speculation made this engine faster or slower; the decision rests on the acceptance threshold alone."
         ]
     change = 1.0 / speed.speedup - 1.0
-    took = f"{abs(change) * 100:.0f} % {'more' if change > 0 else 'less'} time"
+    percent = round(abs(change) * 100)
+    took = "about as long" if percent == 0 else f"{percent} % {'more' if change > 0 else 'less'} time"
     bands = ", ".join(speed.load_bands) or "?"
     lines = [
         f"The sidecar also timed the engine itself: at the same load ({bands} requests running), a token took {took} "

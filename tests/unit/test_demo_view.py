@@ -291,3 +291,9 @@ def test_the_closing_lines_tell_the_figure_read_after_the_traffic_when_there_is_
 
     assert "measured speedup 0.87x" in speed_verdict(RUN_MEASURED, [SIDECAR_OFF], final)[0]
     assert "measured speedup 0.81x" in speed_verdict(RUN_MEASURED, [SIDECAR_OFF], None)[0]
+
+
+def test_a_speedup_of_one_reads_as_about_as_long_not_zero_percent_more() -> None:
+    even = speed(0.999, 0.63, 1.58, "unclear")
+
+    assert "a token took about as long with speculation on" in speed_verdict(RUN_MEASURED, [SIDECAR_OFF], even)[0]
