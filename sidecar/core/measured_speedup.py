@@ -213,12 +213,16 @@ class MeasuredSpeedup:
             return ""
         missing = []
         if self.on_windows < MIN_WINDOWS:
-            missing.append(f"{MIN_WINDOWS - self.on_windows} more windows with speculation on")
+            missing.append(f"{_windows(MIN_WINDOWS - self.on_windows)} with speculation on")
         if self.off_windows < MIN_WINDOWS:
-            missing.append(f"{MIN_WINDOWS - self.off_windows} more windows with it off")
+            missing.append(f"{_windows(MIN_WINDOWS - self.off_windows)} with it off")
         if not missing:
             missing.append(f"a break-even interval no wider than {MAX_BREAKEVEN_WIDTH}")
         return ", ".join(missing) + " at matched load"
+
+
+def _windows(count: int) -> str:
+    return f"{count} more window" if count == 1 else f"{count} more windows"
 
 
 def measure(samples: Sequence[SpeedSample]) -> MeasuredSpeedup | None:
