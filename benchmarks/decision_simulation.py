@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gzip
 import json
 import math
 import random
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,9 +58,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sidecar.core import measured_speedup
 from sidecar.core.acceptance import iid_acceptance_ratio
+from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.cost_prior import CostSource, DraftCost
-from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide
+from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide, observation_from_stats
 from sidecar.core.right_size_k import right_size
+from sidecar.scrape.fetch import ScrapeResult, parse_payload
+from sidecar.scrape.monitor import Monitor
 from sidecar.settings import Settings
 from sidecar.wiring import policy_config
 
@@ -423,8 +428,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one statement
     parser.add_argument("--measured-only", action="store_true", help="only the measured break-even rows")
     parser.add_argument("--reduce-k-only", action="store_true", help="only reduce-k against plain disable")
     parser.add_argument("--drafts", type=int, default=200, help="drafts per window, reduce-k rows")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        nargs="?",
+        const=REPLAY_FIXTURE,
+        help="replay real /metrics windows across a temperature shift (default: tests/fixtures/family-shift)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.replay is not None:
+        return print_replay(args)
     if args.reduce_k_only:
         return print_reduce_k(args)
     models = dict(MODELS)
@@ -747,6 +761,244 @@ def measured_markdown(report: dict[str, object]) -> str:
             f"| {row['windows_to_establish']} / {row['windows_to_establish_p90']} "
             f"| {row['threshold_error_median']} [{row['threshold_error_p10']}, {row['threshold_error_p90']}] "
             f"| {row['false_toggles']} | {row['fixed_rule_disables']} | {cells[0]} | {cells[1]} |"
+        )
+    return "\n".join(lines)
+
+
+# --- replay of real windows (--replay) ------------------------------------------------------------------------
+
+REPLAY_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "family-shift"
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One stored /metrics scrape: when, at which temperature the traffic was, and the engine's exposition text."""
+
+    at: float
+    temperature: float
+    metrics: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    meta: dict[str, object]
+    scrapes: list[Scrape]
+
+    @property
+    def shift(self) -> int:
+        """The index of the last scrape before the temperature changed: windows after it are after the shift."""
+        return int(cast(int, self.meta["shift_after_scrape"]))
+
+
+def load_replay(directory: Path) -> Replay:
+    """A capture of scripts/capture_family_windows.py: meta.json and windows.jsonl.gz (one scrape a line)."""
+    meta_path, windows_path = directory / "meta.json", directory / "windows.jsonl.gz"
+    for path in (meta_path, windows_path):
+        if not path.exists():
+            raise SystemExit(
+                f"--replay {directory}: {path.name} is missing; point --replay at a directory written by "
+                "scripts/capture_family_windows.py (tests/fixtures/family-shift holds one)"
+            )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    with gzip.open(windows_path, "rt", encoding="utf-8") as lines:
+        scrapes = [Scrape(float(s["at"]), float(s["temperature"]), str(s["metrics"])) for s in map(json.loads, lines)]
+    return Replay(meta, scrapes)
+
+
+@dataclass(frozen=True)
+class ReplayStep:
+    index: int  # the scrape that closed this window
+    at: float
+    observation: Observation
+    action: Action
+    reason: str
+
+
+def replay_run(replay: Replay, settings: Settings, *, measured: bool) -> tuple[list[ReplayStep], str]:
+    """Every scrape through the sidecar's own path, as `spec-sidecar run` takes it: the exposition parsed by the
+    scrape parser, the window kept by Monitor (--window of history), Stats, observation_from_stats, decide.
+
+    After a disable the target is put back on with a fresh state (as ``feed`` does), so every toggle counts.
+    ``measured``: the measured break-even from the Monitor's own TPOT windows is put in force once established,
+    as the wiring does. Returns the steps and what became of the measured break-even.
+    """
+    monitor, config = Monitor(settings), policy_config(settings)
+    state = PolicyState(speculation=True)
+    steps: list[ReplayStep] = []
+    established: float | None = None
+    for index, scrape in enumerate(replay.scrapes):
+        snapshot, _bad, _examples = parse_payload(scrape.metrics, scrape.at)
+        view = monitor.observe(ScrapeResult("success", snapshot, 0.0), scrape.at)
+        stats = view.stats
+        model = (
+            None
+            if stats is None or not stats.models
+            else next((m for m in stats.models if m.speculation), stats.models[0])
+        )
+        threshold = None
+        if measured and model is not None:
+            speed = view.measured(model.model_name)
+            threshold = speed.policy_threshold if speed is not None else None
+            established = threshold if threshold is not None else established
+        observation = observation_from_stats(
+            model,
+            engine_up=True,
+            window_seconds=stats.window_seconds if stats is not None else None,
+            baseline=None if model is None else {m: view.baseline.ratio(model.model_name, m) for m in LATENCY_METRICS},
+            measured_threshold=threshold,
+        )
+        decision = decide(observation, state, config, scrape.at)
+        steps.append(ReplayStep(index, scrape.at, observation, decision.action, str(decision.reason)))
+        state = PolicyState(speculation=True) if decision.action is Action.DISABLE else decision.state
+    note = (
+        f"established at {established:.3f}"
+        if established is not None
+        else "never established: the capture has no windows with speculation off to compare TPOT against"
+    )
+    return steps, note
+
+
+def replay_summary(replay: Replay, steps: list[ReplayStep], window: float) -> dict[str, object]:
+    """Disables before the shift (false toggles) and the first after it (detection delay), with the ratios."""
+    shift = replay.shift
+    shift_at = replay.scrapes[shift].at
+    before = [s for s in steps if s.action is Action.DISABLE and s.index <= shift]
+    after = next((s for s in steps if s.action is Action.DISABLE and s.index > shift), None)
+
+    def ratios(chosen: list[ReplayStep]) -> float | None:
+        values = [s.observation.acceptance_ratio for s in chosen if s.observation.acceptance_ratio is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    seconds = None if after is None else round(after.at - shift_at, 1)
+    return {
+        "window_seconds": window,
+        "false_toggles_before_shift": len(before),
+        "false_toggle_scrapes": [s.index for s in before],
+        "disable_after_shift_scrape": None if after is None else after.index,
+        "delay_seconds": seconds,
+        "delay_windows": None if seconds is None else math.ceil(seconds / window - 1e-9),
+        "disable_reason": None if after is None else after.reason,
+        "median_ratio_before": ratios([s for s in steps if 0 < s.index <= shift]),
+        "median_ratio_after": ratios([s for s in steps if s.index > shift]),
+        "reasons_after_shift": dict(Counter(s.reason for s in steps if s.index > shift)),
+    }
+
+
+def bootstrap(
+    steps: list[ReplayStep],
+    shift: int,
+    config: PolicyConfig,
+    rng: random.Random,
+    *,
+    runs: int,
+    before: int,
+    horizon: int,
+    windows: int,
+) -> dict[str, object]:
+    """Windows resampled within each phase: many runs of ``before`` windows then ``horizon`` after the shift
+    (detection delay), and ``windows`` stationary windows before the shift (false toggles per 10,000).
+
+    Each step is one captured window (--window equal to the capture's), so resampling whole windows keeps what
+    vLLM did within a window; what it loses is any drift between windows of the same phase.
+    """
+    pre = [s.observation for s in steps if 0 < s.index <= shift]
+    post = [s.observation for s in steps if s.index > shift]
+    delays: list[int] = []
+    early = missed = 0
+    for _ in range(runs):
+        series = [rng.choice(pre) for _ in range(before)] + [rng.choice(post) for _ in range(horizon)]
+        hit = next((i for i, action in feed(config, iter(series)) if action is Action.DISABLE), None)
+        if hit is None:
+            missed += 1
+        elif hit < before:
+            early += 1
+        else:
+            delays.append(hit - before + 1)
+    stationary = [rng.choice(pre) for _ in range(windows)]
+    toggles = sum(1 for _, action in feed(config, iter(stationary)) if action is Action.DISABLE)
+    return {
+        "runs": runs,
+        "windows_before": before,
+        "horizon": horizon,
+        "detected": len(delays) / runs,
+        "median": statistics.median(delays) if delays else None,
+        "p10": percentile(delays, 0.1) if delays else None,
+        "p90": percentile(delays, 0.9) if delays else None,
+        "max": max(delays) if delays else None,
+        "early": early,
+        "missed": missed,
+        "stationary_windows": windows,
+        "false_toggles": toggles,
+        "false_toggles_per_10000": round(toggles * 10_000 / windows, 1),
+    }
+
+
+def print_replay(args: argparse.Namespace) -> int:
+    replay = load_replay(args.replay)
+    capture_window = float(cast(float, replay.meta["window_seconds"]))
+    rows: list[dict[str, object]] = []
+    boot: list[dict[str, object]] = []
+    rng = random.Random(args.seed)
+    for window in (60.0, capture_window):
+        for warmup in (Settings().warmup_windows, 0):
+            settings = Settings(window=window, warmup_windows=warmup)
+            steps, note = replay_run(replay, settings, measured=True)
+            rows.append({"warmup_windows": warmup, "measured_breakeven": note, **replay_summary(replay, steps, window)})
+            if window == capture_window:
+                config = policy_config(settings)  # feed() steps time by WINDOW: more than any window here
+                boot.append(
+                    {
+                        "window_seconds": window,
+                        "warmup_windows": warmup,
+                        **bootstrap(
+                            steps, replay.shift, config, rng, runs=args.runs, before=replay.shift,
+                            horizon=args.horizon, windows=args.windows,
+                        ),
+                    }
+                )  # fmt: skip
+    report = {"replay": str(args.replay), "meta": replay.meta, "scrapes": len(replay.scrapes), "rows": rows,
+              "bootstrap": boot, "seed": args.seed}  # fmt: skip
+    print(json.dumps(report, indent=2) if args.json else replay_markdown(report))
+    return 0
+
+
+def replay_markdown(report: dict[str, object]) -> str:
+    meta = cast(dict[str, object], report["meta"])
+    temperatures = cast(list[float], meta["temperatures"])
+    lines = [
+        f"Replay of {report['scrapes']} real scrapes ({meta['family']}, {meta['draft']} "
+        f"k={meta['num_speculative_tokens']}, "
+        f"every {meta['window_seconds']} s; temperature {temperatures[0]} then {temperatures[1]} after scrape "
+        f"{meta['shift_after_scrape']}), through Monitor -> Stats -> decide:",
+        "",
+        "| --window | --warmup-windows | median ratio before / after | disables before the shift "
+        "| disable after the shift (scrape, s after, windows) | measured break-even |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in cast(list[dict[str, object]], report["rows"]):
+        after = (
+            "none in the capture"
+            if row["disable_after_shift_scrape"] is None
+            else f"scrape {row['disable_after_shift_scrape']}, {row['delay_seconds']} s, {row['delay_windows']}"
+        )
+        lines.append(
+            f"| {row['window_seconds']:g} s | {row['warmup_windows']} | {row['median_ratio_before']} / "
+            f"{row['median_ratio_after']} | {row['false_toggles_before_shift']} | {after} "
+            f"| {row['measured_breakeven']} |"
+        )
+    lines += [
+        "",
+        f"Bootstrap (captured windows resampled within each phase, seed {report['seed']}):",
+        "",
+        "| --window | --warmup-windows | runs | detected | delay in windows (median [p10, p90], max) "
+        "| disables before the shift | false toggles per 10,000 stationary windows |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in cast(list[dict[str, object]], report["bootstrap"]):
+        lines.append(
+            f"| {row['window_seconds']:g} s | {row['warmup_windows']} | {row['runs']} | {row['detected']:.0%} "
+            f"| {row['median']} [{row['p10']}, {row['p90']}], {row['max']} | {row['early']} "
+            f"| {row['false_toggles_per_10000']} ({row['false_toggles']} in {row['stationary_windows']}) |"
         )
     return "\n".join(lines)
 
