@@ -33,8 +33,13 @@ decision from the next window (a lowered K, or no speculation). Per window, the 
 speedup model, L(K) / (1 + K·c) from the true profile (1 with speculation off); reported over the windows after
 the drop: the mean for each policy, the best fixed K in hindsight, and how much of the gain reduce-k keeps.
 
+And real windows (``--replay [DIR]``, by default tests/fixtures/family-shift): stored /metrics scrapes of the
+trained family across a temperature shift (scripts/capture_family_windows.py) go through the sidecar's own
+parser, Monitor window, Stats, observation_from_stats and decide; printed: disables before the shift, the first
+after it, whether the measured break-even came into force, and a bootstrap of the captured windows.
+
 Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--starts 1000] [--seed 7]
-     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--reduce-k-only] [--json]
+     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--reduce-k-only] [--replay [DIR]] [--json]
 """
 
 from __future__ import annotations
