@@ -977,7 +977,7 @@ def replay_markdown(report: dict[str, object]) -> str:
         f"{meta['shift_after_scrape']}), through Monitor -> Stats -> decide:",
         "",
         "| --window | --warmup-windows | median ratio before / after | disables before the shift "
-        "| disable after the shift (scrape, s after, windows) | measured break-even |",
+        "| disable after the shift (scrape, s after, --window lengths) | measured break-even |",
         "|---|---|---|---|---|---|",
     ]
     for row in cast(list[dict[str, object]], report["rows"]):

@@ -41,3 +41,11 @@ def test_the_replay_disables_after_the_temperature_shift_and_never_before_it() -
 def test_the_measured_break_even_is_said_to_be_missing_when_the_capture_never_turned_speculation_off() -> None:
     report = run_replay("--runs", "5", "--windows", "100")
     assert all("never established" in r["measured_breakeven"] for r in report["rows"])
+
+
+def test_resampled_windows_of_the_capture_detect_every_shift_without_a_false_toggle() -> None:
+    report = run_replay("--runs", "50", "--windows", "2000")
+    for boot in report["bootstrap"]:
+        assert boot["detected"] == 1.0, boot
+        assert boot["early"] == 0, boot
+        assert boot["false_toggles"] == 0, boot
