@@ -24,6 +24,7 @@ from sidecar.core import specargs
 from sidecar.core.policy import Action, PolicyConfig
 from tests.kubeapi.manifests import NAME, NAMESPACE, deployment, vllm_container
 from tests.kubeapi.server import KubeAPI, kube_api
+from tests.support.kube_actuators import actuator_on
 from tests.support.stats_builders import stats
 
 ROOT = Path(__file__).parents[3]
@@ -146,6 +147,10 @@ def control_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Longer reads than FAST: the real server's re-run of these tests may take seconds to answer a PATCH.
+PATIENT = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(5.0, 5.0))
+
+
 def test_the_next_sidecar_rewrites_an_older_sidecars_record_in_a_manifest_once_and_enable_restores_the_args(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -175,14 +180,7 @@ def test_the_next_sidecar_rewrites_an_older_sidecars_record_on_a_deployment_once
 ) -> None:
     after, notes = older_sidecars_record()
     server.add_deployment(deployment(args=after, annotations=notes))
-    act = KubeActuator(
-        api_client(host=server.url),
-        namespace=NAMESPACE,
-        deployment=NAME,
-        container="vllm",
-        retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(5.0, 5.0)),
-        clock=lambda: T0,
-    )
+    act = actuator_on(server.url, retry=PATIENT)
     controller = Controller(act, PolicyConfig(), read_every=0)
     with caplog.at_level(logging.DEBUG):
         decisions = [controller.step(None, T0 + 60 * i) for i in range(3)]
@@ -213,14 +211,7 @@ def test_a_dry_run_does_not_rewrite_an_older_sidecars_record_and_says_so_once(
 ) -> None:
     after, notes = older_sidecars_record()
     server.add_deployment(deployment(args=after, annotations=notes))
-    act = KubeActuator(
-        api_client(host=server.url),
-        namespace=NAMESPACE,
-        deployment=NAME,
-        container="vllm",
-        retry=RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, timeout=(5.0, 5.0)),
-        clock=lambda: T0,
-    )
+    act = actuator_on(server.url, retry=PATIENT)
     controller = Controller(act, PolicyConfig(dry_run=True), read_every=0)
     with caplog.at_level(logging.DEBUG):
         for i in range(3):
