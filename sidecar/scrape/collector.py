@@ -157,8 +157,9 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View, measured: MeasuredFor) 
         {**labels, "source": str(m.draft_cost.source)},
         m.draft_cost.ratio,
     )
-    _measured_gauges(g, m.model_name, measured(m.model_name))
-    _right_size_gauges(g, m, measured(m.model_name))
+    speed = measured(m.model_name)  # once: it pools every speed window of the model
+    _measured_gauges(g, m.model_name, speed)
+    _right_size_gauges(g, m, speed)
     g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
     g.add(
         "specdecode_generation_tokens_per_second",
