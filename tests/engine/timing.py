@@ -10,7 +10,6 @@ keeps that many requests in flight for a fixed time, which is the load the sidec
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 from collections.abc import Sequence
@@ -103,7 +102,3 @@ def closed_loop(
     if errors:
         raise RuntimeError(f"{len(errors)} request(s) failed, the first: {errors[0]!r}") from errors[0]
     return sorted(results, key=lambda t: t.sent)
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
