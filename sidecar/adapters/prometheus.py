@@ -182,6 +182,10 @@ def _plan(dialect: Dialect, query: FleetQuery) -> dict[PlanKey, str]:
             plan[("histogram", metric, family)] = increase_query(
                 family + "_bucket", query.selector, query.window, (model, "le")
             )
+            # The exact mean needs the sum: vLLM's first TPOT bucket (10 ms) holds every token of a fast engine.
+            plan[("histogram_sum", metric, family)] = increase_query(
+                family + "_sum", query.selector, query.window, (model,)
+            )
     return plan
 
 
@@ -196,6 +200,7 @@ def assemble(dialect: Dialect, answers: Mapping[PlanKey, Sequence[VectorSample]]
     counters: dict[str, dict[CounterKey, Counter]] = defaultdict(dict)
     gauges: dict[str, dict[Role, list[float]]] = defaultdict(lambda: defaultdict(list))
     bounds: dict[str, dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    sums: dict[str, dict[str, float]] = defaultdict(dict)
     taken: set[tuple[str, str]] = set()  # (kind, role or metric) already answered by an earlier spelling
     for (kind, what, _name), samples in answers.items():
         if not samples or (kind, what) in taken:
@@ -208,9 +213,11 @@ def assemble(dialect: Dialect, answers: Mapping[PlanKey, Sequence[VectorSample]]
                 counters[model][(Role(what), (), position)] = Counter(s.value)
             elif kind == "gauge":
                 gauges[model][Role(what)].append(s.value)
+            elif kind == "histogram_sum":
+                sums[model][what] = s.value
             elif (bound := _bound(s.labels.get("le", ""))) is not None:
                 bounds[model][what][bound] = s.value
-    histograms = {model: _histograms(by_metric) for model, by_metric in bounds.items()}
+    histograms = {model: _histograms(by_metric, sums.get(model, {})) for model, by_metric in bounds.items()}
     models = sorted(set(counters) | set(gauges) | set(histograms))
     return Snapshot(
         dialect,
@@ -227,12 +234,14 @@ def assemble(dialect: Dialect, answers: Mapping[PlanKey, Sequence[VectorSample]]
     )
 
 
-def _histograms(by_metric: Mapping[str, Mapping[float, float]]) -> dict[HistogramKey, Histogram]:
+def _histograms(
+    by_metric: Mapping[str, Mapping[float, float]], sums: Mapping[str, float]
+) -> dict[HistogramKey, Histogram]:
     out: dict[HistogramKey, Histogram] = {}
     for metric, counts in by_metric.items():
         ordered = tuple(sorted(counts.items()))
         count = ordered[-1][1] if ordered and ordered[-1][0] == math.inf else 0.0
-        out[(metric, ())] = Histogram(ordered, count)
+        out[(metric, ())] = Histogram(ordered, count, sum=sums.get(metric))
     return out
 
 

@@ -20,6 +20,7 @@ def vllm_payload(  # noqa: PLR0917 - keyword use only in practice; each knob is 
     engine: str = "0",
     created: float = 1_700_000_000.0,
     ttft_buckets: Sequence[tuple[str, float]] = (),
+    ttft_sum: float = 0.0,
 ) -> str:
     labels = f'engine="{engine}",model_name="{model}"'
     lines = [
@@ -44,5 +45,5 @@ def vllm_payload(  # noqa: PLR0917 - keyword use only in practice; each knob is 
         for le, count in ttft_buckets:
             lines.append(f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{le}"}} {count}')
         lines.append(f"vllm:time_to_first_token_seconds_count{{{labels}}} {ttft_buckets[-1][1]}")
-        lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels}}} 0.0")
+        lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels}}} {ttft_sum}")
     return "\n".join(lines) + "\n"

@@ -228,6 +228,7 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
     buckets_before = (("0.1", 0.0), ("1.0", 0.0), ("+Inf", 0.0))
     grown = {"0": (("0.1", 30.0), ("1.0", 60.0), ("+Inf", 70.0)), "1": (("0.1", 5.0), ("1.0", 25.0), ("+Inf", 30.0))}
     counts = {"0": (100, 400, 300, (100, 90, 70, 40)), "1": (50, 200, 20, (15, 4, 1, 0))}
+    ttft_sums = {"0": 12.5, "1": 4.0}  # seconds, after the window (0 before)
 
     def text(after: bool) -> str:
         parts = []
@@ -241,6 +242,7 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
                     per_position=[p * scale for p in positions],
                     engine=engine,
                     ttft_buckets=grown[engine] if after else buckets_before,
+                    ttft_sum=ttft_sums[engine] if after else 0.0,
                 )
             )
         return "".join(parts)
@@ -263,15 +265,16 @@ def test_the_fleet_path_gives_the_scrape_paths_stats_for_the_same_increases() ->
         "vllm:time_to_first_token_seconds_bucket": [
             ({"model_name": "tiny", "le": le}, v) for le, v in (("0.1", 35), ("1.0", 85), ("+Inf", 100))
         ],
+        "vllm:time_to_first_token_seconds_sum": [({"model_name": "tiny"}, 16.5)],
     }
     result = fleet_round(fake_prometheus(answers), window=60)
     assert result.snapshot is not None
     from_fleet = fleet_stats(result.snapshot, 60, AnalysisConfig()).models[0]
-    # The fleet does not ask for the load or the histograms' _sum (its windows are not samples of the measured
-    # speedup): its mean latency is the buckets' estimate, the scrape path's the exact _sum / count.
-    assert from_fleet == replace(scraped, requests_running=None, latency_mean=from_fleet.latency_mean)
-    assert from_fleet.latency_mean["ttft"] == pytest.approx(histogram_mean(((0.1, 35), (1.0, 85), (math.inf, 100))))
-    assert scraped.latency_mean["ttft"] == 0.0  # the payload's _sum
+    # The fake answers no load query, so the fleet's load is unknown; every other number, the exact mean latency
+    # from the _sum increases included (not the buckets' estimate), is the scrape path's.
+    assert from_fleet == replace(scraped, requests_running=None)
+    assert from_fleet.latency_mean["ttft"] == pytest.approx(16.5 / 100)
+    assert from_fleet.latency_mean["ttft"] != pytest.approx(histogram_mean(((0.1, 35), (1.0, 85), (math.inf, 100))))
 
 
 # --- the source -------------------------------------------------------------------------------------------
