@@ -156,19 +156,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = settings.analysis_config(configured_draft_cost_prior(settings.speculative_config, settings.target_model))
     stats = compute_stats(snapshots, config)
     thresholds = config.thresholds
-    buckets, bucket_window, measured = _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None, {})
+    buckets, bucket_window, measured, schedules = (
+        _tap_buckets(args.tap, settings.scrape_timeout) if args.tap else ([], None, {}, {})
+    )
     advice = advise_stats(stats, buckets, AdviceConfig(thresholds=thresholds, slo=slo_from(settings.slo)))
     if args.json:
         body = report_body(stats, advice, buckets, threshold=thresholds.disable_below)
         for model in body["models"]:  # what the running sidecar measured, when --tap names one
             model["measured_speedup"] = measured.get(model["model_name"])
+            model["load_schedule"] = schedules.get(model["model_name"])
         if args.tap:
             body["bucket_window_seconds"] = bucket_window
         print(json.dumps(body, indent=2))
         return 0
     console = Console()
     title = "since engine start" if len(snapshots) == 1 else "window between the two sources"
-    render(stats, console, title, threshold=thresholds.disable_below)
+    render(stats, console, title, threshold=thresholds.disable_below, schedules=schedules)
     if measured:
         render_measured(measured, console, args.tap)
     if buckets:
@@ -180,9 +183,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _tap_buckets(
     sidecar_url: str, timeout: float
-) -> tuple[list[BucketSummary], float | None, dict[str, dict[str, Any]]]:
+) -> tuple[list[BucketSummary], float | None, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """The per-temperature buckets a running sidecar's tap has seen (its /api/report), over how many seconds
-    (None from a sidecar too old to say), and the speedup it measured per model (none from an older sidecar)."""
+    (None from a sidecar too old to say), the speedup it measured per model and the load schedule it proposes
+    (none from an older sidecar)."""
     import httpx
 
     from sidecar.core.report import bucket_from_json
@@ -209,7 +213,12 @@ def _tap_buckets(
             for m in body.get("models", [])
             if isinstance(m, dict) and isinstance(m.get("measured_speedup"), dict)
         }
-        return buckets, seconds, measured
+        schedules = {
+            str(m["model_name"]): m["load_schedule"]
+            for m in body.get("models", [])
+            if isinstance(m, dict) and isinstance(m.get("load_schedule"), dict)
+        }
+        return buckets, seconds, measured, schedules
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"GET {url}: not a sidecar's report ({type(exc).__name__}: {exc}); {hint}") from exc
 

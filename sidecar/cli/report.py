@@ -59,12 +59,16 @@ def render(
     title: str,
     measured: Mapping[str, MeasuredSpeedup | None] | None = None,
     threshold: float = 0.5,
+    schedules: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     if not stats.models:
         console.print(Panel("No engine metrics found in the source.", title=plain(title), style="red"))
         return
     for m in stats.models:
         summary = _summary_table(m, (measured or {}).get(m.model_name), threshold, measured is not None)
+        schedule = (schedules or {}).get(m.model_name)
+        if schedule is not None:
+            summary.add_row("load schedule", plain(schedule_words(schedule)))
         console.print(Panel(Group(summary, _latency_table(m)), title=plain(f"{title}: {m.model_name or '?'}")))
 
 
@@ -106,6 +110,18 @@ def _summary_table(m: ModelStats, measured: MeasuredSpeedup | None, threshold: f
     if not m.comparable:
         table.add_row("note", "legacy V0 engine: its acceptance counts are not comparable with V1's")
     return table
+
+
+def schedule_words(schedule: Mapping[str, Any]) -> str:
+    """A ``load_schedule`` object (sidecar.core.load_schedule.SchedulePlan.as_json) in one line: the proposal,
+    then each load band's speedup and verdict."""
+    bands = "; ".join(
+        f"{b.get('band')}: {fixed(b.get('speedup'), 2)} {b.get('verdict')} ({b.get('source')})"
+        for b in schedule.get("bands", [])
+        if isinstance(b, Mapping)
+    )
+    words = str(schedule.get("words") or "")
+    return f"{words}. Bands: {bands}" if bands else words
 
 
 def _latency_table(m: ModelStats) -> Table:

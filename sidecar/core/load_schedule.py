@@ -22,6 +22,9 @@ Public API (other modules and the engine tests build on these names; keep them):
       interval (``low_speedup``/``high_speedup``, equal to it for a prior), ``source`` and ``verdict``
       (:class:`BandVerdict`: pays, hurts, unclear, unknown).
   ``batch_band(running)`` -> (low, high): the band of a window's mean number of running requests.
+  ``for_model(samples, model, measured, max_num_seqs)``: the plan for one model's window as ``report``,
+      ``/status``, the metrics and the policy show it (K: the right-sized K when it is better with 95 %
+      confidence, else the running K; c as the right-sizing uses it), None with speculation off.
 
 Load bands are batch sizes 1, 2, 3-4, 5-8, 9-16, ... (powers of two above 2). A window's batch size is its mean
 ``vllm:num_requests_running`` rounded (at least 1): a mean over a window, so a band's edge is fuzzy by about the
@@ -57,8 +60,10 @@ from enum import StrEnum
 from statistics import fmean
 from typing import Any
 
+from sidecar.core import right_size_k
 from sidecar.core.cost_prior import CostSource, DraftCost
-from sidecar.core.measured_speedup import MIN_LOG_SPREAD, MIN_PER_BAND, Z95, SpeedSample
+from sidecar.core.measured_speedup import MIN_LOG_SPREAD, MIN_PER_BAND, Z95, MeasuredSpeedup, SpeedSample
+from sidecar.core.stats import ModelStats
 
 KEY = "num_speculative_tokens_per_batch_size"
 # vLLM's --max-num-seqs when the args do not set it (the V1 engine's default for online serving).

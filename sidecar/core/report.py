@@ -14,6 +14,7 @@ from typing import Any
 
 from sidecar.core.advice import Advice, advice_json
 from sidecar.core.catalog import LATENCY_METRICS
+from sidecar.core.load_schedule import SchedulePlan, schedule_json
 from sidecar.core.measured_speedup import MeasuredSpeedup, band_label
 from sidecar.core.right_size_k import for_model, right_size_json
 from sidecar.core.speedup_words import caveat
@@ -45,11 +46,12 @@ def report_body(
     buckets: Iterable[BucketSummary],
     measured: Mapping[str, MeasuredSpeedup | None] | None = None,
     threshold: float = 0.5,
+    schedules: Mapping[str, SchedulePlan | None] | None = None,
 ) -> dict[str, Any]:
     """``report --json`` and ``/api/report``: the window's report (empty without a window), the advice on it
     (no key when there is none to give) and the tap's buckets. ``measured``: the speedup measured per model by a
-    running sidecar (a report of scrapes has none)."""
-    body = report_json(stats, measured, threshold) if stats is not None else {"engine": None, "models": []}
+    running sidecar (a report of scrapes has none); ``schedules``: the load schedule it proposes per model."""
+    body = report_json(stats, measured, threshold, schedules) if stats is not None else {"engine": None, "models": []}
     if advice is not None:
         body["advice"] = [advice_json(a) for a in advice]
     body["buckets"] = [bucket_json(b) for b in buckets]
@@ -57,13 +59,20 @@ def report_body(
 
 
 def report_json(
-    stats: Stats, measured: Mapping[str, MeasuredSpeedup | None] | None = None, threshold: float = 0.5
+    stats: Stats,
+    measured: Mapping[str, MeasuredSpeedup | None] | None = None,
+    threshold: float = 0.5,
+    schedules: Mapping[str, SchedulePlan | None] | None = None,
 ) -> dict[str, Any]:
-    """``measured``: the speedup measured per model by a running sidecar (a report of scrapes has none)."""
+    """``measured``: the speedup measured per model by a running sidecar (a report of scrapes has none), and
+    ``schedules`` the load schedule proposed from its windows."""
     return {
         "engine": stats.engine,
         "window_seconds": _finite(stats.window_seconds),
-        "models": [_model_json(m, (measured or {}).get(m.model_name), threshold) for m in stats.models],
+        "models": [
+            _model_json(m, (measured or {}).get(m.model_name), threshold, (schedules or {}).get(m.model_name))
+            for m in stats.models
+        ],
     }
 
 
@@ -97,7 +106,9 @@ def threshold_in_force(measured: MeasuredSpeedup | None, threshold: float) -> fl
     return in_force if in_force is not None else threshold
 
 
-def _model_json(m: ModelStats, measured: MeasuredSpeedup | None = None, threshold: float = 0.5) -> dict[str, Any]:
+def _model_json(
+    m: ModelStats, measured: MeasuredSpeedup | None = None, threshold: float = 0.5, schedule: SchedulePlan | None = None
+) -> dict[str, Any]:
     ratios = m.p99_p50_ratio
     note = caveat(
         m.expected_speedup, m.acceptance_ratio, threshold_in_force(measured, threshold), m.draft_cost, measured
@@ -124,6 +135,9 @@ def _model_json(m: ModelStats, measured: MeasuredSpeedup | None = None, threshol
         "measured_speedup": measured_json(measured),
         # The K (1..k) with the highest expected speedup, its plausible range and c's source (null when unknown).
         "right_size_k": right_size_json(for_model(m, measured)),
+        # Where speculation stops paying as the load grows, per load band, and the schedule of K that follows
+        # (sidecar.core.load_schedule); null from a report of scrapes (no windows over time) or speculation off.
+        "load_schedule": schedule_json(schedule),
         "latency_seconds": {
             metric: {k: _finite(v) for k, v in q.as_dict().items()}
             if (q := m.latency.get(metric))
