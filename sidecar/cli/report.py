@@ -59,6 +59,7 @@ def render(
     title: str,
     measured: Mapping[str, MeasuredSpeedup | None] | None = None,
     threshold: float = 0.5,
+    *,
     schedules: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     if not stats.models:

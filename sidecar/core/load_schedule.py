@@ -217,6 +217,26 @@ def propose_schedule(
     return plan(cut, source, reason)
 
 
+def for_model(
+    samples: Sequence[SpeedSample],
+    model: ModelStats,
+    measured: MeasuredSpeedup | None = None,
+    max_num_seqs: int | None = None,
+) -> SchedulePlan | None:
+    """The plan for one model (None with speculation off: there is no K to keep)."""
+    if not model.speculation:
+        return None
+    size = right_size_k.for_model(model, measured)
+    k = size.recommended_k if size is not None and size.distinguishable else model.num_speculative_tokens
+    cost, _interval = right_size_k.draft_cost_for(model.draft_cost, measured)
+    return propose_schedule(samples, k=k, max_num_seqs=max_num_seqs, cost=cost)
+
+
+def schedule_json(plan: SchedulePlan | None) -> dict[str, Any] | None:
+    """``report --json``, ``/api/report`` and ``/status``: the plan, null with speculation off."""
+    return None if plan is None else plan.as_json()
+
+
 def _band(low: int, high: int, on: list[SpeedSample], off: list[SpeedSample], cost: DraftCost | None) -> LoadBand:
     lengths = [s.mean_acceptance_length for s in on if s.mean_acceptance_length is not None]
     length = fmean(lengths) if lengths else None

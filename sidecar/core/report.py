@@ -46,12 +46,17 @@ def report_body(
     buckets: Iterable[BucketSummary],
     measured: Mapping[str, MeasuredSpeedup | None] | None = None,
     threshold: float = 0.5,
+    *,
     schedules: Mapping[str, SchedulePlan | None] | None = None,
 ) -> dict[str, Any]:
     """``report --json`` and ``/api/report``: the window's report (empty without a window), the advice on it
     (no key when there is none to give) and the tap's buckets. ``measured``: the speedup measured per model by a
     running sidecar (a report of scrapes has none); ``schedules``: the load schedule it proposes per model."""
-    body = report_json(stats, measured, threshold, schedules) if stats is not None else {"engine": None, "models": []}
+    body = (
+        report_json(stats, measured, threshold, schedules=schedules)
+        if stats is not None
+        else {"engine": None, "models": []}
+    )
     if advice is not None:
         body["advice"] = [advice_json(a) for a in advice]
     body["buckets"] = [bucket_json(b) for b in buckets]
@@ -62,6 +67,7 @@ def report_json(
     stats: Stats,
     measured: Mapping[str, MeasuredSpeedup | None] | None = None,
     threshold: float = 0.5,
+    *,
     schedules: Mapping[str, SchedulePlan | None] | None = None,
 ) -> dict[str, Any]:
     """``measured``: the speedup measured per model by a running sidecar (a report of scrapes has none), and

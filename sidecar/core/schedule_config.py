@@ -58,7 +58,7 @@ def current_schedule(command: Sequence[str] | None, args: Sequence[str] | None) 
     found: Any = None
     for flag in specargs.find(command, args):
         name, value = _name_value(flag)
-        root, dot, dotted = name.partition(".")
+        _root, dot, dotted = name.partition(".")
         if flag.flag not in specargs.DOTTED_ROOTS:
             continue
         if dot and dotted.replace("-", "_") == KEY:

@@ -70,7 +70,7 @@ def test_a_schedule_set_by_hand_is_not_overwritten() -> None:
 
 
 def test_legacy_flags_have_no_schedule_to_take() -> None:
-    with pytest.raises(NotWritableError, match="before 0.8.3"):
+    with pytest.raises(NotWritableError, match=r"before 0\.8\.3"):
         write(None, ["--speculative-model", "d", "--num-speculative-tokens", "3"], VALUE)
 
 
