@@ -26,11 +26,14 @@ from sidecar.control.loop import (
     SpeedFor,
     SpeedRestore,
 )
+from sidecar.core import load_schedule, schedule_config
 from sidecar.core.actuator import Actuator, Leadership
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
+from sidecar.core.load_schedule import SchedulePlan
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.policy import PolicyConfig, TrialConfig
+from sidecar.core.stats import ModelStats
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
 from sidecar.scrape.collector import ScrapeCollector
 from sidecar.scrape.monitor import Monitor
@@ -55,6 +58,18 @@ class Sidecar:
         the pod's own."""
         return self.fleet.measured(model) if self.fleet is not None else self.monitor.view_measured(model)
 
+    def max_num_seqs(self) -> int | None:
+        """The engine's --max-num-seqs as the target's args set it (None: not set, or no target read yet)."""
+        view = self.controller.view if self.controller is not None else None
+        return schedule_config.max_num_seqs(view.command, view.args) if view is not None else None
+
+    def schedule(self, model: ModelStats) -> SchedulePlan | None:
+        """The load schedule proposed for ``model`` from the windows the measured speedup uses (the fleet's in
+        fleet mode), None with speculation off."""
+        speed = self.fleet.speed if self.fleet is not None else self.monitor.view.speed
+        samples = speed.samples(model.model_name)
+        return load_schedule.for_model(samples, model, self.measured(model.model_name), self.max_num_seqs())
+
     def speculative_tokens(self) -> int | None:
         """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
         stats = self.monitor.view.stats
@@ -69,7 +84,15 @@ def build_sidecar(settings: Settings) -> Sidecar:
     fleet = FleetSource(settings) if settings.prometheus_url else None
     # Fleet mode exports, shows and decides on the fleet's measured speedup (the Lease holder's), a pod on its own.
     measured = fleet.measured if fleet else monitor.view_measured
-    registry.register(ScrapeCollector(lambda: monitor.view, settings.stale_seconds(), measured))
+    built: list[Sidecar] = []  # the schedule's --max-num-seqs comes from the controller's read of the target
+    registry.register(
+        ScrapeCollector(
+            lambda: monitor.view,
+            settings.stale_seconds(),
+            measured,
+            schedule=lambda model: built[0].schedule(model) if built else None,
+        )
+    )
     recorder = TapRecorder(window_seconds=settings.bucket_window)
     registry.register(recorder.collector())
     # Fleet mode judges the fleet's P99/P50 against the fleet's baseline and its acceptance against the fleet's
@@ -95,7 +118,9 @@ def build_sidecar(settings: Settings) -> Sidecar:
     if controller is not None:
         (fleet or monitor).add_listener(controller.on_stats)
         registry.register(ControlCollector(controller))
-    return Sidecar(settings, monitor, registry, recorder, controller, fleet)
+    sidecar = Sidecar(settings, monitor, registry, recorder, controller, fleet)
+    built.append(sidecar)
+    return sidecar
 
 
 def _breakeven(monitor: Monitor, model: str) -> float | None:

@@ -24,7 +24,8 @@ Public API (other modules and the engine tests build on these names; keep them):
   ``batch_band(running)`` -> (low, high): the band of a window's mean number of running requests.
   ``for_model(samples, model, measured, max_num_seqs)``: the plan for one model's window as ``report``,
       ``/status``, the metrics and the policy show it (K: the right-sized K when it is better with 95 %
-      confidence, else the running K; c as the right-sizing uses it), None with speculation off.
+      confidence, else the running K; c as the right-sizing uses it). With speculation off: the bands only
+      (measured), no schedule.
 
 Load bands are batch sizes 1, 2, 3-4, 5-8, 9-16, ... (powers of two above 2). A window's batch size is its mean
 ``vllm:num_requests_running`` rounded (at least 1): a mean over a window, so a band's edge is fuzzy by about the
@@ -55,7 +56,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from statistics import fmean
 from typing import Any
@@ -223,9 +224,17 @@ def for_model(
     measured: MeasuredSpeedup | None = None,
     max_num_seqs: int | None = None,
 ) -> SchedulePlan | None:
-    """The plan for one model (None with speculation off: there is no K to keep)."""
+    """The plan for one model. With speculation off, the bands still show what the windows measured, with the K
+    the speculation-on windows ran at (no schedule can be written then: the reason says so). None without any
+    window and without speculation."""
     if not model.speculation:
-        return None
+        ks = [s.num_speculative_tokens for s in samples if s.speculation and s.num_speculative_tokens]
+        if not ks:
+            return None
+        plan = propose_schedule(samples, k=max(set(ks), key=ks.count), max_num_seqs=max_num_seqs)
+        if plan.cut is None:
+            return plan
+        return replace(plan, reason=f"{plan.reason}; speculation is off now, so there is no K to schedule")
     size = right_size_k.for_model(model, measured)
     k = size.recommended_k if size is not None and size.distinguishable else model.num_speculative_tokens
     cost, _interval = right_size_k.draft_cost_for(model.draft_cost, measured)

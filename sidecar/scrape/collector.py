@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.core import right_size_k
+from sidecar.core import load_schedule, right_size_k
 from sidecar.core.baseline import divergence
+from sidecar.core.load_schedule import SchedulePlan, ScheduleSource
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.stats import ModelStats
 from sidecar.core.validity import INVALID_REASONS
@@ -28,20 +29,34 @@ QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 
 # model -> the measured speedup to export for it (the pod's own, or in fleet mode the fleet's).
 MeasuredFor = Callable[[str], MeasuredSpeedup | None]
+# model -> the load schedule to export for it (sidecar.core.load_schedule), None with speculation off.
+ScheduleFor = Callable[[ModelStats], SchedulePlan | None]
 
 
 class ScrapeCollector(Collector):
-    def __init__(self, view: Callable[[], View], stale_after: float, measured: MeasuredFor | None = None) -> None:
+    def __init__(
+        self,
+        view: Callable[[], View],
+        stale_after: float,
+        measured: MeasuredFor | None = None,
+        schedule: ScheduleFor | None = None,
+    ) -> None:
         self._view = view
         self._stale_after = stale_after
         self._measured = measured
+        self._schedule = schedule
 
     def collect(self) -> Iterator[Metric]:
         view = self._view()
         current = view.current(self._stale_after)
         yield from _health(view, current)
         if current:
-            yield from _model_families(view, self._measured or view.measured)
+            measured = self._measured or view.measured
+            # Without a sidecar to ask (tests of the collector alone): the pod's own windows, no --max-num-seqs.
+            schedule = self._schedule or (
+                lambda m: load_schedule.for_model(view.speed.samples(m.model_name), m, measured(m.model_name))
+            )
+            yield from _model_families(view, measured, schedule)
 
 
 def _health(view: View, current: bool) -> Iterator[Metric]:
@@ -111,7 +126,7 @@ class _Gauges:
         family.add_metric(list(labels.values()), value)
 
 
-def _model_families(view: View, measured: MeasuredFor) -> Iterator[Metric]:
+def _model_families(view: View, measured: MeasuredFor, schedule: ScheduleFor) -> Iterator[Metric]:
     assert view.stats is not None
     gauges = _Gauges()
     if view.stats.window_seconds is not None:
@@ -119,6 +134,7 @@ def _model_families(view: View, measured: MeasuredFor) -> Iterator[Metric]:
         gauges.add("specdecode_window_seconds", "Length of the window the numbers cover.", {}, seconds)
     for model in view.stats.models:
         _model_gauges(gauges, model, view, measured)
+        _schedule_gauges(gauges, model.model_name, schedule(model))
     yield from gauges.families.values()
 
 
@@ -242,6 +258,37 @@ def _right_size_gauges(g: _Gauges, m: ModelStats, measured: MeasuredSpeedup | No
         labels,
         size.recommended.speedup,
     )
+
+
+def _schedule_gauges(g: _Gauges, model: str, plan: SchedulePlan | None) -> None:
+    """The speedup per load band and the proposed cut (sidecar.core.load_schedule); absent with speculation
+    off, a band absent without a verdict, the cut absent while no schedule is proposed."""
+    if plan is None:
+        return
+    if plan.proposed and plan.cut is not None:
+        g.add(
+            "specdecode_proposed_schedule_cut",
+            "Largest batch size at which speculation still pays: the proposed num_speculative_tokens_per_batch_size "
+            "keeps K up to it and sets 0 above; source: measured (TPOT on and off per load band) or prior.",
+            {"model_name": model, "source": str(plan.source)},
+            float(plan.cut),
+        )
+    for band in plan.bands:
+        if band.speedup is None:
+            continue
+        labels = {"model_name": model, "band": band.label, "source": str(band.source)}
+        g.add(
+            "specdecode_load_band_speedup",
+            "Speedup with speculation per load band (batch sizes): TPOT off / on where both states have windows "
+            "(source measured), else L / (1 + k*c) (source prior).",
+            labels,
+            band.speedup,
+        )
+        if band.source is ScheduleSource.MEASURED:
+            g.add("specdecode_load_band_speedup_low", "Low end of its 95 % interval (measured bands).", labels,
+                  band.low_speedup)  # fmt: skip
+            g.add("specdecode_load_band_speedup_high", "High end of its 95 % interval (measured bands).", labels,
+                  band.high_speedup)  # fmt: skip
 
 
 def _latency_gauges(g: _Gauges, m: ModelStats, view: View) -> None:

@@ -105,7 +105,8 @@ def create_app(settings: Settings, sidecar: Sidecar | None = None) -> FastAPI:
         summaries = sc.recorder.bucket_summary()
         config = AdviceConfig(thresholds=sc.monitor.config.thresholds, slo=slo_from(settings.slo))
         advice = advise_stats(stats, summaries, config) if stats is not None else None
-        body = report_body(stats, advice, summaries, measured, settings.threshold)
+        schedules = {m.model_name: sc.schedule(m) for m in stats.models} if stats is not None else {}
+        body = report_body(stats, advice, summaries, measured, settings.threshold, schedules=schedules)
         body["bucket_window_seconds"] = settings.bucket_window
         body["target_up"] = current
         body["last_scrape"] = view.last_scrape.result if view.last_scrape else None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.control.fleet import FleetSource
 from sidecar.core.advice import AdviceConfig, advise_stats, slo_from
+from sidecar.core.load_schedule import SchedulePlan
+from sidecar.core.stats import ModelStats
 from sidecar.core.verdict import Thresholds, verdict
 from sidecar.scrape.monitor import Monitor
 from sidecar.settings import Settings
@@ -40,6 +42,7 @@ class RunningSidecar(Protocol):
     def monitor(self) -> Monitor: ...
     @property
     def fleet(self) -> FleetSource | None: ...
+    def schedule(self, model: ModelStats) -> SchedulePlan | None: ...
 
 
 class TargetLike(Protocol):
@@ -145,6 +148,7 @@ def collect(
         fleet=fleet_panel(sidecar),
         measured={m.model_name: measured(m.model_name) for m in models},
         speed_samples={m.model_name: speed.samples(m.model_name) for m in models},
+        schedules={m.model_name: sidecar.schedule(m) for m in models},
     )
 
 

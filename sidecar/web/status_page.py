@@ -22,6 +22,7 @@ from typing import Protocol
 from sidecar.core import right_size_k
 from sidecar.core.advice import Advice, Status
 from sidecar.core.figures import count, fixed, percent
+from sidecar.core.load_schedule import SchedulePlan, ScheduleSource
 from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
 from sidecar.core.speedup_words import breakeven_words, caveat, e2e_words, expected_words, measured_words
 from sidecar.core.stats import ModelStats
@@ -118,6 +119,8 @@ class StatusPage:
     # The speedup measured from this engine's TPOT per model (None: no load band with both states yet).
     measured: Mapping[str, MeasuredSpeedup | None] = field(default_factory=dict)
     speed_samples: Mapping[str, Sequence[SpeedSample]] = field(default_factory=dict)  # windows learned so far
+    # The load schedule of K proposed per model (sidecar.core.load_schedule); None with speculation off.
+    schedules: Mapping[str, SchedulePlan | None] = field(default_factory=dict)
 
 
 # --- rendering (pure) -------------------------------------------------------------------------------------
@@ -189,6 +192,9 @@ def _models_section(page: StatusPage) -> str:
                 page.speed_samples.get(m.model_name, ()),
             ),
         )
+        plan = page.schedules.get(m.model_name)
+        if plan is not None:
+            rows = (*rows, ("load schedule", plan.words), *_band_rows(plan))
         if m.invalid is not None:  # impossible numbers: say which, since no number is shown
             rows = (*rows, ("invalid window", f"{m.invalid}: {m.invalid_detail or ''}"))
         details = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
@@ -197,6 +203,21 @@ def _models_section(page: StatusPage) -> str:
             f"</div><dl>{details}</dl></div>"
         )
     return f'{title}<div class="models">{"".join(cards)}</div>'
+
+
+def _band_rows(plan: SchedulePlan) -> tuple[tuple[str, str], ...]:
+    """One row per load band with a verdict: the speedup there and where it comes from."""
+    rows = []
+    for band in plan.bands:
+        if band.speedup is None:
+            continue
+        interval = (
+            f", 95 % {band.low_speedup:.2f}-{band.high_speedup:.2f}" if band.source is ScheduleSource.MEASURED else ""
+        )
+        rows.append(
+            (f"batch size {band.label}", f"{band.verdict}: speedup {band.speedup:.2f}{interval} ({band.source})")
+        )
+    return tuple(rows)
 
 
 def _speedup_rows(

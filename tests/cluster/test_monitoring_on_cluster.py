@@ -296,7 +296,7 @@ def _run_stack(
     alertmanager_pod = cluster.get_json("pod", f"alertmanager-{NAME}-0", "-n", namespace)
     alertmanager_config = gunzipped(cluster, namespace, f"alertmanager-{NAME}-generated", "alertmanager.yaml.gz")
 
-    with fake_vllm(latency=True) as engine:
+    with fake_vllm(latency=True, load_effect=True) as engine:
         alertmanager = start_alertmanager(work, alertmanager_config, components)
         metrics_port = free_port()
         prom_port = free_port()
@@ -338,12 +338,15 @@ def _run_stack(
             stop = threading.Event()
             sender = threading.Thread(target=_traffic, args=(sidecar, stop), daemon=True)
             sender.start()
+            load = threading.Thread(target=_load, args=(engine, stop), daemon=True)
+            load.start()
             try:
                 forbidden = 'specdecode_actuator_errors_total{reason="forbidden"} > 0'
                 wait_for(lambda: bool(stack.query(forbidden)), 120, stack.logs)
                 # While the patch is refused speculation stays on: the fleet's windows with it on pile up, which
                 # the measured speedup compares with those after the disable (it needs two of each).
-                wait_for(lambda: _speed_windows(health, "on") >= MIN_PER_BAND, 120, stack.logs)
+                # ... in both load bands the engine alternates between, so the load schedule has a cut to propose.
+                wait_for(lambda: _band_windows(health, "on") >= MIN_PER_BAND, 180, stack.logs)
                 _deployment_verbs(cluster, namespace, name, verbs)
                 wait_for(lambda: "--speculative-config" not in _vllm_args(cluster, namespace, name), 180, stack.logs)
                 engine.speculation = False  # the new pods' engine runs without the draft model
@@ -352,12 +355,29 @@ def _run_stack(
             finally:
                 stop.set()
                 sender.join(30)
+                load.join(30)
 
 
-def _speed_windows(sidecar_api: str, state: str) -> int:
-    """The fleet's TPOT windows with speculation ``state`` the sidecar holds for the measured speedup."""
-    windows = httpx.get(f"{sidecar_api}/api/fleet", timeout=5).json()["speed_windows"].get(MODEL, {})
-    return int(windows.get(state, 0))
+# The batch sizes the engine alternates between, and how long each lasts: longer than two windows (5 s), so each
+# phase holds whole windows of one load. Speculation pays at the first and hurts at the second (load_effect).
+LOADS = (1.0, 8.0)
+LOAD_PHASE = 12.0
+
+
+def _load(engine: FakeVllm, stop: threading.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        engine.running = LOADS[i % len(LOADS)]
+        i += 1
+        stop.wait(LOAD_PHASE)
+
+
+def _band_windows(sidecar_api: str, state: str) -> int:
+    """The fewest windows with speculation ``state`` in the two load bands the engine alternates between."""
+    report = httpx.get(f"{sidecar_api}/api/report", timeout=5).json()
+    schedule = next((m.get("load_schedule") for m in report.get("models", []) if m["model_name"] == MODEL), None)
+    bands = {b["band"]: b for b in (schedule or {}).get("bands", [])}
+    return min(int(bands.get(band, {}).get(f"{state}_windows", 0)) for band in ("1", "5-8"))
 
 
 def _deployment_verbs(cluster: Cluster, namespace: str, name: str, verbs: list[str]) -> list[str]:
@@ -450,9 +470,10 @@ def test_every_specdecode_family_reaches_prometheus(monitoring_stack: Stack) -> 
 
     wanted = set(exported_families())
     # The measured speedup's families need two windows off in the fleet's numbers after the rollout, each a
-    # whole window (5 s) after the state change and the rollout: about 20 s after the fixture is done.
+    # whole window (5 s) after the state change and the rollout: about 20 s after the fixture is done. The load
+    # schedule's need two in each of the two load bands: two load phases more.
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: wanted <= families(names()), 90)
+        wait_for(lambda: wanted <= families(names()), 180)
     assert wanted - families(names()) == set()
 
 

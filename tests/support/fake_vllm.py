@@ -45,6 +45,11 @@ class FakeVllm:
     generation_tokens: int = 0
     # metric -> one observation per completion, in seconds
     observations: dict[str, list[float]] = field(default_factory=dict)
+    # What vllm:num_requests_running reads (the batch size the engine runs at), set by the test to play a load.
+    running: float = 0.0
+    # With latency: speculation halves TPOT at up to 2 running requests and doubles it above (it pays at low load
+    # and hurts at high load, as a compute-bound verify step does), so a load schedule has a cut at 2.
+    load_effect: bool = False
 
     def metrics_text(self) -> str:
         with self.lock:
@@ -52,6 +57,8 @@ class FakeVllm:
                 text = vllm_payload(MODEL, self.drafts, self.draft_tokens, self.accepted_tokens, (0, 0, 0, 0))
             else:
                 text = vllm_payload(MODEL)
+            running = f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}}'
+            text = text.replace(f"{running} 0.0", f"{running} {self.running}")
             observed = {name: list(values) for name, values in self.observations.items()}
             generated = self.generation_tokens
         labels = f'engine="0",model_name="{MODEL}"'
@@ -82,6 +89,8 @@ class FakeVllm:
             slow = 4.0 if self.completions % 10 == 0 else 1.0
             tokens = int(body.get("max_tokens") or 16)
             ttft, tpot = 0.05 * slow, 0.02 * slow
+            if self.load_effect and self.speculation:
+                tpot *= 0.5 if self.running <= 2 else 2.0
             self.generation_tokens += tokens
             for name, value in zip(LATENCY_HISTOGRAMS, (ttft, tpot, ttft + tpot * tokens), strict=True):
                 self.observations.setdefault(name, []).append(value)

@@ -85,6 +85,13 @@ def exported_by_a_busy_sidecar(tmp_path: Path) -> dict[str, tuple[str, frozenset
     sidecar.controller.step(sidecar.monitor.view.stats, 1011.0)  # reads the target back: the toggle's record
     manifest.write_text("{ not: [valid")  # the next read of the target fails: an actuator error
     sidecar.controller.step(sidecar.monitor.view.stats, 1100.0)
+    # Windows at a higher load where speculation is slower: a load schedule is proposed (its families have data).
+    busy = [
+        SpeedSample(float(i), on, 8.0, 0.06 if on else 0.05, 50.0, None, None, 2.2 if on else None, 4 if on else None)
+        for i in range(3)
+        for on in (True, False)
+    ]
+    sidecar.fleet.speed = with_samples(sidecar.fleet.speed, "tiny", busy)
     for draft, accepted in ((40, 30), (40, 10), (20, 20)):
         record = RequestRecord("tiny", "0", SOURCE_METRICS, SpecCounts(draft, accepted), 0.05, 0.01)
         sidecar.recorder.record(record)
