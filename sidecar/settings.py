@@ -334,6 +334,17 @@ class DecisionSettings(_Section):
             "byte (docs/policy.md)."
         ),
     )
+    schedule_k: bool = Field(
+        False,
+        description=(
+            "When the engine's own latency shows speculation paying at low load and hurting at high load (TPOT "
+            "with speculation on and off per load band, each with 95 % confidence), write "
+            "num_speculative_tokens_per_batch_size into the speculative config: K up to the last batch size where "
+            "it pays, 0 above. Before a disable or reduce-k, and also while the windows pass. Same guards, record, "
+            "Event, cooldown, flap budget and rollout watch as a disable, once per record; refused with data "
+            "parallelism and on vLLM before 0.32; 'enable' takes it out byte for byte (docs/policy.md)."
+        ),
+    )
 
 
 class TargetSettings(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +23,7 @@ from sidecar.control.loop import (
     ControlCollector,
     Controller,
     Measured,
+    SamplesFor,
     SpeculationSink,
     SpeedFor,
     SpeedRestore,
@@ -31,7 +33,7 @@ from sidecar.core.actuator import Actuator, Leadership
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.forward_paths import parse_forward_paths
 from sidecar.core.load_schedule import SchedulePlan
-from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
 from sidecar.core.policy import PolicyConfig, TrialConfig
 from sidecar.core.stats import ModelStats
 from sidecar.core.temperature import TemperatureBuckets, parse_edges
@@ -108,6 +110,7 @@ def build_sidecar(settings: Settings) -> Sidecar:
         else lambda spec, target: monitor.set_draft_cost_prior(draft_cost_prior(spec, target)),
         speed_for=fleet.keep_speed if fleet else monitor.keep_speed,
         speed_restore=fleet.restore_speed if fleet else monitor.restore_speed,
+        samples_for=partial(_fleet_samples, fleet) if fleet else partial(_samples, monitor),
     )
     if fleet is not None:
         registry.register(FleetCollector(fleet))
@@ -130,6 +133,14 @@ def _breakeven(monitor: Monitor, model: str) -> float | None:
 
 def _measured(monitor: Monitor, model: str) -> MeasuredSpeedup | None:
     return monitor.view.measured(model)  # the view is replaced at every scrape: read it when asked
+
+
+def _samples(monitor: Monitor, model: str) -> tuple[SpeedSample, ...]:
+    return monitor.view.speed.samples(model)  # the view is replaced at every scrape: read it when asked
+
+
+def _fleet_samples(fleet: FleetSource, model: str) -> tuple[SpeedSample, ...]:
+    return fleet.speed.samples(model)  # replaced at every round, as the view
 
 
 def _baseline(monitor: Monitor, model: str) -> dict[str, float | None]:
@@ -177,6 +188,7 @@ def policy_config(settings: Settings) -> PolicyConfig:
         trial=trial,
         dry_run=settings.dry_run,
         reduce_k=settings.reduce_k,
+        schedule_k=settings.schedule_k,
     )
 
 
@@ -244,6 +256,7 @@ def build_controller(
     speculation_sink: SpeculationSink | None = None,
     speed_for: SpeedFor | None = None,
     speed_restore: SpeedRestore | None = None,
+    samples_for: SamplesFor | None = None,
 ) -> Controller | None:
     target = build_target(settings, elect=True)
     if target is None:
@@ -258,5 +271,6 @@ def build_controller(
         speculation_sink=speculation_sink,
         speed_for=speed_for,
         speed_restore=speed_restore,
+        samples_for=samples_for,
         rollout_timeout=settings.rollout_timeout,
     )

@@ -50,6 +50,7 @@ from sidecar.core.actuator import (
     plan_record,
     plan_redaction,
     plan_reduce_k,
+    plan_schedule_k,
     toggle_log_line,
     view_of,
     wall_clock,
@@ -117,6 +118,15 @@ class ManifestActuator:
             str(Action.REDUCE_K),
             reason,
             lambda v: plan_reduce_k(v, k, reason, decision, self.clock(), secret_flags=self.secret_flags),
+        )
+
+    def schedule_k(
+        self, schedule: Sequence[Sequence[int]] | None, reason: str, decision: Decision | None = None
+    ) -> ActResult:
+        return self._write(
+            str(Action.SCHEDULE_K),
+            reason,
+            lambda v: plan_schedule_k(v, schedule, reason, decision, self.clock(), secret_flags=self.secret_flags),
         )
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:

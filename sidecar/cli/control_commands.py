@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("disable", "Turn speculation off now (removes every speculation flag; recorded as manual)."),
         (
             "enable",
-            "Restore exactly the flags the last disable removed, and the num_speculative_tokens a reduce-k "
-            "lowered (recorded as manual).",
+            "Restore exactly the flags the last disable removed, the num_speculative_tokens a reduce-k "
+            "lowered, and the speculative config from before a schedule-k (recorded as manual).",
         ),
     ):
         p = subparsers.add_parser(name, help=help_text, description=f"{help_text} {DESCRIPTIONS[name]}")
@@ -162,6 +162,8 @@ def _status(view: TargetView, as_json: bool) -> int:
         "restorable": r.removed is not None,
         # A lowered num_speculative_tokens (--reduce-k): from and to; 'enable' puts the original back.
         "reduced_k": {"from": r.reduced.get("from"), "to": r.reduced.get("to")} if r.reduced is not None else None,
+        # A schedule of K per batch size written by --schedule-k; 'enable' takes it out.
+        "k_schedule": r.scheduled.get("value") if r.scheduled is not None else None,
         "pin": r.pin,
         "latched": r.latched,
         "trial_attempts": r.trial_attempts,

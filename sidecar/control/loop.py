@@ -17,16 +17,16 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidecar.core import cost_prior, rollout_watch
+from sidecar.core import cost_prior, load_schedule, rollout_watch, schedule_config
 from sidecar.core.actuator import ActResult, Actuator, Leadership, Outcome, TargetError, TargetView, needs_redaction
 from sidecar.core.cost_prior import SpeculativeSettings
-from sidecar.core.measured_speedup import MeasuredSpeedup
+from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedSample
 from sidecar.core.policy import (
     Action,
     Decision,
@@ -54,6 +54,8 @@ SpeculationSink = Callable[[SpeculativeSettings | None, str | None], None]
 # previous sidecar kept (once, at the first read: every toggle restarts the pod, and this process with it).
 SpeedFor = Callable[[str], str | None]
 SpeedRestore = Callable[[str | None], None]
+# The TPOT windows the measured speedup uses for a model (both states), for the load schedule (--schedule-k).
+SamplesFor = Callable[[str], Sequence[SpeedSample]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Controller:
         speculation_sink: SpeculationSink | None = None,
         speed_for: SpeedFor | None = None,
         speed_restore: SpeedRestore | None = None,
+        samples_for: SamplesFor | None = None,
         read_every: float = 15.0,
         renew_every: float = 5.0,
         keep: int = 50,
@@ -95,6 +98,7 @@ class Controller:
         self.measured_for = measured_for
         self._told: tuple[SpeculativeSettings | None, str | None] | None = None
         self.speed_for, self.speed_restore = speed_for, speed_restore
+        self.samples_for = samples_for
         self._restored = False
         self._renewed_at: float | None = None
         self.state: PolicyState | None = None
@@ -108,7 +112,12 @@ class Controller:
         self.toggle_counts: Counter[tuple[str, str]] = Counter(
             {
                 (str(a), mode): 0
-                for a in (Action.DISABLE, Action.ENABLE, *((Action.REDUCE_K,) if config.reduce_k else ()))
+                for a in (
+                    Action.DISABLE,
+                    Action.ENABLE,
+                    *((Action.REDUCE_K,) if config.reduce_k else ()),
+                    *((Action.SCHEDULE_K,) if config.schedule_k else ()),
+                )
             }
         )
         self.errors: Counter[str] = Counter()
@@ -149,6 +158,7 @@ class Controller:
             baseline=baseline,
             measured_threshold=breakeven,
             measured=measured,
+            schedule=self._schedule(model, view, measured),
         )
         decision = decide(observation, state, self.config, now)
         self.last = decision
@@ -282,6 +292,15 @@ class Controller:
             return stats.model(self.model)
         return next((m for m in stats.models if m.speculation), stats.models[0])
 
+    def _schedule(
+        self, model: ModelStats | None, view: TargetView, measured: MeasuredSpeedup | None
+    ) -> load_schedule.SchedulePlan | None:
+        """The load schedule for the policy (only with --schedule-k: it is not free to compute every step)."""
+        if not self.config.schedule_k or model is None or self.samples_for is None:
+            return None
+        samples = self.samples_for(model.model_name)
+        return load_schedule.for_model(samples, model, measured, schedule_config.max_num_seqs(view.command, view.args))
+
     def _act(self, decision: Decision) -> ActResult:
         reason = str(decision.reason)
         if decision.action is Action.DISABLE:
@@ -290,6 +309,8 @@ class Controller:
             return self.actuator.enable(reason, decision)
         if decision.action is Action.REDUCE_K:
             return self.actuator.reduce_k(decision.k, reason, decision)
+        if decision.action is Action.SCHEDULE_K:
+            return self.actuator.schedule_k(decision.schedule, reason, decision)
         return self.actuator.write_record(decision.state.record, str(decision.action), decision)  # latch, record
 
     def _after(self, decision: Decision, before: PolicyState, result: ActResult, now: float) -> None:

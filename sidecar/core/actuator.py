@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
-from sidecar.core import rollout_watch, spec_tokens, specargs, vllm_versions
+from sidecar.core import rollout_watch, schedule_config, spec_tokens, specargs, vllm_versions
 from sidecar.core.annotations import By, ControlRecord
 from sidecar.core.policy import Action, Decision
 from sidecar.core.rollout_watch import RolloutWatch
@@ -50,6 +50,9 @@ class Outcome(StrEnum):
     NOT_REMOVABLE = "not_removable"  # the engine speculates, but no flag in the args turns it on
     ENGINE_WOULD_REFUSE = "engine_would_refuse"  # the new speculative config has keys the engine's version rejects
     NOT_REWRITABLE = "not_rewritable"  # reduce-k: no num_speculative_tokens in the args, or K lowered already
+    # schedule-k: the engine would ignore the schedule (data parallel) or not know it (its vLLM version), or the
+    # args have no speculative config to hold it, or one is in place already
+    NOT_SCHEDULABLE = "not_schedulable"
     DRY_RUN = "dry_run"
     ERROR = "error"  # the write failed and was not done (reason in detail; counted by the adapter)
 
@@ -102,6 +105,12 @@ class Actuator(Protocol):
 
     def reduce_k(self, k: int | None, reason: str, decision: Decision | None = None) -> ActResult:
         """Lower num_speculative_tokens to ``k`` (the decision's when given); ``enable`` restores the original."""
+        ...
+
+    def schedule_k(
+        self, schedule: Sequence[Sequence[int]] | None, reason: str, decision: Decision | None = None
+    ) -> ActResult:
+        """Write num_speculative_tokens_per_batch_size (the decision's when given); ``enable`` takes it out."""
         ...
 
     def write_record(self, record: ControlRecord, action: str, decision: Decision | None = None) -> ActResult:
@@ -162,7 +171,8 @@ def plan(
 ) -> Plan | ActResult:
     """What to write for ``action`` on ``view``, or why nothing should be written. The values of
     ``secret_flags`` never reach the record (see :mod:`sidecar.core.specargs`)."""
-    if action is Action.ENABLE and view.speculation and view.record.reduced is not None and decision is None:
+    undo = view.record.reduced is not None or view.record.scheduled is not None
+    if action is Action.ENABLE and view.speculation and undo and decision is None:
         return _plan_restore_k(view, reason, now, force=force)
     refused = _refusal(view, action, decision)
     if refused is not None:
@@ -182,7 +192,14 @@ def plan(
     if refused is not None:
         return refused
     restored = specargs.find(command, args)
-    if view.record.reduced is not None and decision is None:  # a human: back to the K before the sidecar lowered it
+    if view.record.scheduled is not None and decision is None:  # a human: back to the config before the schedule
+        try:
+            command, args = schedule_config.restore(command, args, view.record.scheduled, strict=not force)
+            record = replace(record, scheduled=None)
+        except specargs.RestoreConflictError:
+            pass  # speculation comes back with the schedule; the record keeps it for a later enable
+    if view.record.reduced is not None and record.scheduled is None and decision is None:
+        # a human: back to the K before the sidecar lowered it (after the schedule, written on the lowered K)
         try:
             command, args = spec_tokens.restore(command, args, view.record.reduced, strict=not force)
             record = replace(record, reduced=None)
@@ -223,6 +240,9 @@ def plan_reduce_k(
     if view.record.reduced is not None:
         detail = "K was lowered already: restore it with enable before lowering it again"
         return ActResult(Outcome.NOT_REWRITABLE, name, detail, view)
+    if view.record.scheduled is not None:
+        detail = "a schedule of K per batch size is in place: take it out with enable before lowering K"
+        return ActResult(Outcome.NOT_REWRITABLE, name, detail, view)
     current = spec_tokens.current_k(view.command, view.args)
     if current is not None and current <= k:
         return ActResult(Outcome.UNCHANGED, name, f"num_speculative_tokens is {current}, not above {k}", view)
@@ -238,22 +258,99 @@ def plan_reduce_k(
     return Plan(done.command, done.args, replace(record, reduced=done.record), done.changed)
 
 
+# --- schedule-k: K per batch size in the speculative config, with the same guards and record as a toggle -------
+
+# The first vLLM release with num_speculative_tokens_per_batch_size (docs/engines.md, "K per batch size").
+SCHEDULE_SINCE: vllm_versions.Version = (0, 32, 0)
+
+
+def schedule_refusal(view: TargetView) -> str | None:
+    """Why the engine of ``view`` would ignore or refuse a schedule of K, in words with what to do; None if not."""
+    dp = schedule_config.data_parallel_size(view.command, view.args)
+    if dp is not None and dp > 1:
+        return (
+            f"the engine runs with --data-parallel-size {dp}: vLLM ignores num_speculative_tokens_per_batch_size "
+            "with data parallelism (it logs a warning and keeps the fixed K), so a schedule would change nothing. "
+            "Use --reduce-k or the disable instead, or run one engine per replica without data parallelism"
+        )
+    version = vllm_versions.image_version(view.image)
+    if version is not None and version < SCHEDULE_SINCE:
+        return (
+            f"the engine's image ({view.image}) is vLLM {vllm_versions.version_text(version)}, which has no "
+            f"num_speculative_tokens_per_batch_size (it came with {vllm_versions.version_text(SCHEDULE_SINCE)}) and "
+            "would not start with it. Upgrade the engine to use a schedule, or use --reduce-k or the disable"
+        )
+    return None
+
+
+def plan_schedule_k(
+    view: TargetView,
+    schedule: Sequence[Sequence[int]] | None,
+    reason: str,
+    decision: Decision | None,
+    now: float,
+    *,
+    secret_flags: Sequence[str] = specargs.DEFAULT_SECRET_FLAGS,
+) -> Plan | ActResult:
+    """What to write to set num_speculative_tokens_per_batch_size to ``schedule`` (the decision's, when there is
+    one), or why not.
+
+    Guarded as a disable is (the decision's record, a pin, a latch, a rollout in progress), and refused where the
+    engine would ignore the schedule (data parallel > 1) or does not know the key (a vLLM before 0.32; a checked
+    version rejecting it is caught by :func:`guard_config` as for any write). The write record goes to
+    ``spec-sidecar.io/k-schedule``; ``enable`` by a human takes the schedule out, byte for byte.
+    """
+    name = str(Action.SCHEDULE_K)
+    ranges = decision.schedule if decision is not None else schedule
+    if not ranges:
+        return ActResult(Outcome.ERROR, name, "no schedule of K to write", view)
+    value = [[int(x) for x in r] for r in ranges]
+    if not view.speculation:
+        return ActResult(Outcome.UNCHANGED, name, "speculation is off: there is no K to schedule", view)
+    if decision is not None:
+        refused = check_decision(view, Action.SCHEDULE_K, decision)
+        if refused is not None:
+            return refused
+    elif view.record.pin == "on":
+        return ActResult(Outcome.PINNED, name, "pinned on: remove the pin first", view)
+    if view.record.scheduled is not None:
+        detail = "a schedule of K was written already: take it out with enable before writing another"
+        return ActResult(Outcome.NOT_SCHEDULABLE, name, detail, view)
+    ignored = schedule_refusal(view)
+    if ignored is not None:
+        return ActResult(Outcome.NOT_SCHEDULABLE, name, ignored, view)
+    try:
+        done = schedule_config.write(view.command, view.args, value, secret_flags=secret_flags)
+    except schedule_config.NotWritableError as exc:
+        return ActResult(Outcome.NOT_SCHEDULABLE, name, str(exc), view)
+    if decision is not None:
+        record = decision.state.record
+    else:
+        record = view.record.toggled(now, name, By.MANUAL, reason, view.record.removed)
+        record = replace(record, latched=None, trial_attempts=0, next_trial_at=None)
+    return Plan(done.command, done.args, replace(record, scheduled=done.record), done.changed)
+
+
 def _plan_restore_k(view: TargetView, reason: str, now: float, *, force: bool) -> Plan | ActResult:
-    """``enable`` by a human while speculation runs at a lowered K: the original num_speculative_tokens back."""
+    """``enable`` by a human while speculation runs with a schedule or a lowered K: the original config back."""
     name = str(Action.ENABLE)
     pin = view.record.pin
     if pin == "off":
         return ActResult(Outcome.PINNED, name, "pinned off: remove the pin first", view)
-    assert view.record.reduced is not None
+    command, args = view.command, view.args
     try:
-        command, args = spec_tokens.restore(view.command, view.args, view.record.reduced, strict=not force)
+        # The schedule was written last (reduce-k is refused once a schedule is in place): it comes out first.
+        if view.record.scheduled is not None:
+            command, args = schedule_config.restore(command, args, view.record.scheduled, strict=not force)
+        if view.record.reduced is not None:
+            command, args = spec_tokens.restore(command, args, view.record.reduced, strict=not force)
     except specargs.RestoreConflictError as exc:
         return ActResult(Outcome.NOT_RESTORABLE, name, f"{exc}; restore by hand or force", view)
     record = _next_record(view.record, Action.ENABLE, reason, None, now)
     changed = tuple(
         " ".join(f.text) for f in specargs.find(command, args) if f not in set(specargs.find(view.command, view.args))
     )
-    return Plan(command, args, replace(record, reduced=None), changed)
+    return Plan(command, args, replace(record, reduced=None, scheduled=None), changed)
 
 
 def _engine_would_refuse(
@@ -404,7 +501,9 @@ def toggle_log_line(action: str, reason: str, target: str, planned: Plan, **extr
     """The one structured (JSON) log line of a write to a target, the same for every actuator."""
     return json.dumps(
         {
-            "event": "speculation_toggle" if action in ("disable", "enable", "reduce-k") else "control_record",
+            "event": "speculation_toggle"
+            if action in ("disable", "enable", "reduce-k", "schedule-k")
+            else "control_record",
             "action": action,
             "reason": reason,
             "target": target,

@@ -32,9 +32,12 @@ TRIAL = PREFIX + "trial"
 SPEED = PREFIX + "speed"
 # The record of a lowered num_speculative_tokens (sidecar.core.spec_tokens), to put the original back byte for byte.
 REDUCED_K = PREFIX + "reduced-k"
-KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL, SPEED, REDUCED_K)
-# What a history entry may say: the two toggles, and a lowered number of speculative tokens (speculation stays on).
-ACTIONS = ("disable", "enable", "reduce-k")
+# The record of a schedule of K per batch size written into the speculative config (sidecar.core.schedule_config).
+K_SCHEDULE = PREFIX + "k-schedule"
+KEYS = (STATE, REASON, CHANGED_AT, CHANGED_BY, REMOVED_ARGS, HISTORY, PIN, LATCHED, TRIAL, SPEED, REDUCED_K, K_SCHEDULE)
+# What a history entry may say: the two toggles, a lowered number of speculative tokens and a schedule of K per
+# batch size (speculation stays on with both).
+ACTIONS = ("disable", "enable", "reduce-k", "schedule-k")
 
 # Enough for any flap budget we would configure; keeps the annotation small (the limit is 256 KiB in total).
 MAX_HISTORY = 32
@@ -48,7 +51,7 @@ class By(StrEnum):
 @dataclass(frozen=True)
 class Toggle:
     at: float
-    action: str  # "disable" | "enable" | "reduce-k"
+    action: str  # "disable" | "enable" | "reduce-k" | "schedule-k"
     by: By
     reason: str
 
@@ -67,6 +70,7 @@ class ControlRecord:
     next_trial_at: float | None = None
     speed: str | None = None  # TPOT windows for the measured speedup, as written with the last toggle (opaque here)
     reduced: Mapping[str, Any] | None = None  # spec_tokens rewrite record: the original K, to restore byte for byte
+    scheduled: Mapping[str, Any] | None = None  # schedule_config write record: what to take out, byte for byte
 
     def toggled(self, now: float, action: str, by: By, reason: str, removed: Mapping[str, Any] | None) -> ControlRecord:
         """The record after a toggle: state, reason, time, author, removed args, one more history entry."""
@@ -122,6 +126,7 @@ def to_annotations(record: ControlRecord) -> dict[str, str | None]:
         TRIAL: trial,
         SPEED: record.speed,
         REDUCED_K: json.dumps(record.reduced, separators=(",", ":")) if record.reduced is not None else None,
+        K_SCHEDULE: json.dumps(record.scheduled, separators=(",", ":")) if record.scheduled is not None else None,
     }
 
 
@@ -135,6 +140,7 @@ def from_annotations(annotations: Mapping[str, str] | None) -> ControlRecord:
     trial = trial if isinstance(trial, dict) else {}
     removed = _json(a.get(REMOVED_ARGS))
     reduced = _json(a.get(REDUCED_K))
+    scheduled = _json(a.get(K_SCHEDULE))
     return ControlRecord(
         state=_choice(a.get(STATE), ("on", "off")),
         reason=a.get(REASON) or None,
@@ -148,6 +154,7 @@ def from_annotations(annotations: Mapping[str, str] | None) -> ControlRecord:
         next_trial_at=parse_timestamp(str(trial["next_at"])) if trial.get("next_at") else None,
         speed=a.get(SPEED) or None,
         reduced=reduced if isinstance(reduced, dict) else None,
+        scheduled=scheduled if isinstance(scheduled, dict) else None,
     )
 
 

@@ -14,6 +14,10 @@ Order of precedence, first match wins:
      windows, and disable after ``trip_windows``, unless inside the cooldown, the grace after a manual enable,
      or the flap budget says latch instead. With ``reduce_k``, a smaller num_speculative_tokens replaces the
      disable when the first positions still pay on their own (sidecar.core.right_size_k), once per record.
+     With ``schedule_k``, a measured load schedule (sidecar.core.load_schedule: speculation pays at low load and
+     hurts at high load, each with 95 % confidence) is written as num_speculative_tokens_per_batch_size, once
+     per record, before any disable or reduce-k and also while the windows pass (the acceptance rule cannot see
+     load), under the same cooldown, manual grace and flap budget.
      During a timed trial, the window must clear threshold +
      hysteresis instead; a trial that passes asks for its pass to be recorded on the target (``RECORD``), so
      that a restarted sidecar does not judge it again at the trial's stricter bar.
@@ -30,6 +34,7 @@ from enum import StrEnum
 
 from sidecar.core.annotations import By, ControlRecord, stored_time
 from sidecar.core.baseline import divergence
+from sidecar.core.load_schedule import SchedulePlan, ScheduleSource
 from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.right_size_k import KOption, RightSize, for_model, reduce_instead_of_disable
 from sidecar.core.stats import ModelStats
@@ -42,6 +47,7 @@ class Action(StrEnum):
     LATCH = "latch"  # write the latch annotation only; args untouched
     RECORD = "record"  # write the control record only (a passed trial); args untouched, so no rollout
     REDUCE_K = "reduce-k"  # lower num_speculative_tokens in the speculative config; speculation stays on
+    SCHEDULE_K = "schedule-k"  # write num_speculative_tokens_per_batch_size: K at low load, 0 above the cut
 
 
 class Reason(StrEnum):
@@ -76,6 +82,8 @@ class Reason(StrEnum):
     TRIAL_RUNNING = "trial_running"
     TRIAL_PASSED = "trial_passed"
     TRIAL_FAILED = "trial_failed"
+    # a load schedule written while the windows pass (one written on a trip carries the trip's reason)
+    LOAD_SCHEDULE = "load_schedule"
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,8 @@ class PolicyConfig:
     # Lower num_speculative_tokens instead of disabling when the first positions still pay (docs/policy.md,
     # 'Reduce K before disable'); opt-in, since it rewrites the engine's speculative config.
     reduce_k: bool = False
+    # Write a measured load schedule of K (docs/policy.md, 'The load-aware schedule'); opt-in for the same reason.
+    schedule_k: bool = False
     dry_run: bool = False
 
 
@@ -151,6 +161,8 @@ class Observation:
     measured_threshold: float | None = None
     # The K with the best expected speedup and the expected speedup of every smaller K (right_size_k).
     right_size: RightSize | None = None
+    # Where speculation stops paying as the load grows (load_schedule), with the K to keep below the cut.
+    schedule: SchedulePlan | None = None
 
 
 def observation_from_stats(
@@ -161,6 +173,7 @@ def observation_from_stats(
     baseline: Mapping[str, float | None] | None = None,
     measured_threshold: float | None = None,
     measured: MeasuredSpeedup | None = None,
+    schedule: SchedulePlan | None = None,
 ) -> Observation:
     if model is None:
         return Observation(engine_up=engine_up, speculation=False, window_seconds=window_seconds)
@@ -181,6 +194,7 @@ def observation_from_stats(
         invalid=model.invalid if model.invalid is None else f"{model.invalid}: {model.invalid_detail or ''}",
         measured_threshold=measured_threshold,
         right_size=for_model(model, measured),
+        schedule=schedule,
     )
 
 
@@ -213,11 +227,12 @@ class Decision:
     # stays passed in memory while its record is retried, rather than being judged again from the next window.
     unapplied: PolicyState | None = None
     k: int | None = None  # for REDUCE_K: the num_speculative_tokens to write
+    schedule: tuple[tuple[int, int, int], ...] | None = None  # for SCHEDULE_K: the [start, end, K] ranges to write
 
     @property
     def toggles(self) -> bool:
         """A write of the args that rolls the engine: counted by the flap budget and the toggle metrics."""
-        return self.action in (Action.DISABLE, Action.ENABLE, Action.REDUCE_K)
+        return self.action in (Action.DISABLE, Action.ENABLE, Action.REDUCE_K, Action.SCHEDULE_K)
 
 
 def decide(observation: Observation, state: PolicyState, config: PolicyConfig, now: float) -> Decision:
@@ -299,6 +314,7 @@ class _Window:
     # With reduce_k, when failing: the smaller K that would still pay (None: off is the better move), and why.
     reduce_to: KOption | None = None
     reduce_words: str = ""
+    schedule: SchedulePlan | None = None  # the observation's load schedule (written with schedule_k)
 
 
 def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: float) -> _Window | Decision:
@@ -329,12 +345,14 @@ def _judge(obs: Observation, state: PolicyState, config: PolicyConfig, now: floa
     if failing:
         tripped = replace(counted, trip_count=state.trip_count + 1, trip_reason=failing[0])
         reduce_to, words = _smaller_k(obs, state, config, threshold, failing)
-        return _Window(tripped, keeps, False, threshold=threshold, reduce_to=reduce_to, reduce_words=words)
+        return _Window(
+            tripped, keeps, False, threshold=threshold, reduce_to=reduce_to, reduce_words=words, schedule=obs.schedule
+        )
     if failing_rules(obs, config, threshold, margin=0.0):
         # Below the threshold, but within the noise (or the noise is not known yet): neither trips nor clears.
-        return _Window(counted, keeps, True, warming, threshold)
+        return _Window(counted, keeps, True, warming, threshold, schedule=obs.schedule)
     passed = replace(counted, trip_count=0, trip_reason=None, spread=window_spread(recent), spread_count=len(recent))
-    return _Window(passed, keeps, False, threshold=threshold)
+    return _Window(passed, keeps, False, threshold=threshold, schedule=obs.schedule)
 
 
 # The rules a smaller K can answer: too few accepted tokens for the drafts' cost. Not a latency tail.
@@ -354,6 +372,8 @@ def _smaller_k(
     size = obs.right_size
     if state.record.reduced is not None:
         return None, "K was lowered already (spec-sidecar.io/reduced-k): the next step is off"
+    if state.record.scheduled is not None:
+        return None, "a schedule of K is in place already (spec-sidecar.io/k-schedule): the next step is off"
     if not set(failing) <= _REDUCIBLE:
         return None, "the latency tail fails, which fewer drafts per step do not answer"
     if size is None:
@@ -459,6 +479,10 @@ def _diverges(obs: Observation, factor: float, metrics: tuple[str, ...]) -> bool
 
 def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
     state = window.state
+    schedule = window.schedule
+    scheduled = _scheduled(state, config, now, schedule, window)
+    if scheduled is not None:
+        return scheduled
     if window.warming and state.trip_count < config.trip_windows:
         detail = f"below {window.threshold:.3g}, but {len(state.recent)} windows are too few to know the noise"
         return _hold(state, Reason.WARMING_UP, detail)
@@ -485,7 +509,51 @@ def _normal(window: _Window, config: PolicyConfig, now: float) -> Decision:
         )
     if window.reduce_words:
         detail = f"{detail}; off rather than a smaller K: {window.reduce_words}"
+    why_not = _schedule_refusal(state, config, schedule)
+    if why_not:
+        detail = f"{detail}; not a load schedule: {why_not}"
     return _toggle(state, config, now, Action.DISABLE, reason=state.trip_reason, detail=detail)
+
+
+def _schedule_refusal(state: PolicyState, config: PolicyConfig, plan: SchedulePlan | None) -> str:
+    """Why no load schedule is written (empty without ``schedule_k``, or when one is)."""
+    if not config.schedule_k:
+        return ""
+    if state.record.scheduled is not None:
+        return "one is in place already (spec-sidecar.io/k-schedule)"
+    if plan is None:
+        return "no windows to measure the speedup per load band with"
+    if plan.as_config_value() is None:
+        return plan.reason
+    if plan.source is not ScheduleSource.MEASURED:
+        return f"only the prior proposes one ({plan.reason}); the sidecar writes a measured schedule only"
+    return ""
+
+
+def _scheduled(
+    state: PolicyState, config: PolicyConfig, now: float, plan: SchedulePlan | None, window: _Window
+) -> Decision | None:
+    """With schedule_k: write the measured schedule, whether the window trips or passes (the acceptance rule does
+    not see load, so a schedule is not waiting for a trip), unless held back by the cooldown or a manual enable."""
+    if _schedule_refusal(state, config, plan) or plan is None or window.warming:
+        return None
+    value = plan.as_config_value()
+    if value is None or plan.cut is None:
+        return None
+    record = state.record
+    since_change = None if record.changed_at is None else now - record.changed_at
+    if since_change is not None and since_change < config.cooldown:
+        return None  # a passing window is not held: the next one after the cooldown writes it
+    manual_on = record.changed_by is By.MANUAL and record.state == "on"
+    if manual_on and since_change is not None and since_change < config.manual_grace:
+        return None
+    reason = state.trip_reason or Reason.LOAD_SCHEDULE
+    detail = (
+        f"writing a load schedule {value} (K = {plan.k} up to batch size {plan.cut}, 0 above) rather than "
+        f"{'turning speculation off' if state.trip_reason else 'leaving K fixed'}: {plan.reason}"
+    )
+    ranges = tuple((a, b, c) for a, b, c in value)
+    return _toggle(state, config, now, Action.SCHEDULE_K, reason=reason, detail=detail, schedule=ranges)
 
 
 def _held_back(state: PolicyState, config: PolicyConfig, now: float) -> Decision | None:
@@ -584,6 +652,7 @@ def _toggle(
     reason: Reason,
     detail: str,
     k: int | None = None,
+    schedule: tuple[tuple[int, int, int], ...] | None = None,
 ) -> Decision:
     record = state.record
     pinned = reason in (Reason.PINNED_ON, Reason.PINNED_OFF)
@@ -603,7 +672,7 @@ def _toggle(
     fresh = PolicyState(speculation=action is not Action.DISABLE, rollout_complete=False, record=toggled)
     if config.dry_run:  # nothing changes; start counting afresh so a dry run reports each trip once
         fresh = replace(state, trip_count=0, trip_reason=None)
-    return Decision(action, reason, fresh, not config.dry_run, detail, prior=record, k=k)
+    return Decision(action, reason, fresh, not config.dry_run, detail, prior=record, k=k, schedule=schedule)
 
 
 def _schedule_trial(

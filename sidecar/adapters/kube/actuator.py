@@ -39,6 +39,7 @@ from sidecar.core.actuator import (
     plan_record,
     plan_redaction,
     plan_reduce_k,
+    plan_schedule_k,
     toggle_log_line,
     view_of,
     wall_clock,
@@ -142,6 +143,18 @@ class KubeActuator:
             str(Action.REDUCE_K),
             reason,
             lambda view: plan_reduce_k(view, k, reason, decision, self.clock(), secret_flags=self.secret_flags),
+            automatic=decision is not None,
+        )
+
+    def schedule_k(
+        self, schedule: Sequence[Sequence[int]] | None, reason: str, decision: Decision | None = None
+    ) -> ActResult:
+        return self._write(
+            str(Action.SCHEDULE_K),
+            reason,
+            lambda view: plan_schedule_k(
+                view, schedule, reason, decision, self.clock(), secret_flags=self.secret_flags
+            ),
             automatic=decision is not None,
         )
 
@@ -310,6 +323,7 @@ class KubeActuator:
             "disable": "SpeculationDisabled",
             "enable": "SpeculationEnabled",
             "reduce-k": "SpeculativeTokensReduced",
+            "schedule-k": "SpeculationScheduled",
             "latch": "SpeculationLatched",
             "record": "SpeculationTrialPassed" if reason == Reason.TRIAL_PASSED else "SpeculationControl",
             REDACT: "RemovalRecordRedacted",
