@@ -23,10 +23,11 @@ from tests.integration.adapters import test_kube_actuator as actuator
 from tests.integration.adapters import test_kube_lease as lease
 from tests.integration.adapters import test_kube_reduce_k as reduce_k
 from tests.integration.adapters import test_kube_rollout_watch as rollout
+from tests.integration.adapters import test_kube_schedule_k as schedule_k
 from tests.integration.adapters import test_records_hold_no_secrets as secrets
 from tests.integration.cli import test_kube_cli as cli
 
-MODULES = (actuator, lease, cli, secrets, rollout, reduce_k)
+MODULES = (actuator, lease, cli, secrets, rollout, reduce_k, schedule_k)
 INJECTED = "injects a fault a real server cannot give"
 RACE = "holds a write open with an injected delay; the real-server race is in test_races_on_cluster.py"
 FAKE_ONLY: dict[str, str] = {
