@@ -535,7 +535,7 @@ def _scheduled(
 ) -> Decision | None:
     """With schedule_k: write the measured schedule, whether the window trips or passes (the acceptance rule does
     not see load, so a schedule is not waiting for a trip), unless held back by the cooldown or a manual enable."""
-    if _schedule_refusal(state, config, plan) or plan is None or window.warming:
+    if not config.schedule_k or _schedule_refusal(state, config, plan) or plan is None or window.warming:
         return None
     value = plan.as_config_value()
     if value is None or plan.cut is None:
