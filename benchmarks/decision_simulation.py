@@ -33,13 +33,24 @@ decision from the next window (a lowered K, or no speculation). Per window, the 
 speedup model, L(K) / (1 + K·c) from the true profile (1 with speculation off); reported over the windows after
 the drop: the mean for each policy, the best fixed K in hindsight, and how much of the gain reduce-k keeps.
 
+And the load schedule against reduce-k and plain disable (``--schedule-only``): the load (batch size) cycles
+between 1 and a peak, and the draft cost per step grows with it above a knee (verification is no longer free once
+the step is compute-bound), so speculation pays at low load and hurts at high load. Each run starts with windows
+without speculation (the deployment before speculation was turned on), then runs at K = 5. TPOT windows with
+speculation on and off (log-normal noise) go into the measured speedup and the load schedule exactly as the
+sidecar learns them; the default policy, the same with ``--reduce-k`` and the same with ``--schedule-k`` decide on
+the same traces. Per window, the true speedup of what runs at that window's load (K = 0 above a schedule's cut
+still runs the draft's first forward pass for a draft model: 1 / (1 + c_K0)); reported: the mean over the
+windows with speculation configured, and the share of the best per-load choice's gain each policy keeps.
+
 And real windows (``--replay [DIR]``, by default tests/fixtures/family-shift): stored /metrics scrapes of the
 trained family across a temperature shift (scripts/capture_family_windows.py) go through the sidecar's own
 parser, Monitor window, Stats, observation_from_stats and decide; printed: disables before the shift, the first
 after it, whether the measured break-even came into force, and a bootstrap of the captured windows.
 
 Run: .venv/bin/python benchmarks/decision_simulation.py [--windows 10000] [--runs 200] [--starts 1000] [--seed 7]
-     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--reduce-k-only] [--replay [DIR]] [--json]
+     [--measured-costs 0.1,0.3] [--tpot-noise 0.05] [--measured-only] [--reduce-k-only] [--schedule-only]
+     [--replay [DIR]] [--json]
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ from sidecar.core import measured_speedup
 from sidecar.core.acceptance import iid_acceptance_ratio
 from sidecar.core.catalog import LATENCY_METRICS
 from sidecar.core.cost_prior import CostSource, DraftCost
+from sidecar.core.load_schedule import propose_schedule
 from sidecar.core.policy import Action, Observation, PolicyConfig, PolicyState, decide, observation_from_stats
 from sidecar.core.right_size_k import right_size
 from sidecar.scrape.fetch import ScrapeResult, parse_payload
@@ -432,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one statement
     parser.add_argument("--measured-volumes", default="1000", help="draft tokens per window, measured rows")
     parser.add_argument("--measured-only", action="store_true", help="only the measured break-even rows")
     parser.add_argument("--reduce-k-only", action="store_true", help="only reduce-k against plain disable")
+    parser.add_argument("--schedule-only", action="store_true", help="only the load schedule against the others")
     parser.add_argument("--drafts", type=int, default=200, help="drafts per window, reduce-k rows")
     parser.add_argument(
         "--replay",
@@ -446,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one statement
         return print_replay(args)
     if args.reduce_k_only:
         return print_reduce_k(args)
+    if args.schedule_only:
+        return print_schedule(args)
     models = dict(MODELS)
     if args.captured.exists():
         pools = load_captured(args.captured)
@@ -704,6 +719,200 @@ def reduce_k_markdown(report: dict[str, object]) -> str:
             f"| {row['best_k']} ({row['best_speedup']}) | {row['mean_speedup_disable']} "
             f"| {row['mean_speedup_reduce_k']} | {row['reduce_over_disable']} | {kept_text} "
             f"| {row['writes_disable']} / {row['writes_reduce_k']} |"
+        )
+    return "\n".join(lines)
+
+
+# --- the load schedule against reduce-k and plain disable -----------------------------------------------------
+
+MAX_NUM_SEQS = 64
+
+
+@dataclass(frozen=True)
+class LoadScenario:
+    """Speculation whose cost grows with the load: i.i.d. acceptance α per position, the draft cost c at low load,
+    rising by ``slope`` per running request above ``knee``; ``k0_cost``: what a step at K = 0 still costs (a draft
+    model's first forward pass), as a share of a target step."""
+
+    name: str
+    alpha: float
+    cost: float
+    knee: int
+    slope: float
+    k0_cost: float
+    peak: int = 16
+
+    def cost_at(self, batch: int) -> float:
+        return self.cost + self.slope * max(0, batch - self.knee)
+
+    def speedup(self, batch: int, k: int) -> float:
+        if k == 0:
+            return 1.0
+        return true_speedup((self.alpha,) * k, k, self.cost_at(batch))
+
+    @property
+    def prior(self) -> DraftCost:
+        return DraftCost(self.cost, CostSource.ASSUMED, "the scenario's prior (its low-load c)")
+
+
+LOAD_SCENARIOS = (
+    LoadScenario("draft model, compute-bound above 4 running", 0.7, 0.16, 4, 0.05, 0.1),
+    LoadScenario("EAGLE head, compute-bound above 8 running", 0.75, 0.05, 8, 0.08, 0.02),
+    LoadScenario("draft model, low acceptance, compute-bound above 4", 0.45, 0.16, 4, 0.05, 0.1),
+    LoadScenario("n-gram: pays at every load", 0.6, 0.0, 64, 0.0, 0.0),
+)
+
+
+def load_at(i: int, scenario: LoadScenario, rng: random.Random, period: int = 30) -> int:
+    """A load cycle between 1 and the peak (a day in ``period`` windows), with noise."""
+    level = 1 + (scenario.peak - 1) * (0.5 - 0.5 * math.cos(2 * math.pi * i / period))
+    return max(1, min(MAX_NUM_SEQS, round(level * rng.uniform(0.85, 1.15))))
+
+
+@dataclass
+class Engine:
+    k: int = K_MAX  # 0: speculation off
+    cut: int | None = None  # a schedule: K up to the cut, 0 above
+
+    def k_at(self, batch: int) -> int:
+        return 0 if self.k == 0 or (self.cut is not None and batch > self.cut) else self.k
+
+
+def schedule_run(
+    config: PolicyConfig,
+    scenario: LoadScenario,
+    trace: list[tuple[int, list[list[float]], float]],
+    off: int,
+    noise: float,
+) -> tuple[list[float], int]:
+    """The true speedup of each window with speculation configured under ``config``, and the writes it made."""
+    state, now, engine, writes, speedups = PolicyState(speculation=True), T0, Engine(), 0, []
+    samples: list[measured_speedup.SpeedSample] = []
+    for i, (batch, uniforms, epsilon) in enumerate(trace):
+        base = 0.02 * (1 + batch / 8)  # TPOT without speculation grows with the batch
+        if i < off:  # before speculation was turned on: a window without it
+            samples.append(measured_speedup.SpeedSample(now, False, float(batch), base * math.exp(epsilon), 50.0))
+            now += WINDOW
+            continue
+        k = engine.k_at(batch)
+        # Above a schedule's cut: K = 0, and a draft model still runs its first forward pass.
+        truth = 1.0 / (1.0 + scenario.k0_cost) if k == 0 and engine.k > 0 else scenario.speedup(batch, k)
+        speedups.append(truth)
+        observation = k_window((scenario.alpha,) * k, k, uniforms, scenario.prior)
+        on = engine.k > 0
+        length = observation.mean_acceptance_length if k > 0 else 1.0
+        samples.append(
+            measured_speedup.SpeedSample(now, on, float(batch), base / truth * math.exp(epsilon), 50.0,
+                                         mean_acceptance_length=length if on else None,
+                                         num_speculative_tokens=engine.k if on else None)
+        )  # fmt: skip
+        if k == 0 and on:  # speculation configured but no drafts at this load: no counters to judge
+            observation = Observation(True, True, window_seconds=WINDOW)
+        measured = measured_speedup.measure(samples)
+        observation = replace(
+            observation,
+            measured_threshold=measured.policy_threshold if measured is not None else None,
+            schedule=propose_schedule(samples, k=engine.k or None, max_num_seqs=MAX_NUM_SEQS, cost=scenario.prior)
+            if config.schedule_k
+            else None,
+        )
+        decision = decide(observation, state, config, now)
+        state = decision.state
+        if decision.action is Action.DISABLE:
+            engine, writes = Engine(k=0), writes + 1
+        elif decision.action is Action.REDUCE_K and decision.k is not None:
+            engine, writes = replace(engine, k=decision.k), writes + 1
+            state = replace(state, record=replace(state.record, reduced={"simulated": True}))
+        elif decision.action is Action.SCHEDULE_K and decision.schedule:
+            engine, writes = replace(engine, cut=decision.schedule[0][1]), writes + 1
+            state = replace(state, record=replace(state.record, scheduled={"simulated": True}))
+        state = replace(state, rollout_complete=True)  # the engine restarted before the next window
+        now += WINDOW
+    return speedups, writes
+
+
+def best_per_load(scenario: LoadScenario, batch: int) -> float:
+    """The best a schedule of K per batch size could do at this load: any K from 0 (which still costs a draft
+    model's first forward pass) to 5."""
+    return max(1.0 / (1.0 + scenario.k0_cost), *(scenario.speedup(batch, k) for k in range(1, K_MAX + 1)))
+
+
+def schedule_rows(
+    default: PolicyConfig, rng: random.Random, *, runs: int, horizon: int, drafts: int, noise: float, off: int = 20
+) -> list[dict[str, object]]:
+    configs = {
+        "disable": default,
+        "reduce-k": replace(default, reduce_k=True),
+        "schedule-k": replace(default, schedule_k=True),
+    }
+    rows: list[dict[str, object]] = []
+    for scenario in LOAD_SCENARIOS:
+        means: dict[str, list[float]] = {name: [] for name in configs}
+        writes: dict[str, list[int]] = {name: [] for name in configs}
+        best, always_on = [], []
+        for _ in range(runs):
+            trace = [
+                (load_at(i, scenario, rng), [[rng.random() for _ in range(K_MAX)] for _ in range(drafts)],
+                 rng.gauss(0.0, noise))
+                for i in range(off + horizon)
+            ]  # fmt: skip
+            for name, config in configs.items():
+                speedups, n = schedule_run(config, scenario, trace, off, noise)
+                means[name].append(statistics.fmean(speedups))
+                writes[name].append(n)
+            best.append(statistics.fmean(best_per_load(scenario, b) for b, _, _ in trace[off:]))
+            always_on.append(statistics.fmean(scenario.speedup(b, K_MAX) for b, _, _ in trace[off:]))
+        oracle = statistics.fmean(best)
+        row: dict[str, object] = {
+            "scenario": scenario.name,
+            "speedup_k5_low_load": round(scenario.speedup(1, K_MAX), 3),
+            "speedup_k5_peak": round(scenario.speedup(scenario.peak, K_MAX), 3),
+            "always_on": round(statistics.fmean(always_on), 3),
+            "best_per_load": round(oracle, 3),
+        }
+        for name in configs:
+            mean = statistics.fmean(means[name])
+            row[f"mean_{name}"] = round(mean, 3)
+            row[f"kept_{name}"] = round((mean - 1) / (oracle - 1), 3) if oracle > 1.001 else None
+            row[f"writes_{name}"] = statistics.median(writes[name])
+        rows.append(row)
+    return rows
+
+
+def print_schedule(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    rows = schedule_rows(
+        policy_config(Settings()), rng, runs=args.runs, horizon=args.horizon, drafts=args.drafts, noise=args.tpot_noise
+    )
+    report = {
+        "runs": args.runs, "horizon": args.horizon, "drafts": args.drafts, "seed": args.seed,
+        "tpot_noise": args.tpot_noise, "rows": rows,
+    }  # fmt: skip
+    print(json.dumps(report, indent=2) if args.json else schedule_markdown(report))
+    return 0
+
+
+def schedule_markdown(report: dict[str, object]) -> str:
+    names = ("disable", "reduce-k", "schedule-k")
+    lines = [
+        f"load schedule against reduce-k and plain disable ({report['runs']} runs, {report['drafts']} drafts per "
+        f"window, k = {K_MAX}, mean true speedup over the {report['horizon']} windows with speculation configured, "
+        f"TPOT noise {report['tpot_noise']}, seed {report['seed']}):",
+        "",
+        "| scenario | speedup at k = 5, load 1 / peak | always on | best per load | disable | reduce-k | schedule-k "
+        "| gain kept, disable / reduce-k / schedule-k | writes (median), disable / reduce-k / schedule-k |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in cast(list[dict[str, object]], report["rows"]):
+        kept = [row[f"kept_{n}"] for n in names]
+        kept_text = " / ".join("–" if k is None else f"{cast(float, k):.0%}" for k in kept)
+        lines.append(
+            f"| {row['scenario']} | {row['speedup_k5_low_load']} / {row['speedup_k5_peak']} | {row['always_on']} "
+            f"| {row['best_per_load']} | "
+            + " | ".join(str(row[f"mean_{n}"]) for n in names)
+            + f" | {kept_text} | "
+            + " / ".join(str(row[f"writes_{n}"]) for n in names)
+            + " |"
         )
     return "\n".join(lines)
 
