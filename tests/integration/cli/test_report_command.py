@@ -251,3 +251,38 @@ def test_with_speculation_off_there_is_no_k_to_right_size(tmp_path: Path) -> Non
     source.write_text(vllm_payload())
     (model,) = report_json(str(source))["models"]
     assert model["right_size_k"] is None
+
+
+def test_with_a_sidecar_tap_report_shows_the_load_schedule_it_proposes(tmp_path: Path) -> None:
+    engine = tmp_path / "engine.txt"
+    engine.write_text(vllm_payload(drafts=100, draft_tokens=4000, accepted=3000, per_position=(90, 80, 70, 60)))
+    schedule = {
+        "cut": 2, "k": 4, "max_num_seqs": 256, "value": [[1, 2, 4], [3, 256, 0]], "source": "measured",
+        "reason": "speculation pays at batch size 2 and hurts at 5-8",
+        "words": "K = 4 up to batch size 2, 0 above (measured): speculation pays at batch size 2 and hurts at 5-8",
+        "bands": [
+            {"band": "2", "speedup": 1.4, "verdict": "pays", "source": "measured"},
+            {"band": "5-8", "speedup": 0.8, "verdict": "hurts", "source": "measured"},
+        ],
+    }  # fmt: skip
+    served = {"models": [{"model_name": "tiny", "load_schedule": schedule}], "buckets": []}
+    with metrics_replay() as sidecar:
+        sidecar.serve(json.dumps(served))
+        out = report_json("--tap", sidecar.url, str(engine))
+        human = subprocess.run(
+            [sys.executable, "-m", "sidecar.cli", "report", "--tap", sidecar.url, str(engine)],
+            capture_output=True, text=True, timeout=60, check=False, env={**os.environ, "COLUMNS": "300"},
+        )  # fmt: skip
+    (model,) = out["models"]
+    assert model["load_schedule"]["value"] == [[1, 2, 4], [3, 256, 0]]
+    assert human.returncode == 0, human.stderr
+    text = " ".join(human.stdout.split())
+    assert "load schedule" in text and "K = 4 up to batch size 2, 0 above (measured)" in text
+    assert "5-8: 0.80 hurts (measured)" in text
+
+
+def test_a_report_of_scrapes_has_no_load_schedule_to_show(tmp_path: Path) -> None:
+    source = tmp_path / "engine.txt"
+    source.write_text(vllm_payload(drafts=100, draft_tokens=4000, accepted=3000, per_position=(90, 80, 70, 60)))
+    (model,) = report_json(str(source))["models"]
+    assert "load_schedule" in model and model["load_schedule"] is None

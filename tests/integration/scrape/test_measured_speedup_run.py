@@ -155,6 +155,21 @@ def test_api_report_and_status_show_the_measured_speedup_beside_the_modelled_one
     assert "0.20 (measured)" in page  # what the policy judges against
 
 
+def test_the_load_band_of_the_measurement_is_shown_and_one_band_is_too_thin_for_a_schedule(
+    measured: tuple[Engine, SidecarProcess],
+) -> None:
+    _, sidecar = measured
+    schedule = httpx.get(sidecar.url + "/api/report", timeout=5).json()["models"][0]["load_schedule"]
+    [band] = schedule["bands"]
+    assert band["source"] == "measured" and band["verdict"] == "pays"
+    assert band["speedup"] == pytest.approx(62.5 / 37.5, rel=1e-6)
+    assert schedule["cut"] is None and schedule["reason"].startswith("data too thin")
+    value = sidecar.value("specdecode_load_band_speedup", model_name="tiny", band=band["band"], source="measured")
+    assert value == pytest.approx(62.5 / 37.5, rel=1e-6)
+    assert sidecar.value("specdecode_proposed_schedule_cut", model_name="tiny", source="measured") is None
+    assert "batch size" in httpx.get(sidecar.url + "/status", timeout=5).text
+
+
 def test_report_with_tap_shows_what_the_running_sidecar_measured(measured: tuple[Engine, SidecarProcess]) -> None:
     engine, sidecar = measured
     with engine_server(engine) as url:  # the same engine, served again for the report's own scrape

@@ -195,3 +195,14 @@ def test_the_right_sized_k_is_shown_with_where_its_cost_comes_from() -> None:
     assert "right-sized K" in text
     assert "K = 2 would give expected speedup 1.33" in text
     assert "c = 0.16, assumed" in text
+
+
+def test_the_load_schedule_is_shown_with_each_bands_speedup_and_its_source() -> None:
+    from sidecar.core.load_schedule import propose_schedule
+    from tests.unit.core.test_load_schedule import windows
+
+    plan = propose_schedule(windows(1, 1.6) + windows(6, 0.7), k=4, max_num_seqs=64)
+    text = " ".join(" ".join(parse(render_status(page(schedules={"tiny": plan}))).text).split())
+    assert "load schedule K = 4 up to batch size 1, 0 above (measured)" in text
+    assert "batch size 1 pays: speedup 1.60, 95 %" in text
+    assert "batch size 5-8 hurts: speedup 0.70" in text
