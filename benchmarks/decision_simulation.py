@@ -784,8 +784,9 @@ def schedule_run(
     trace: list[tuple[int, list[list[float]], float]],
     off: int,
     noise: float,
-) -> tuple[list[float], int]:
-    """The true speedup of each window with speculation configured under ``config``, and the writes it made."""
+) -> tuple[list[float], int, int | None]:
+    """The true speedup of each window with speculation configured under ``config``, the writes it made, and the
+    cut of the schedule it wrote (None: none)."""
     state, now, engine, writes, speedups = PolicyState(speculation=True), T0, Engine(), 0, []
     samples: list[measured_speedup.SpeedSample] = []
     for i, (batch, uniforms, epsilon) in enumerate(trace):
@@ -828,7 +829,7 @@ def schedule_run(
             state = replace(state, record=replace(state.record, scheduled={"simulated": True}))
         state = replace(state, rollout_complete=True)  # the engine restarted before the next window
         now += WINDOW
-    return speedups, writes
+    return speedups, writes, engine.cut
 
 
 def best_per_load(scenario: LoadScenario, batch: int) -> float:
@@ -849,7 +850,7 @@ def schedule_rows(
     for scenario in LOAD_SCENARIOS:
         means: dict[str, list[float]] = {name: [] for name in configs}
         writes: dict[str, list[int]] = {name: [] for name in configs}
-        best, always_on = [], []
+        best, always_on, cuts = [], [], []
         for _ in range(runs):
             trace = [
                 (load_at(i, scenario, rng), [[rng.random() for _ in range(K_MAX)] for _ in range(drafts)],
@@ -857,9 +858,11 @@ def schedule_rows(
                 for i in range(off + horizon)
             ]  # fmt: skip
             for name, config in configs.items():
-                speedups, n = schedule_run(config, scenario, trace, off, noise)
+                speedups, n, cut = schedule_run(config, scenario, trace, off, noise)
                 means[name].append(statistics.fmean(speedups))
                 writes[name].append(n)
+                if cut is not None:
+                    cuts.append(cut)
             best.append(statistics.fmean(best_per_load(scenario, b) for b, _, _ in trace[off:]))
             always_on.append(statistics.fmean(scenario.speedup(b, K_MAX) for b, _, _ in trace[off:]))
         oracle = statistics.fmean(best)
@@ -869,6 +872,8 @@ def schedule_rows(
             "speedup_k5_peak": round(scenario.speedup(scenario.peak, K_MAX), 3),
             "always_on": round(statistics.fmean(always_on), 3),
             "best_per_load": round(oracle, 3),
+            "runs_with_schedule": len(cuts),
+            "cuts": dict(sorted(Counter(cuts).items())),
         }
         for name in configs:
             mean = statistics.fmean(means[name])
@@ -900,8 +905,9 @@ def schedule_markdown(report: dict[str, object]) -> str:
         f"TPOT noise {report['tpot_noise']}, seed {report['seed']}):",
         "",
         "| scenario | speedup at k = 5, load 1 / peak | always on | best per load | disable | reduce-k | schedule-k "
-        "| gain kept, disable / reduce-k / schedule-k | writes (median), disable / reduce-k / schedule-k |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| gain kept, disable / reduce-k / schedule-k | writes (median), disable / reduce-k / schedule-k "
+        "| schedule cuts (runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in cast(list[dict[str, object]], report["rows"]):
         kept = [row[f"kept_{n}"] for n in names]
@@ -911,7 +917,9 @@ def schedule_markdown(report: dict[str, object]) -> str:
             f"| {row['best_per_load']} | "
             + " | ".join(str(row[f"mean_{n}"]) for n in names)
             + f" | {kept_text} | "
-            + " / ".join(str(row[f"writes_{n}"]) for n in names)
+            + " / ".join(f"{cast(float, row[f'writes_{n}']):g}" for n in names)
+            + " | "
+            + (", ".join(f"{c}: {n}" for c, n in cast(dict[int, int], row["cuts"]).items()) or "none")
             + " |"
         )
     return "\n".join(lines)
