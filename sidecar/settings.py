@@ -128,6 +128,15 @@ class ScrapeSettings(_Section):
             "oldest beyond it are dropped and counted."
         ),
     )
+    scrape_parse_timeout: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Seconds the parse worker (a child process) may take to turn one scrape's body into the window's "
+            "numbers; past it the worker is restarted, the scrape counts as parse_failed and the window starts "
+            "again. The default bounds' worst scrape takes about a second."
+        ),
+    )
     stale_after: float | None = Field(
         None,
         gt=0,

@@ -21,8 +21,11 @@ from sidecar.core.measured_speedup import MeasuredSpeedup
 from sidecar.core.stats import ModelStats
 from sidecar.core.validity import INVALID_REASONS
 from sidecar.scrape.monitor import View
+from sidecar.scrape.worker import RESTART_REASONS
 
-SCRAPE_RESULTS = ("success", "timeout", "unreachable", "http_error", "too_large", "too_many_series", "bad_payload")
+SCRAPE_RESULTS = (
+    "success", "timeout", "unreachable", "http_error", "too_large", "too_many_series", "bad_payload", "parse_failed",
+)  # fmt: skip
 DROP_REASONS = ("label_bytes", "series", "models", "trend_points")
 QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 
@@ -85,6 +88,14 @@ def _health(view: View, current: bool) -> Iterator[Metric]:
         duration.add_metric([], view.last_scrape.duration_seconds)
         yield duration
     yield _counts_by("specdecode_scrapes", "Engine scrapes by result.", "result", SCRAPE_RESULTS, view.scrapes)
+    yield _counts_by(
+        "specdecode_parse_worker_restarts",
+        "Restarts of the process that parses scrapes, by reason: crashed (it died), timeout "
+        "(over --scrape-parse-timeout).",
+        "reason",
+        RESTART_REASONS,
+        view.parse_worker_restarts,
+    )
     bad = CounterMetricFamily(
         "specdecode_scrape_bad_lines", "Lines of wanted metric families that could not be parsed."
     )

@@ -4,9 +4,10 @@ Everything that can go wrong becomes a ScrapeResult with a short reason label (i
 an exception: the scrape loop must keep running whatever the engine does.
 
 The whole GET, body included, runs under one deadline (a per-read timeout never fires on a target that sends a
-byte every half second). Parsing runs in a worker thread, in pieces (exposition.text_chunks), so the event loop
-that answers /healthz, /metrics and the tap keeps running while a 30 MB body is read into a Snapshot; what one
-parse may keep is bounded by ScrapeBounds, and what was left out is counted in ``dropped``.
+byte every half second). ``fetch`` only reads the body; ``parsed`` turns it into a Snapshot. The running sidecar
+parses in a process of its own (sidecar/scrape/worker.py), so a 30 MB body never holds the event loop that answers
+/healthz, /metrics and the tap; one-shot commands (``scrape``) parse in a thread. What one parse may keep is
+bounded by ScrapeBounds, and what was left out is counted in ``dropped``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ UNBOUNDED = ScrapeBounds()
 
 @dataclass(frozen=True)
 class ScrapeResult:
-    result: str  # success | timeout | unreachable | http_error | too_large | too_many_series | bad_payload
+    # success | timeout | unreachable | http_error | too_large | too_many_series | bad_payload | parse_failed
+    result: str
     snapshot: Snapshot | None
     duration_seconds: float
     bad_lines: int = 0
@@ -53,7 +55,9 @@ class ScrapeResult:
 
     @property
     def ok(self) -> bool:
-        return self.snapshot is not None
+        # Not ``snapshot is not None``: the parse worker hands back a success without its snapshot (it stays in
+        # the worker's window).
+        return self.result == "success"
 
 
 # What to check after each kind of failed scrape, in the words of the flags a user can change.
@@ -64,6 +68,8 @@ _HINTS = {
     "too_large": "raise --scrape-max-bytes",
     "too_many_series": "raise --scrape-max-series, and the memory limit with it (docs/benchmarks.md)",
     "bad_payload": "is it a vLLM engine (or SGLang, llama.cpp, TensorRT-LLM)?",
+    "parse_failed": "the sidecar's parse worker was restarted (see specdecode_parse_worker_restarts_total); raise "
+    "--scrape-parse-timeout or the memory limit, or lower the --scrape-max-* bounds",
 }
 
 
@@ -71,7 +77,8 @@ def describe_failure(base_url: str, result: ScrapeResult) -> str:
     """One line for a person: the URL tried, what came back, and what to check."""
     hint = _HINTS.get(result.result, "")
     # An HTTP status or a size says it all; an exception's name and text need the word for what happened.
-    what = result.detail if result.result in ("http_error", "too_large", "too_many_series", "bad_payload") else None
+    said = ("http_error", "too_large", "too_many_series", "bad_payload", "parse_failed")
+    what = result.detail if result.result in said else None
     what = what or (f"{result.result} ({result.detail})" if result.detail else result.result)
     return f"GET {metrics_url(base_url)}: {what}" + (f"; {hint}" if hint else "")
 
@@ -108,34 +115,41 @@ def _parse(
 async def scrape(
     client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int, bounds: ScrapeBounds = UNBOUNDED
 ) -> ScrapeResult:
+    """GET and parse (in a thread): for one-shot commands, where nothing else waits on the event loop."""
+    started = time.monotonic()
+    body = await fetch(client, base_url, timeout, max_bytes)
+    if isinstance(body, ScrapeResult):
+        return body
+    return await asyncio.to_thread(parsed, body, started, time.time(), bounds)
+
+
+async def fetch(client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int) -> bytearray | ScrapeResult:
+    """The body of a good answer, or the failed ScrapeResult; the whole GET runs under ``timeout``."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
-            body = await _get(client, base_url, timeout, max_bytes)
+            return await _get(client, base_url, timeout, max_bytes)
     except TimeoutError:
-        return _failed("timeout", started, f"the whole scrape took more than {timeout:g} s")
+        return failed("timeout", started, f"the whole scrape took more than {timeout:g} s")
     except httpx.TimeoutException as exc:
-        return _failed("timeout", started, type(exc).__name__)
+        return failed("timeout", started, type(exc).__name__)
     except httpx.HTTPError as exc:
-        return _failed("unreachable", started, f"{type(exc).__name__}: {exc}")
-    if isinstance(body, ScrapeResult):
-        return body
-    return await asyncio.to_thread(_parsed, body, started, time.time(), bounds)
+        return failed("unreachable", started, f"{type(exc).__name__}: {exc}")
 
 
 async def _get(client: httpx.AsyncClient, base_url: str, timeout: float, max_bytes: int) -> bytearray | ScrapeResult:
     started = time.monotonic()
     async with client.stream("GET", metrics_url(base_url), headers={"Accept": ACCEPT}, timeout=timeout) as response:
         if response.status_code != 200:
-            return _failed("http_error", started, f"HTTP {response.status_code}")
+            return failed("http_error", started, f"HTTP {response.status_code}")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_bytes:
-            return _failed("too_large", started, f"{declared} bytes > {max_bytes}")
+            return failed("too_large", started, f"{declared} bytes > {max_bytes}")
         body = bytearray()
         async for chunk in response.aiter_bytes():
             body.extend(chunk)
             if len(body) > max_bytes:
-                return _failed("too_large", started, f"more than {max_bytes} bytes")
+                return failed("too_large", started, f"more than {max_bytes} bytes")
     return body
 
 
@@ -149,7 +163,8 @@ def scrape_sync(base_url: str, timeout: float, max_bytes: int) -> ScrapeResult:
     return asyncio.run(once())
 
 
-def _parsed(body: bytearray, started: float, received_at: float, bounds: ScrapeBounds) -> ScrapeResult:
+def parsed(body: bytes | bytearray, started: float, received_at: float, bounds: ScrapeBounds) -> ScrapeResult:
+    """The body as a Snapshot, or why not; ``started`` (time.monotonic()) is when the scrape began."""
     snapshot, bad, examples, dropped = _parse(body, received_at, bounds)
     duration = time.monotonic() - started
     if dropped.get("series"):
@@ -161,5 +176,5 @@ def _parsed(body: bytearray, started: float, received_at: float, bounds: ScrapeB
     return ScrapeResult("success", snapshot, duration, bad, "; ".join(examples), dropped)
 
 
-def _failed(result: str, started: float, detail: str) -> ScrapeResult:
+def failed(result: str, started: float, detail: str) -> ScrapeResult:
     return ScrapeResult(result, None, time.monotonic() - started, 0, detail)

@@ -5,9 +5,11 @@ nothing needs a lock. A failed scrape publishes a View without Stats: derived ga
 View whose last good scrape is older than --stale-after is not current either (``View.current``), whatever
 keeps the loop from publishing a newer one.
 
-The state transition (window, Stats, trend) runs in a worker thread like the parse, so a big scrape never holds
-the event loop; everything it keeps is bounded by settings (series per scrape, label bytes, models, trend
-points) and what it leaves out is counted in ``View.dropped``.
+The running sidecar parses each scrape and keeps the window of snapshots in a child process (the parse worker,
+sidecar/scrape/worker.py), which hands back the window's Stats; what stays here (counts, baseline, trend) is a
+few numbers per model, updated on the event loop. ``observe`` does the same in this process, for tests and
+simulations. Everything kept is bounded by settings (series per scrape, label bytes, models, trend points) and
+what is left out is counted in ``View.dropped``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 
@@ -26,10 +29,10 @@ from sidecar.core import measured_speedup
 from sidecar.core.baseline import MIN_BASELINE_OBSERVATIONS, Baseline, learn
 from sidecar.core.cost_prior import DraftCost
 from sidecar.core.measured_speedup import MeasuredSpeedup, SpeedHistory
-from sidecar.core.snapshot import Snapshot
-from sidecar.core.stats import Stats, StatsListener, compute_stats
-from sidecar.core.window import count_resets
-from sidecar.scrape.fetch import ScrapeBounds, ScrapeResult, describe_failure, scrape
+from sidecar.core.stats import Stats, StatsListener
+from sidecar.scrape.fetch import ScrapeBounds, ScrapeResult, describe_failure, fetch
+from sidecar.scrape.window import SnapshotWindow, WindowStep
+from sidecar.scrape.worker import Job, ParseWorker
 from sidecar.settings import Settings
 
 log = logging.getLogger("spec_sidecar.runtime")
@@ -74,6 +77,7 @@ class View:
     counter_resets: int = 0  # engine series restarts seen between consecutive scrapes
     # TPOT windows with speculation on and off, for the measured speedup (sidecar.core.measured_speedup).
     speed: SpeedHistory = field(default_factory=SpeedHistory)
+    parse_worker_restarts: Mapping[str, int] = field(default_factory=dict)  # by reason: crashed, timeout
 
     def measured(self, model: str) -> MeasuredSpeedup | None:
         """The speedup this engine's latency shows for ``model`` at matched load (None: not comparable yet)."""
@@ -98,13 +102,14 @@ class Monitor:
         self.config = settings.analysis_config(draft_cost_prior) if draft_cost_prior else settings.analysis_config()
         self.view = View(baseline=Baseline(configured=dict(settings.baseline_p99_p50)))
         self.bounds = ScrapeBounds(settings.scrape_max_series, settings.scrape_max_label_bytes, settings.max_models)
-        self._history: deque[Snapshot] = deque()
+        self._window = SnapshotWindow()  # observe's; the running loop's window lives in the parse worker
+        self._worker = ParseWorker(settings.scrape_parse_timeout)
         self._scrapes: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._listeners: list[StatsListener] = []
         self._trend: deque[TrendPoint] = deque()
-        # What trend() hands out: a tuple rebuilt after each change, because observe runs in a worker thread and
-        # iterating the deque while it changes would raise.
+        # What trend() hands out: a tuple rebuilt after each change, so a reader in another thread (/status is
+        # served from the thread pool) never iterates the deque while it changes.
         self._trend_view: tuple[TrendPoint, ...] = ()
         self._invalid: Counter[str] = Counter()
         self._resets = 0
@@ -142,29 +147,32 @@ class Monitor:
         self._listeners.append(listener)
 
     def observe(self, result: ScrapeResult, now: float) -> View:
+        """One scrape's whole state transition in this process: the window, then ``publish``."""
+        return self.publish(self._window.step(result, now, self.settings.window, self.config), now)
+
+    def publish(self, step: WindowStep, now: float) -> View:
+        """The View after a scrape whose window (``step``) is known: counts, baseline, measured speedup, trend."""
+        result = step.result
         self._scrapes[result.result] += 1
         self._note_dropped(result.dropped)
         previous = self.view
         bad_total = previous.bad_lines_total + result.bad_lines
-        if result.snapshot is None:
+        restarts = dict(self._worker.restarts)
+        stats = step.stats
+        if stats is None:
             self._log_failure(result, previous)
             self.view = View(
                 None, False, previous.ready, result, previous.last_success_at, previous.baseline,
                 dict(self._scrapes), bad_total, dict(self._dropped), previous.success_monotonic,
                 invalid_windows=dict(self._invalid), counter_resets=self._resets, speed=previous.speed,
+                parse_worker_restarts=restarts,
             )  # fmt: skip
             return self.view
         if not previous.target_up:
-            log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, result.snapshot.engine)
-        if self._history:
-            restarted = count_resets(self._history[-1], result.snapshot)
-            self._resets += restarted
-            if restarted:
-                self._restarted_at = now
-        self._remember(result.snapshot, now)
-        # Always a window: one snapshot alone is compared with itself (no increase yet), never with engine start.
-        history = list(self._history)
-        stats = compute_stats(history if len(history) > 1 else history * 2, self.config)
+            log.info("engine reachable at %s (engine=%s)", self.settings.vllm_url, step.engine)
+        self._resets += step.restarts
+        if step.restarts:
+            self._restarted_at = now
         self._note_invalid(stats)
         baseline = learn(previous.baseline, stats, now, self.settings.window, MIN_BASELINE_OBSERVATIONS)
         # Only a full window without an engine restart is a sample: one that spans a toggle's restart mixes the
@@ -176,6 +184,7 @@ class Monitor:
         self.view = View(
             stats, True, True, result, now, baseline, dict(self._scrapes), bad_total, dict(self._dropped),
             time.monotonic(), invalid_windows=dict(self._invalid), counter_resets=self._resets, speed=speed,
+            parse_worker_restarts=restarts,
         )  # fmt: skip
         return self.view
 
@@ -216,13 +225,6 @@ class Monitor:
             self._note_dropped({"trend_points": over})
         self._trend_view = tuple(self._trend)
 
-    def _remember(self, snapshot: Snapshot, now: float) -> None:
-        self._history.append(snapshot)
-        # Keep the newest snapshot at or before the window start, so the window spans the full length.
-        start = now - self.settings.window
-        while len(self._history) >= 2 and (self._history[1].taken_at or 0.0) <= start:
-            self._history.popleft()
-
     def _note_dropped(self, dropped: Mapping[str, int]) -> None:
         for reason, count in dropped.items():
             if count and not self._dropped[reason]:
@@ -237,22 +239,55 @@ class Monitor:
         if previous.target_up or previous.last_scrape is None or previous.last_scrape.result != result.result:
             log.warning("scrape failed (%s): %s", result.result, describe_failure(self.settings.vllm_url, result))
 
+    @property
+    def worker_pid(self) -> int | None:
+        """The parse worker's process id while it runs (None before the first scrape and after a crash)."""
+        return self._worker.pid
+
+    async def _scrape(self, client: httpx.AsyncClient) -> WindowStep:
+        started = time.monotonic()
+        s = self.settings
+        body = await fetch(client, s.vllm_url, s.scrape_timeout, s.scrape_max_bytes)
+        if isinstance(body, ScrapeResult):
+            return WindowStep(body)
+        job = Job(len(body), time.time(), s.window, self.bounds, self.config)
+        step = await self._worker.step(body, started, job)
+        # The scrape's duration as this process saw it: the GET, the hand-over and the parse.
+        return replace(step, result=replace(step.result, duration_seconds=time.monotonic() - started))
+
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         interval = self.settings.scrape_interval
-        while not stop.is_set():
-            started = time.monotonic()
-            result = await scrape(
-                client, self.settings.vllm_url, self.settings.scrape_timeout, self.settings.scrape_max_bytes,
-                self.bounds,
-            )  # fmt: skip
-            # Off the event loop too: a window of big snapshots takes a while to turn into Stats.
-            view = await asyncio.to_thread(self.observe, result, time.time())
-            if view.stats is not None:
-                for listener in self._listeners:
-                    try:
-                        await listener(view.stats)
-                    except Exception:  # a broken listener must not stop measuring
-                        log.exception("stats listener failed")
-            delay = max(0.0, interval - (time.monotonic() - started))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+        try:
+            await self._worker.start()  # now, not at the first scrape: its start-up is not a scrape's time
+            while not stop.is_set():
+                started = time.monotonic()
+                step = await _unless_stopped(self._scrape(client), stop)
+                if step is None:
+                    break
+                view = self.publish(step, time.time())
+                if view.stats is not None:
+                    for listener in self._listeners:
+                        try:
+                            await listener(view.stats)
+                        except Exception:  # a broken listener must not stop measuring
+                            log.exception("stats listener failed")
+                delay = max(0.0, interval - (time.monotonic() - started))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            await self._worker.stop()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, WindowStep], stop: asyncio.Event) -> WindowStep | None:
+    """``work``'s result, or None as soon as ``stop`` is set (a long parse must not hold up shutdown)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if not task.cancelled() else None
