@@ -3,8 +3,9 @@
 Each case starts `spec-sidecar run` as a subprocess (with --window 12 x --scrape-interval, so its window holds
 13 snapshots as with the defaults, 60 s / 5 s) against a hostile engine on 127.0.0.1
 (tests/support/hostile_engine.py), probes /healthz every 50 ms from this process while the sidecar scrapes, and
-reads the sidecar's peak RSS (VmHWM in /proc) once the case has run its scrapes. Results go to docs/benchmarks.md
-("Hostile scrapes"); the chart's default memory limit is set from them.
+reads the peak RSS (VmHWM in /proc) of the sidecar and of its parse worker (its child process) once the case has
+run its scrapes: both count against the container's memory limit. Results go to docs/benchmarks.md ("Hostile
+scrapes"); the chart's default memory limit is set from them.
 
     .venv/bin/python benchmarks/scrape_stress.py                # every case
     .venv/bin/python benchmarks/scrape_stress.py --case escaped_label --case histograms
@@ -85,6 +86,7 @@ class Measured:
     scrapes: int
     seconds: float
     peak_rss_mib: float
+    worker_peak_rss_mib: float  # the parse worker's (0: none, as in a checkout from before it existed)
     healthz_p50_ms: float
     healthz_p90_ms: float
     healthz_p99_ms: float
@@ -117,6 +119,7 @@ def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags:
                 time.sleep(min(interval, 2.0) + 1.0)  # let the last scrape be parsed and judged
             seconds = time.monotonic() - started
             peak = _peak_rss_kib(process.pid) / 1024
+            worker = sum(_peak_rss_kib(child) for child in _children(process.pid)) / 1024
         finally:
             stop.set()
             stop_process(process, timeout=15)
@@ -126,6 +129,7 @@ def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags:
         engine.hits,
         seconds,
         peak,
+        worker,
         statistics.median(ordered) * 1000,
         ordered[int(0.9 * (len(ordered) - 1))] * 1000,
         ordered[int(0.99 * (len(ordered) - 1))] * 1000,
@@ -156,6 +160,10 @@ def _probe(url: str, latencies: list[float], stop: threading.Event) -> None:
             stop.wait(0.05)
 
 
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _peak_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -183,13 +191,17 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in _cases() if not args.case or c.name in args.case]
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    print("| case | what | scrapes | seconds | peak RSS MiB | /healthz p50 ms | p90 ms | p99 ms | max ms | probes |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| case | what | scrapes | seconds | peak RSS MiB | worker peak RSS MiB | /healthz p50 ms | p90 ms | p99 ms "
+        "| max ms | probes |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases:
         limit = args.trickle_seconds if case.trickle_seconds else args.max_seconds
         m = run_case(case, args.interval, limit, args.sidecar_root.resolve(), not args.without_case_flags)
         print(
             f"| {m.case} | {case.what} | {m.scrapes} | {m.seconds:.0f} | {m.peak_rss_mib:.0f} | "
+            f"{m.worker_peak_rss_mib:.0f} | "
             f"{m.healthz_p50_ms:.1f} | {m.healthz_p90_ms:.1f} | {m.healthz_p99_ms:.0f} | {m.healthz_max_ms:.0f} | "
             f"{m.probes} |",
             flush=True,

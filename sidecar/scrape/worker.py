@@ -16,7 +16,9 @@ log) or takes longer than ``--scrape-parse-timeout``: the parent kills it if nee
 (``specdecode_parse_worker_restarts_total{reason}``), the scrape is ``parse_failed`` (no window, target_up 0),
 and the next scrape starts a fresh child with an empty window. The child never outlives the sidecar: it exits when
 its stdin closes (the parent stopped or died), and on Linux the kernel kills it when the parent dies mid-parse
-(PR_SET_PDEATHSIG). It runs at a lower priority (nice +10), so on a busy node the event loop gets the CPU first.
+(PR_SET_PDEATHSIG). It runs at the sidecar's own priority: the event loop sleeps most of the time, and a thread
+that wakes from sleep preempts a busy one at once; a lower priority only starved the parse on a busy machine
+(3 s of parsing took over 30 s at nice +10, load average 10 on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ log = logging.getLogger("spec_sidecar.runtime")
 
 RESTART_REASONS = ("crashed", "timeout")
 _HEADER = 8
-_NICE = 10
 _PR_SET_PDEATHSIG = 1
 
 
@@ -182,7 +183,6 @@ def main() -> None:
     # A terminal's Ctrl-C reaches the whole process group; the parent decides when this child ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(sys.argv[1]))
-    os.nice(_NICE)
     # Modules live as long as the process: keep them out of the collector's full passes.
     gc.collect()
     gc.freeze()
