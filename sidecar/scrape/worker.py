@@ -82,6 +82,9 @@ class ParseWorker:
 
     async def step(self, body: bytes | bytearray, started: float, job: Job) -> WindowStep:
         """The window after this body; ``started`` (time.monotonic()) is when the scrape began."""
+        if self._process is not None and self._process.returncode is not None:
+            # It died since the last scrape, its window with it: counted like a death mid-parse, one failed scrape.
+            return await self._restart("crashed", started, "")
         await self.start()
         process = self._process
         assert process is not None and process.stdin is not None and process.stdout is not None
