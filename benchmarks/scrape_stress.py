@@ -2,7 +2,9 @@
 
 Each case starts `spec-sidecar run` as a subprocess (with --window 12 x --scrape-interval, so its window holds
 13 snapshots as with the defaults, 60 s / 5 s) against a hostile engine on 127.0.0.1
-(tests/support/hostile_engine.py), probes /healthz every 50 ms from this process while the sidecar scrapes, and
+(tests/support/hostile_engine.py), probes /healthz every 25 ms from a process of its own while the sidecar scrapes
+(tests/support/healthz_probes.py: each probe on its own connection; "held" is a probe's latency minus the time
+the probing thread and the sidecar's event-loop thread waited for a CPU, i.e. what the sidecar itself took), and
 reads the peak RSS (VmHWM in /proc) of the sidecar and of its parse worker (its child process) once the case has
 run its scrapes: both count against the container's memory limit. Results go to docs/benchmarks.md ("Hostile
 scrapes"); the chart's default memory limit is set from them.
@@ -14,13 +16,11 @@ scrapes"); the chart's default memory limit is set from them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.healthz_probes import healthz_probes  # noqa: E402
 from tests.support.hostile_engine import (  # noqa: E402
     admitted_worst_body,
     churn_body,
@@ -91,6 +92,7 @@ class Measured:
     healthz_p90_ms: float
     healthz_p99_ms: float
     healthz_max_ms: float
+    held_max_ms: float
     probes: int
 
 
@@ -105,24 +107,21 @@ def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags:
         log = Path(tmp) / "sidecar.log"
         with log.open("wb") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=dict(os.environ))
-        latencies: list[float] = []
-        stop = threading.Event()
         try:
             _wait_for(url)
-            prober = threading.Thread(target=_probe, args=(url, latencies, stop), daemon=True)
             started = time.monotonic()
-            prober.start()
-            target = case.scrapes or 10**9
-            while engine.hits < target and time.monotonic() - started < max_seconds and process.poll() is None:
-                time.sleep(0.1)
-            if case.scrapes:
-                time.sleep(min(interval, 2.0) + 1.0)  # let the last scrape be parsed and judged
+            with healthz_probes(url, process.pid) as probes:
+                target = case.scrapes or 10**9
+                while engine.hits < target and time.monotonic() - started < max_seconds and process.poll() is None:
+                    time.sleep(0.1)
+                if case.scrapes:
+                    time.sleep(min(interval, 2.0) + 1.0)  # let the last scrape be parsed and judged
             seconds = time.monotonic() - started
             peak = _peak_rss_kib(process.pid) / 1024
             worker = sum(_peak_rss_kib(child) for child in _children(process.pid)) / 1024
         finally:
-            stop.set()
             stop_process(process, timeout=15)
+    latencies = probes.latencies
     ordered = sorted(latencies) or [float("nan")]
     return Measured(
         case.name,
@@ -134,6 +133,7 @@ def run_case(case: Case, interval: float, max_seconds: float, root: Path, flags:
         ordered[int(0.9 * (len(ordered) - 1))] * 1000,
         ordered[int(0.99 * (len(ordered) - 1))] * 1000,
         ordered[-1] * 1000,
+        max(probes.held or [float("nan")]) * 1000,
         len(latencies),
     )
 
@@ -148,16 +148,6 @@ def _wait_for(url: str) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"sidecar at {url} did not answer")
-
-
-def _probe(url: str, latencies: list[float], stop: threading.Event) -> None:
-    with httpx.Client(timeout=60) as client:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            with contextlib.suppress(httpx.HTTPError):
-                client.get(url + "/healthz")
-            latencies.append(time.perf_counter() - t0)
-            stop.wait(0.05)
 
 
 def _children(pid: int) -> list[int]:
@@ -193,9 +183,9 @@ def main() -> None:
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(
         "| case | what | scrapes | seconds | peak RSS MiB | worker peak RSS MiB | /healthz p50 ms | p90 ms | p99 ms "
-        "| max ms | probes |"
+        "| max ms | held max ms | probes |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases:
         limit = args.trickle_seconds if case.trickle_seconds else args.max_seconds
         m = run_case(case, args.interval, limit, args.sidecar_root.resolve(), not args.without_case_flags)
@@ -203,6 +193,7 @@ def main() -> None:
             f"| {m.case} | {case.what} | {m.scrapes} | {m.seconds:.0f} | {m.peak_rss_mib:.0f} | "
             f"{m.worker_peak_rss_mib:.0f} | "
             f"{m.healthz_p50_ms:.1f} | {m.healthz_p90_ms:.1f} | {m.healthz_p99_ms:.0f} | {m.healthz_max_ms:.0f} | "
+            f"{m.held_max_ms:.0f} | "
             f"{m.probes} |",
             flush=True,
         )

@@ -85,10 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     # passes, which otherwise scan it all and stall every stream in flight for 20-30 ms (docs/benchmarks.md).
     gc.collect()
     gc.freeze()
-    # Scrapes are parsed in a worker thread (sidecar/scrape/fetch.py). While one runs, the event loop waits up
-    # to this long for the GIL each time it needs it, and one /healthz request needs it several times: at the
-    # default 5 ms a request took 20-70 ms during a big parse, at 1 ms a few (docs/benchmarks.md, "Hostile
-    # scrapes"). With no parse running the loop is the only thread and never waits.
+    # Scrapes are parsed in a process of their own (sidecar/scrape/worker.py), but the thread pool still runs
+    # sync routes (/metrics, /status) and the controller's steps. While one of those runs, the event loop waits
+    # up to this long for the GIL each time it needs it, and one /healthz request needs it several times: at the
+    # default 5 ms a request took 20-70 ms beside a busy thread, at 1 ms a few (docs/benchmarks.md, "Hostile
+    # scrapes"). With no other thread running the loop never waits.
     sys.setswitchinterval(0.001)
     config = uvicorn.Config(
         app,

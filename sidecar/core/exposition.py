@@ -86,8 +86,8 @@ class ParseResult:
 
 
 # The text is parsed in pieces of about this many characters, cut after a newline. Each regex call then holds the
-# GIL for a millisecond or two (the scrape parses in a worker thread beside the event loop that answers
-# /healthz), and the list of matches in memory at once is one piece's. A line longer than a piece stays whole: a
+# GIL for a millisecond or two (one-shot commands parse in a thread; the running sidecar parses in a process of
+# its own), and the list of matches in memory at once is one piece's. A line longer than a piece stays whole: a
 # 15 MB line is one regex pass of some 10-20 ms, and a label text that long is then dropped unparsed.
 CHUNK_CHARS = 1 << 18
 

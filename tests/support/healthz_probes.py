@@ -31,6 +31,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[2]  # where `-m tests.support.healthz_probes` is found
 
 
 @dataclass
@@ -53,7 +56,7 @@ def healthz_probes(url: str, pid: int, every: float = 0.025) -> Iterator[Probes]
     """Probe ``url``/healthz for as long as the block runs (``pid``: the sidecar's process, whose event loop
     runs on its main thread); ``latencies`` and ``held`` are filled when it ends."""
     cmd = [sys.executable, "-m", "tests.support.healthz_probes", url, str(pid), str(every)]
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT)
     probes = Probes(process)
     try:
         yield probes
@@ -67,8 +70,7 @@ def healthz_probes(url: str, pid: int, every: float = 0.025) -> Iterator[Probes]
 
 def _cpu_wait(schedstat: str) -> float:
     """Seconds the thread has waited, runnable, for a CPU (the second field of schedstat, in nanoseconds)."""
-    with open(schedstat) as f:
-        return int(f.read().split()[1]) / 1e9
+    return int(Path(schedstat).read_text().split()[1]) / 1e9
 
 
 def probe(host: str, port: int, loop_thread: str) -> tuple[float, float]:
