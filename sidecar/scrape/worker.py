@@ -45,6 +45,7 @@ log = logging.getLogger("spec_sidecar.runtime")
 
 RESTART_REASONS = ("crashed", "timeout")
 _HEADER = 8
+_PIECE = 1 << 20
 _PR_SET_PDEATHSIG = 1
 
 
@@ -92,8 +93,12 @@ class ParseWorker:
         try:
             async with asyncio.timeout(self.timeout):
                 process.stdin.write(len(frame).to_bytes(_HEADER, "big") + frame)
-                process.stdin.write(body)
-                await process.stdin.drain()
+                # In pieces, each sent before the next is written: the pipe takes 64 KiB at a time, and the rest
+                # of a body written whole would be copied into the transport's buffer (another 30 MB here).
+                with memoryview(body) as view:
+                    for at in range(0, len(view), _PIECE):
+                        process.stdin.write(view[at : at + _PIECE])
+                        await process.stdin.drain()
                 size = int.from_bytes(await process.stdout.readexactly(_HEADER), "big")
                 answer = await process.stdout.readexactly(size)
         except TimeoutError:
