@@ -35,6 +35,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from sidecar.core.stats import AnalysisConfig
@@ -46,6 +47,7 @@ log = logging.getLogger("spec_sidecar.runtime")
 RESTART_REASONS = ("crashed", "timeout")
 _HEADER = 8
 _PIECE = 1 << 20
+_OOM_SCORE_ADJ = 500
 _PR_SET_PDEATHSIG = 1
 
 
@@ -191,6 +193,10 @@ def main() -> None:
     # A terminal's Ctrl-C reaches the whole process group; the parent decides when this child ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(sys.argv[1]))
+    # Out of memory, the kernel should kill this process, which the sidecar replaces, rather than the sidecar.
+    # (A container whose cgroup kills as a group, as the kubelet sets up on cgroup v2, restarts whole anyway.)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(f"{_OOM_SCORE_ADJ}\n")
     # Modules live as long as the process: keep them out of the collector's full passes.
     gc.collect()
     gc.freeze()
