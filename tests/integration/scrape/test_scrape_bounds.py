@@ -24,6 +24,7 @@ import httpx
 from tests.support.healthz_probes import Probes, healthz_probes
 from tests.support.hostile_engine import (
     HostileEngine,
+    admitted_worst_body,
     churn_body,
     escaped_label_body,
     histogram_body,
@@ -135,6 +136,19 @@ def test_healthz_answers_within_100ms_while_33mb_of_histogram_series_are_all_par
         _assert_healthz_never_held(probes, sidecar)
         wait_until(lambda: _counter(sidecar, "specdecode_scrapes_total", result="success") >= 2, 60, sidecar.log)
         assert sidecar.value("specdecode_target_up") == 1.0
+
+
+def test_healthz_answers_within_100ms_through_the_worst_scrapes_the_default_bounds_admit(tmp_path: Path) -> None:
+    # 24,000 samples a scrape (under --scrape-max-series), each with 1 KB of label text (under
+    # --scrape-max-label-bytes) that no earlier scrape had; a window of 13 snapshots, as 60 s of 5 s scrapes.
+    with (
+        hostile_engine(admitted_worst_body) as engine,
+        run_sidecar(tmp_path, "--vllm-url", engine.url, "--scrape-interval", "1", "--window", "12") as sidecar,
+    ):
+        probes = _healthz_while_scraping(sidecar, engine, 4)
+        _assert_healthz_never_held(probes, sidecar)
+        assert _counter(sidecar, "specdecode_scrapes_total", result="success") >= 3
+        assert _peak_rss_both_mib(sidecar) < 512  # the chart's default limit
 
 
 def test_a_target_trickling_its_body_times_out_within_the_scrape_timeout_and_its_window_stops_being_exported(
