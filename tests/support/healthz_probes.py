@@ -44,7 +44,10 @@ class Probes:
 
     def describe(self) -> str:
         raw, held = sorted(self.latencies), sorted(self.held)
-        ms = lambda values: [round(v * 1000, 1) for v in values]  # noqa: E731
+
+        def ms(values: list[float]) -> list[float]:
+            return [round(v * 1000, 1) for v in values]
+
         return (
             f"{len(raw)} probes; latency ms: median {ms(raw)[len(raw) // 2]}, slowest {ms(raw[-5:])}; "
             f"held by the sidecar ms: median {ms(held)[len(held) // 2]}, slowest {ms(held[-5:])}"
@@ -96,7 +99,12 @@ def main() -> None:
     host, port = url.removeprefix("http://").split(":")
     loop_thread = f"/proc/{pid}/task/{pid}/schedstat"
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
     futures: list[Future[tuple[float, float]]] = []
     with ThreadPoolExecutor(max_workers=256) as pool:
         next_at = time.monotonic()

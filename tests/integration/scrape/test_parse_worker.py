@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 from sidecar.scrape.fetch import ScrapeBounds, parsed
 from sidecar.scrape.window import SnapshotWindow, WindowStep
@@ -81,4 +82,4 @@ def test_stopping_the_worker_ends_its_process() -> None:
         return pid
 
     pid = asyncio.run(run())
-    assert not os.path.exists(f"/proc/{pid}")
+    assert not Path(f"/proc/{pid}").exists()
