@@ -239,11 +239,6 @@ class Monitor:
         if previous.target_up or previous.last_scrape is None or previous.last_scrape.result != result.result:
             log.warning("scrape failed (%s): %s", result.result, describe_failure(self.settings.vllm_url, result))
 
-    @property
-    def worker_pid(self) -> int | None:
-        """The parse worker's process id while it runs (None before the first scrape and after a crash)."""
-        return self._worker.pid
-
     async def _scrape(self, client: httpx.AsyncClient) -> WindowStep:
         started = time.monotonic()
         s = self.settings
@@ -258,7 +253,10 @@ class Monitor:
     async def run(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         interval = self.settings.scrape_interval
         try:
-            await self._worker.start()  # now, not at the first scrape: its start-up is not a scrape's time
+            # Now, not at the first scrape: its start-up is not a scrape's time (if it cannot start, every scrape
+            # says so as parse_failed).
+            with contextlib.suppress(OSError):
+                await self._worker.start()
             while not stop.is_set():
                 started = time.monotonic()
                 step = await _unless_stopped(self._scrape(client), stop)

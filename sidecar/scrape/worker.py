@@ -14,11 +14,12 @@ anything runs, so a stray print can never corrupt a reply.
 What can go wrong and what happens: the child dies (out of memory, a bug: its traceback goes to the sidecar's
 log) or takes longer than ``--scrape-parse-timeout``: the parent kills it if needed, counts it
 (``specdecode_parse_worker_restarts_total{reason}``), the scrape is ``parse_failed`` (no window, target_up 0),
-and the next scrape starts a fresh child with an empty window. The child never outlives the sidecar: it exits when
-its stdin closes (the parent stopped or died), and on Linux the kernel kills it when the parent dies mid-parse
-(PR_SET_PDEATHSIG). It runs at the sidecar's own priority: the event loop sleeps most of the time, and a thread
-that wakes from sleep preempts a busy one at once; a lower priority only starved the parse on a busy machine
-(3 s of parsing took over 30 s at nice +10, load average 10 on 2 CPUs).
+and the next scrape starts a fresh child with an empty window. The child never outlives the sidecar: it exits
+when its stdin closes (the parent stopped or died), and on Linux the kernel kills it when the parent dies
+mid-parse (PR_SET_PDEATHSIG). Its oom_score_adj is 500: out of memory, the kernel picks it over the sidecar.
+It runs at the sidecar's own priority: the event loop sleeps most of the time, and a thread that wakes from
+sleep preempts a busy one at once; a lower priority only starved the parse on a busy machine (3 s of parsing
+took over 30 s at nice +10, load average 10 on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import logging
 import os
 import pickle
 import signal
@@ -41,8 +41,6 @@ from typing import BinaryIO
 from sidecar.core.stats import AnalysisConfig
 from sidecar.scrape.fetch import ScrapeBounds, failed, parsed
 from sidecar.scrape.window import SnapshotWindow, WindowStep
-
-log = logging.getLogger("spec_sidecar.runtime")
 
 RESTART_REASONS = ("crashed", "timeout")
 _HEADER = 8
@@ -88,7 +86,10 @@ class ParseWorker:
         if self._process is not None and self._process.returncode is not None:
             # It died since the last scrape, its window with it: counted like a death mid-parse, one failed scrape.
             return await self._restart("crashed", started, "")
-        await self.start()
+        try:
+            await self.start()
+        except OSError as exc:  # no process to start (a broken install): say so at every scrape, keep serving
+            return WindowStep(failed("parse_failed", started, f"the parse worker did not start: {exc}"))
         process = self._process
         assert process is not None and process.stdin is not None and process.stdout is not None
         frame = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
@@ -108,8 +109,8 @@ class ParseWorker:
         except asyncio.CancelledError:  # the sidecar is stopping; the child's place in the protocol is unknown
             await self.stop(grace=0.0)
             raise
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            return await self._restart("crashed", started, f"{type(exc).__name__}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return await self._restart("crashed", started, "")
         step: WindowStep = pickle.loads(answer)  # a few numbers per model: quick, on the event loop
         return step
 
@@ -119,11 +120,7 @@ class ParseWorker:
         if reason == "crashed":
             detail = f"the parse worker exited ({_describe_exit(code)})"
         self.restarts[reason] += 1
-        log.warning(
-            "scrape parse failed: %s; the window starts again at the next scrape "
-            "(specdecode_parse_worker_restarts_total{reason=%r})",
-            detail, reason,
-        )  # fmt: skip
+        # Logged by the Monitor with the other failed scrapes (once per run of failures alike), detail included.
         return WindowStep(failed("parse_failed", started, detail))
 
     async def stop(self, grace: float = 2.0) -> int | None:
