@@ -68,8 +68,12 @@ unit: install
 # The whole suite, real engine included. pytest's exit code 5 (no tests collected) fails the target like any
 # other non-zero code. go-builds comes first so that the Go builds run while the rest gets ready and runs.
 # --durations: the CI log names the 40 slowest tests, where the time budget (docs/testing.md "CI time") goes.
+# Most tests wait on servers, so two pytest-xdist workers share the 2 cores; --dist loadgroup keeps the engine
+# tests on one worker (one engine at a time, in the order tests/conftest.py gives) and the cluster tests on one
+# (one cluster). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: go-builds lint vllm tools prometheus chromium
-	$(PY) -m pytest tests --durations=40
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup --durations=40
 
 bench: install
 	$(PY) benchmarks/parse_benchmark.py

@@ -7,7 +7,10 @@ function-scoped on purpose: a session-cached handle would outlive the server the
 fixture of your own should depend on `engine_manager` and call `.get(flavour)` itself.
 
 Every test that uses one of these fixtures is marked `engine` (deselect with `-m "not engine"`), and engine
-tests run last, grouped by flavour, so each server starts once per session.
+tests run last, in blocks by the flavour they need first (ENGINE_BLOCKS), each block ending on the flavour the
+next one starts with, so that each server starts once per session. A test that calls `engine_manager.get` itself
+says which flavour it needs first with `@pytest.mark.engine_flavour(NAME)`; one that starts configurations of
+its own leaves the mark off and runs after the blocks.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import pytest
 from tests.engine import Engine, EngineManager, draft_model_flavour, ngram_flavour, plain_flavour
 
 ENGINE_FIXTURES = ("spec_engine", "ngram_engine", "plain_engine", "engine_manager")
+# The order of the blocks. Starts cost 35-45 s each: the draft-small block (the probe's acceptance curves) ends on
+# draft-large, which the next block needs; that one's last test switches to plain; the plain block's last test
+# (the disabled manifest's args, then its restored ngram args) is followed by the ngram block.
+ENGINE_BLOCKS = ("draft-small", "draft-large", "plain", "ngram")
+FIXTURE_FLAVOURS = {"spec_engine": "draft-large", "ngram_engine": "ngram", "plain_engine": "plain"}
 
 
 @pytest.fixture(scope="session")
@@ -48,17 +56,35 @@ def plain_engine(engine_manager: EngineManager) -> Engine:
     return engine_manager.get(plain_flavour())
 
 
-def _engine_fixture_rank(item: pytest.Item) -> int | None:
+def _uses_engine(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in ENGINE_FIXTURES)
+
+
+def _engine_block(item: pytest.Item) -> int:
+    """0 for tests without an engine, then 1 + the index of the block in ENGINE_BLOCKS, then tests that start
+    configurations of their own."""
+    if not _uses_engine(item):
+        return 0
+    mark = item.get_closest_marker("engine_flavour")
     names = getattr(item, "fixturenames", ())
-    ranks = [rank for rank, name in enumerate(ENGINE_FIXTURES) if name in names]
-    return min(ranks) if ranks else None
+    flavours = [mark.args[0]] if mark else [flavour for name, flavour in FIXTURE_FLAVOURS.items() if name in names]
+    if not flavours:
+        return 1 + len(ENGINE_BLOCKS)
+    unknown = [flavour for flavour in flavours if flavour not in ENGINE_BLOCKS]
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: engine_flavour {unknown[0]!r} is none of {ENGINE_BLOCKS}")
+    return 1 + min(ENGINE_BLOCKS.index(flavour) for flavour in flavours)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselection reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
     for item in items:
-        if _engine_fixture_rank(item) is not None:
+        if _uses_engine(item):
             item.add_marker(pytest.mark.engine)
-    # Stable: other tests keep their order and come first; engine tests follow, grouped by flavour.
-    items.sort(key=lambda item: -1 if (rank := _engine_fixture_rank(item)) is None else rank)
+            # Under pytest-xdist (`make test`: --dist loadgroup) one worker runs all of them, in this order, with
+            # one engine manager: the others never start an engine of their own.
+            item.add_marker(pytest.mark.xdist_group("engine"))
+    # Stable: other tests keep their order and come first; engine tests follow, block by block, each block in
+    # collection order (so a module's tests that share a module-scoped fixture stay together).
+    items.sort(key=_engine_block)

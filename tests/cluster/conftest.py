@@ -28,6 +28,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+            # Under pytest-xdist (`make test`: --dist loadgroup) one worker runs all of them: one cluster is started.
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 class _ClusterTestsLast:

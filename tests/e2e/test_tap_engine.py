@@ -23,7 +23,7 @@ from tests.engine.server import Engine
 from tests.engine.workload import Api, Request, RequestResult, default_prompts, fetch_metrics, parse_sse, send
 from tests.support.tap_server import TapServer, tap_server
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.engine_flavour("draft-large")]
 
 BUCKETS = {0.0: "0", 1.0: "[1,+Inf)"}
 

@@ -24,9 +24,11 @@ PER_REQUEST_METRICS = ("--per-request-spec-decode-metrics", "summary")
 
 @dataclass(frozen=True)
 class Flavour:
-    """What to serve and how: equal flavours mean an already running engine can be reused."""
+    """What to serve and how: equal flavours mean an already running engine can be reused. The name is a label
+    (log file names, messages) and takes no part in equality: a configuration asked for under two names (the
+    args an actuator wrote that equal a flavour's) is served by one start."""
 
-    name: str
+    name: str = field(compare=False)
     model_dir: Path
     speculative_config: str | None = None  # JSON for --speculative-config; None = no speculation
     extra_args: tuple[str, ...] = field(default=())

@@ -43,6 +43,7 @@ def serve(manager: EngineManager, name: str, model_dir: Path, args: list[str]) -
     return httpx.get(f"{engine.url}/metrics", timeout=10).text
 
 
+@pytest.mark.engine_flavour("plain")  # the disabled args are the plain flavour's
 def test_disabled_args_start_without_speculation_and_restored_args_start_with_it(
     tmp_path: Path, engine_manager: EngineManager
 ) -> None:
