@@ -76,6 +76,15 @@ def _engine_block(item: pytest.Item) -> int:
     return 1 + min(ENGINE_BLOCKS.index(flavour) for flavour in flavours)
 
 
+@pytest.hookimpl(tryfirst=True)  # before the test's own fixtures are torn down
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # After the last engine test the engine would otherwise run on, idle, to the end of the session, holding 3 GB
+    # and the machine lock while the cluster tests (or, under xdist, this worker's next tests) run.
+    manager = getattr(item, "funcargs", {}).get("engine_manager")
+    if isinstance(manager, EngineManager) and (nextitem is None or not _uses_engine(nextitem)):
+        manager.stop()
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselection reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     del config
