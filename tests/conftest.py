@@ -97,3 +97,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Stable: other tests keep their order and come first; engine tests follow, block by block, each block in
     # collection order (so a module's tests that share a module-scoped fixture stay together).
     items.sort(key=_engine_block)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's worker has tagged the node ids with their group
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # An xdist worker under --dist loadgroup: a grouped test whose id lacks the group would be scheduled on any
+    # worker (pytest-xdist 3.8 with pytest 9.2 does that without a word), so two workers would start engines.
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        mark = item.get_closest_marker("xdist_group")
+        group = None if mark is None else mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+        if group is not None and not item.nodeid.endswith(f"@{group}"):
+            raise pytest.UsageError(f"pytest-xdist did not tag {item.nodeid} with its group {group!r}")
