@@ -201,9 +201,11 @@ def run(manager: EngineManager, workdir: Path, settings: Settings = Settings()) 
             # No sample until a whole window has passed since the restart was seen, then `windows` samples.
             time.sleep(max(0.0, began + (settings.windows + 2.3) * window - time.monotonic()))
             off_report = _report_model(sidecar)
+            # The text right after the figures, not after the load has run out: a window sampled in between can
+            # move the interval across 1 and the text would then disagree with the figures for that reason alone.
+            text = _report_text(sidecar, url)
             timed = list(loading.result())
             off = Phase(False, tuple(timed), off_engine.startup_seconds, EngineMeans.scrape(url))
-            text = _report_text(sidecar, url)
         finally:
             stop_process(sidecar.process, timeout=15)
     return Proof(settings, window, on, off, on_report, off_report, text)
