@@ -5,8 +5,9 @@ One sidecar watches one URL while vLLM serves the family's target there with `dr
 closed loop of 3 clients sends the same requests in both phases (same prompts and seeds, 16 tokens each with
 ignore_eos) and times each one (tests/engine/speedup_proof.py). The sidecar's speedup, from vLLM's per-request
 TPOT histogram window by window at matched load, must agree with the client-timed ratio of mean TPOT (the same
-quantity) within a tolerance computed from the spread this run shows, and must say which way it goes from its
-own measurement, whichever way that is on this machine at the time (docs/model-family.md).
+quantity) within a tolerance computed from the spread this run shows, and must lean the way the client's
+stopwatch clearly does and say so once its own interval clears 1, whichever way that is on this machine at the
+time (docs/model-family.md).
 
 Wall time: two engine starts (about 1 min each on an idle machine, several under load) and about 1.5 min of
 load per phase.
@@ -45,15 +46,21 @@ def test_the_sidecars_measured_speedup_agrees_with_the_client_timed_one_and_says
     # 4-6 windows of 6 s on this shared machine is wide (±40-65 % in the runs in docs/model-family.md).
     assert proof.tolerance < math.log(2.0), shown
     assert abs(proof.log_difference) <= proof.tolerance, shown
-    # The sign, from measurement: where the client's own interval is clearly on one side of 1, the sidecar's
-    # finding, number and words say the same.
+    # The sign, from measurement: where the client's own interval is clearly on one side of 1, the sidecar's point
+    # estimate is on that side too and it never claims the other; it says the way in words once its own interval
+    # (4-6 windows, much wider than the client's hundreds of requests) clears 1, and "no clear difference" until
+    # then (on a loaded machine 4 windows may not: [0.57, 1.02] against a client's 0.81 ± 5 % in one run).
     client_low = proof.client_speedup() * math.exp(-proof_run.Z95 * proof.client_log_se())
     client_high = proof.client_speedup() * math.exp(proof_run.Z95 * proof.client_log_se())
     if client_high < 1.0:
-        assert m["finding"] == "slower" and m["speedup"] < 1.0 and m["high"] < 1.0, shown
-        assert "slower with speculation" in proof.sidecar_text, shown
+        assert m["speedup"] < 1.0 and m["finding"] != "faster", shown
+        assert m["finding"] == ("slower" if m["high"] < 1.0 else "unclear"), shown
+        words = "slower with speculation" if m["high"] < 1.0 else "no clear difference"
+        assert words in proof.sidecar_text, shown
     elif client_low > 1.0:
-        assert m["finding"] == "faster" and m["speedup"] > 1.0, shown
-        assert "faster with speculation" in proof.sidecar_text, shown
+        assert m["speedup"] > 1.0 and m["finding"] != "slower", shown
+        assert m["finding"] == ("faster" if m["low"] > 1.0 else "unclear"), shown
+        words = "faster with speculation" if m["low"] > 1.0 else "no clear difference"
+        assert words in proof.sidecar_text, shown
     else:  # the client cannot tell: the sidecar must not claim the opposite of the client's point estimate
         assert m["finding"] != ("faster" if proof.client_speedup() < 1.0 else "slower"), shown
