@@ -1,33 +1,60 @@
-"""Drafts per load on a real engine, from the engine's own counters: does a K-per-batch-size schedule hold?
+"""Speculation per load band on a real engine: does it pay, and does a K-per-batch-size schedule hold?
 
-vLLM's speculative-config key `num_speculative_tokens_per_batch_size` (docs/engines.md, "K per batch size")
-picks K per scheduler step from the number of requests scheduled in that step. Its effect shows in the engine's
-counters: `vllm:spec_decode_num_drafts_total` (request-steps that carried drafts) and
-`vllm:spec_decode_num_draft_tokens_total`, against `vllm:generation_tokens_total`. `drafts_at` drives one level
-of concurrency and returns the deltas of those counters over it.
+Two measurements, both from what the engine itself exposes:
+
+- **Per band.** `measure_level` drives a closed loop of self-timing clients (tests.engine.timing) at one
+  concurrency and cuts what the engine's /metrics say meanwhile into windows the way the sidecar does: a scrape
+  every SCRAPE_SECONDS, `compute_stats` over a window's scrapes and `sample_from_stats` for its sample (mean TPOT
+  from vLLM's per-request histogram, mean running requests). A window closes once it holds `min_requests`
+  finished requests (the sidecar's windows are fixed in time and the load varies; here the load is fixed, so
+  the count fixes the time). `measure_bands` does it at each concurrency with speculation on, then off, and
+  `propose_schedule` (sidecar.core.load_schedule) turns those windows into the sidecar's cut.
+- **Drafts per load.** vLLM's speculative-config key `num_speculative_tokens_per_batch_size` (docs/engines.md,
+  "K per batch size") picks K per scheduler step from the number of requests scheduled in that step. Its
+  effect shows in the engine's counters `vllm:spec_decode_num_drafts_total` (request-steps that carried drafts)
+  and `vllm:spec_decode_num_draft_tokens_total`, against `vllm:generation_tokens_total`; `drafts_at` drives one
+  level of concurrency and returns their deltas over it.
 
 Used by tests/e2e/test_schedule_engine.py and benchmarks/schedule_bands.py.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.core.measured_speedup import SpeedSample, sample_from_stats
+from sidecar.core.snapshot import Snapshot
+from sidecar.core.stats import AnalysisConfig, compute_stats
+from sidecar.scrape.fetch import parse_payload
+from tests.engine.flavours import Flavour
+from tests.engine.manager import EngineManager
 from tests.engine.server import Engine
-from tests.engine.workload import fetch_metrics, run_workload
+from tests.engine.timing import Timed, closed_loop
+from tests.engine.workload import default_prompts, fetch_metrics, run_workload
 
 DRAFTS = "vllm:spec_decode_num_drafts_total"
 DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
 ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 GENERATED = "vllm:generation_tokens_total"
 COUNTERS = (DRAFTS, DRAFT_TOKENS, ACCEPTED, GENERATED)
+TPOT_COUNT = "vllm:request_time_per_output_token_seconds_count"
+SCRAPE_SECONDS = 0.5
+SETTLE_SECONDS = 2.0  # after the load starts, before the first window: every client has a request in flight
+LEVEL_TIMEOUT_SECONDS = 240.0
 
 
 def counters(url: str) -> dict[str, float]:
     """The engine's totals of COUNTERS (0 for a series it does not expose: no speculation)."""
-    totals = dict.fromkeys(COUNTERS, 0.0)
+    totals = dict.fromkeys((*COUNTERS, TPOT_COUNT), 0.0)
     for family in text_string_to_metric_families(fetch_metrics(url)):
         for sample in family.samples:
             if sample.name in totals:
@@ -52,7 +79,7 @@ class DraftDelta:
 
     def line(self) -> str:
         return (
-            f"concurrency {self.concurrency}: {self.requests} requests, {self.generated_tokens} tokens generated, "
+            f"{self.concurrency} in flight: {self.requests} requests, {self.generated_tokens} tokens generated, "
             f"{self.drafts} drafts, {self.draft_tokens} draft tokens, {self.accepted_tokens} accepted"
         )
 
@@ -66,6 +93,137 @@ def drafts_at(engine: Engine, concurrency: int, requests: int, max_tokens: int =
         raise RuntimeError(f"{len(bad)} request(s) failed, the first: HTTP {bad[0].status} {bad[0].raw[:300]!r}")
     after = counters(engine.url)
     delta = {name: round(after[name] - before[name]) for name in COUNTERS}
-    return DraftDelta(
-        concurrency, requests, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED]
-    )
+    return DraftDelta(concurrency, requests, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
+
+
+@dataclass(frozen=True)
+class Level:
+    """One concurrency in one state: the sidecar's windows of it and the client-timed requests inside them."""
+
+    concurrency: int
+    speculation: bool
+    samples: tuple[SpeedSample, ...]
+    timed: tuple[Timed, ...]
+
+    def median_tpot(self) -> float:
+        return float(statistics.median(t.tpot for t in self.timed))
+
+    def window_tpot(self) -> float:
+        """Geometric mean of the windows' mean TPOT: what the sidecar compares."""
+        return float(statistics.geometric_mean(s.tpot for s in self.samples))
+
+    def running(self) -> float:
+        return statistics.fmean(s.running for s in self.samples)
+
+
+def _snapshot(engine: Engine) -> Snapshot:
+    snap, _bad, _examples = parse_payload(fetch_metrics(engine.url), time.monotonic())
+    return snap
+
+
+def _tpot_count(snap: Snapshot, model: str) -> float:
+    stats = compute_stats([snap], AnalysisConfig()).model(model)
+    return 0.0 if stats is None else stats.latency_observations.get("tpot", 0.0)
+
+
+def measure_level(
+    engine: Engine, concurrency: int, *, windows: int, max_tokens: int, min_requests: int
+) -> Level:
+    """`windows` windows of the sidecar's kind under a closed loop of `concurrency` clients at temperature 0."""
+    stop = threading.Event()
+    samples: list[SpeedSample] = []
+    spans: list[tuple[float, float]] = []
+    config = AnalysisConfig()
+    with ThreadPoolExecutor(max_workers=1) as background:
+        loading = background.submit(
+            closed_loop, engine.url, engine.model, default_prompts(), concurrency=concurrency,
+            seconds=LEVEL_TIMEOUT_SECONDS, max_tokens=max_tokens, stop=stop,
+        )  # fmt: skip
+        try:
+            time.sleep(SETTLE_SECONDS)
+            deadline = time.monotonic() + LEVEL_TIMEOUT_SECONDS - SETTLE_SECONDS
+            while len(samples) < windows and not loading.done():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{concurrency} in flight: {len(samples)} of {windows} windows in time")
+                window = [_snapshot(engine)]
+                while _tpot_count(window[-1], engine.model) - _tpot_count(window[0], engine.model) < min_requests:
+                    time.sleep(SCRAPE_SECONDS)
+                    window.append(_snapshot(engine))
+                stats = compute_stats(window, config).model(engine.model)
+                sample = None if stats is None else sample_from_stats(stats, time.time())
+                if sample is None:
+                    raise RuntimeError(f"{concurrency} in flight: the window gave no sample ({stats!r})")
+                samples.append(sample)
+                spans.append((window[0].taken_at or 0.0, window[-1].taken_at or 0.0))
+        finally:
+            stop.set()
+        timed = loading.result()
+    began, ended = spans[0][0], spans[-1][1]
+    inside = tuple(t for t in timed if t.sent >= began and t.sent + t.e2e <= ended)
+    return Level(concurrency, samples[0].speculation, tuple(samples), inside)
+
+
+@dataclass(frozen=True)
+class Bands:
+    on: tuple[Level, ...]
+    off: tuple[Level, ...]
+
+    @property
+    def samples(self) -> tuple[SpeedSample, ...]:
+        return tuple(s for level in (*self.on, *self.off) for s in level.samples)
+
+    def as_json(self) -> dict[str, object]:
+        def level(x: Level) -> dict[str, object]:
+            return {
+                "concurrency": x.concurrency,
+                "running": x.running(),
+                "window_tpot": [s.tpot for s in x.samples],
+                "window_requests": [s.requests for s in x.samples],
+                "client_median_tpot": x.median_tpot(),
+                "client_requests": len(x.timed),
+                "acceptance_length": [s.mean_acceptance_length for s in x.samples],
+            }
+
+        return {"on": [level(x) for x in self.on], "off": [level(x) for x in self.off]}
+
+
+def measure_bands(
+    manager: EngineManager,
+    on: Flavour,
+    off: Flavour,
+    concurrencies: Sequence[int],
+    *,
+    windows: int,
+    max_tokens: int,
+    min_requests: int,
+    port: int | None = None,
+) -> Bands:
+    """Each concurrency with speculation on (`on`), then off (`off`); the engine manager is left running `off`."""
+    levels: dict[bool, list[Level]] = {True: [], False: []}
+    for speculation, flavour in ((True, on), (False, off)):
+        engine = manager.get(flavour, port=port)
+        say(f"{flavour.name}: engine up in {engine.startup_seconds or 0:.0f} s")
+        # Warm-up, not measured: the first requests of an engine pay for compilation and caches.
+        closed_loop(engine.url, engine.model, default_prompts(), concurrency=2, seconds=3.0, max_tokens=max_tokens)
+        for c in concurrencies:
+            level = measure_level(engine, c, windows=windows, max_tokens=max_tokens, min_requests=min_requests)
+            say(
+                f"{flavour.name}, {c} in flight: running {level.running():.2f}, window TPOT "
+                f"{', '.join(f'{1000 * s.tpot:.1f}' for s in level.samples)} ms, "
+                f"client median {1000 * level.median_tpot():.1f} ms over {len(level.timed)} requests"
+            )
+            levels[speculation].append(level)
+    return Bands(tuple(levels[True]), tuple(levels[False]))
+
+
+def with_schedule(flavour: Flavour, schedule: list[list[int]], name: str = "scheduled") -> Flavour:
+    """`flavour` with `num_speculative_tokens_per_batch_size` added to its speculative config."""
+    assert flavour.speculative_config is not None, "a schedule needs speculation"
+    config = json.loads(flavour.speculative_config)
+    config["num_speculative_tokens_per_batch_size"] = schedule
+    text = json.dumps(config, separators=(",", ":"), sort_keys=True)
+    return Flavour(name, flavour.model_dir, text, flavour.extra_args)
+
+
+def say(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)

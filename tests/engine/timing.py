@@ -65,8 +65,10 @@ def closed_loop(
     seconds: float,
     max_tokens: int,
     temperature: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> list[Timed]:
-    """`concurrency` workers each send request after request (prompt i, seed i) until `seconds` have passed."""
+    """`concurrency` workers each send request after request (prompt i, seed i) until `seconds` have passed or
+    `stop` is set, whichever comes first (requests in flight then finish)."""
     results: list[Timed] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -75,7 +77,7 @@ def closed_loop(
 
     def worker() -> None:
         with httpx.Client() as client:
-            while time.monotonic() < stop_at and not errors:
+            while time.monotonic() < stop_at and not errors and not (stop is not None and stop.is_set()):
                 with lock:
                     i = next(counter)
                 try:
