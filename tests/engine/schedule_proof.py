@@ -7,7 +7,7 @@ Two measurements, both from what the engine itself exposes:
   every SCRAPE_SECONDS, `compute_stats` over a window's scrapes and `sample_from_stats` for its sample (mean TPOT
   from vLLM's per-request histogram, mean running requests). A window closes once it holds `min_requests`
   finished requests (the sidecar's windows are fixed in time and the load varies; here the load is fixed, so
-  the count fixes the time). `measure_bands` does it at each concurrency with speculation on, then off, and
+  the count fixes the time). `measure_bands` does it at each concurrency with speculation off, then on, and
   `propose_schedule` (sidecar.core.load_schedule) turns those windows into the sidecar's cut.
 - **Drafts per load.** vLLM's speculative-config key `num_speculative_tokens_per_batch_size` (docs/engines.md,
   "K per batch size") picks K per scheduler step from the number of requests scheduled in that step. Its
@@ -126,9 +126,7 @@ def _tpot_count(snap: Snapshot, model: str) -> float:
     return 0.0 if stats is None else stats.latency_observations.get("tpot", 0.0)
 
 
-def measure_level(
-    engine: Engine, concurrency: int, *, windows: int, max_tokens: int, min_requests: int
-) -> Level:
+def measure_level(engine: Engine, concurrency: int, *, windows: int, max_tokens: int, min_requests: int) -> Level:
     """`windows` windows of the sidecar's kind under a closed loop of `concurrency` clients at temperature 0."""
     stop = threading.Event()
     samples: list[SpeedSample] = []
@@ -198,9 +196,10 @@ def measure_bands(
     min_requests: int,
     port: int | None = None,
 ) -> Bands:
-    """Each concurrency with speculation on (`on`), then off (`off`); the engine manager is left running `off`."""
+    """Each concurrency without speculation (`off`), then with it (`on`); the engine manager is left running `on`.
+    Off first: an engine without speculation that another test left running is reused."""
     levels: dict[bool, list[Level]] = {True: [], False: []}
-    for speculation, flavour in ((True, on), (False, off)):
+    for speculation, flavour in ((False, off), (True, on)):
         engine = manager.get(flavour, port=port)
         say(f"{flavour.name}: engine up in {engine.startup_seconds or 0:.0f} s")
         # Warm-up, not measured: the first requests of an engine pay for compilation and caches.
@@ -227,3 +226,21 @@ def with_schedule(flavour: Flavour, schedule: list[list[int]], name: str = "sche
 
 def say(what: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
+def args_with_schedule(args: Sequence[str], schedule: list[list[int]]) -> list[str]:
+    """Container args with the schedule added to the JSON after `--speculative-config` (the spelling the harness
+    writes), the rest byte for byte as given."""
+    out = list(args)
+    index = out.index("--speculative-config") + 1
+    config = json.loads(out[index])
+    config["num_speculative_tokens_per_batch_size"] = schedule
+    out[index] = json.dumps(config, separators=(",", ":"), sort_keys=True)
+    return out
+
+
+def schedule_in(args: Sequence[str]) -> object:
+    """The schedule in the JSON after `--speculative-config`, or None."""
+    items = list(args)
+    config = json.loads(items[items.index("--speculative-config") + 1])
+    return config.get("num_speculative_tokens_per_batch_size")

