@@ -5,15 +5,16 @@ The engine serves the family's target without speculation at 1, 2, 4 and 8 reque
 sidecar cuts them (tests/engine/schedule_proof.py) and `propose_schedule` turns those windows into a cut. The
 schedule it proposes is written into the manifest's speculative config, the engine restarts from those args,
 and a load ramp read from the engine's own draft counters shows drafts at loads up to the cut and (almost) none
-above.
+above. `enable` then gives the manifest back as it was.
 
 The cut is whatever this run's measurements imply: on this shared 2-core machine speculation pays clearly at 1-2
 in flight and breaks even around 8 (docs/benchmarks.md, "Speculation per load band"), so a run may find no band
 where it hurts and propose no schedule. The test then still proves the engine obeys a written schedule, with
 the fixed [[1, 2, 4], [3, 256, 0]], and says so in its output.
 
-The schedule goes into the args through the harness's own JSON rewrite (schedule_proof.args_with_schedule):
-the sidecar has no action writing a schedule yet, so this test does not cover a restore either.
+The schedule is written by the sidecar's own action (`ManifestActuator.schedule_k`, the manifest actuator behind
+`--schedule-k`), the engine starts from the args it wrote, and `enable` takes the schedule out again: the
+manifest comes back byte for byte (apart from the sidecar's annotations).
 
 Wall time: three engine starts (about 45 s each on an idle machine) and about 2.5 min of load.
 """
@@ -26,9 +27,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.adapters.manifest import ManifestActuator
+from sidecar.core import schedule_config
 from sidecar.core.load_schedule import propose_schedule
 from tests.engine import EngineManager, Flavour, draft_model_flavour, plain_flavour
 from tests.engine import schedule_proof as proof
+from tests.support.manifest_files import without_our_annotations
 
 pytestmark = pytest.mark.engine
 
@@ -45,7 +49,7 @@ ABOVE_CUT_SHARE = 0.1
 
 
 def manifest(args: list[str]) -> str:
-    container = {"name": "vllm", "image": "vllm/vllm-openai", "args": args}
+    container = {"name": "vllm", "image": "vllm/vllm-openai:v0.32.0", "args": args}
     doc = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -53,12 +57,6 @@ def manifest(args: list[str]) -> str:
         "spec": {"template": {"spec": {"containers": [container]}}},
     }
     return yaml.safe_dump(doc, sort_keys=False)
-
-
-def container_args(path: Path) -> list[str]:
-    doc = yaml.safe_load(path.read_text())
-    args: list[str] = doc["spec"]["template"]["spec"]["containers"][0]["args"]
-    return args
 
 
 # Three engine starts, several minutes each on a loaded machine, plus the load: more than the suite's 900 s default.
@@ -69,6 +67,8 @@ def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_band
     on = draft_model_flavour(num_speculative_tokens=K, per_request_metrics=False)
     path = tmp_path / "deploy.yaml"
     path.write_text(manifest(on.server_args()))
+    original = path.read_text()
+    act = ManifestActuator(path, container="vllm")
 
     bands = proof.measure_bands(
         engine_manager, on, plain_flavour(), CONCURRENCIES,
@@ -87,9 +87,10 @@ def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_band
         print(f"no cut proposed ({plan.reason}); proving the engine obeys {FALLBACK_SCHEDULE} instead")
     else:  # the sidecar's cut: the top of the highest band that pays below the first that hurts
         assert plan.cut == schedule[0][1] and schedule == [[1, plan.cut, K], [plan.cut + 1, 256, 0]], shown
-    path.write_text(manifest(proof.args_with_schedule(container_args(path), schedule)))
-    written = container_args(path)
-    assert proof.schedule_in(written) == schedule, shown
+    result = act.schedule_k(schedule, "measured per load band on the real engine")
+    assert result.changed, f"{result.outcome}: {result.detail}\n{shown}"
+    written = act.read().args
+    assert written is not None and schedule_config.current_schedule(None, written) == schedule, shown
     cut = schedule[0][1]
 
     engine = engine_manager.get(Flavour("scheduled", on.model_dir, None, tuple(written)))
@@ -105,3 +106,7 @@ def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_band
     # Above it, next to none: only the odd step with fewer requests scheduled than in flight.
     least_below = min(d.draft_tokens_per_token for d in below)
     assert all(d.draft_tokens_per_token < ABOVE_CUT_SHARE * least_below for d in above), shown
+
+    assert act.enable("manual").changed
+    assert act.read().args == on.server_args()
+    assert without_our_annotations(path.read_text()).replace("  annotations:\n", "") == original

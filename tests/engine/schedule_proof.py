@@ -226,21 +226,3 @@ def with_schedule(flavour: Flavour, schedule: list[list[int]], name: str = "sche
 
 def say(what: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
-
-
-def args_with_schedule(args: Sequence[str], schedule: list[list[int]]) -> list[str]:
-    """Container args with the schedule added to the JSON after `--speculative-config` (the spelling the harness
-    writes), the rest byte for byte as given."""
-    out = list(args)
-    index = out.index("--speculative-config") + 1
-    config = json.loads(out[index])
-    config["num_speculative_tokens_per_batch_size"] = schedule
-    out[index] = json.dumps(config, separators=(",", ":"), sort_keys=True)
-    return out
-
-
-def schedule_in(args: Sequence[str]) -> object:
-    """The schedule in the JSON after `--speculative-config`, or None."""
-    items = list(args)
-    config = json.loads(items[items.index("--speculative-config") + 1])
-    return config.get("num_speculative_tokens_per_batch_size")
