@@ -7,8 +7,8 @@ Two measurements, both from what the engine itself exposes:
   every SCRAPE_SECONDS, `compute_stats` over a window's scrapes and `sample_from_stats` for its sample (mean TPOT
   from vLLM's per-request histogram, mean running requests). A window closes once it holds `min_requests`
   finished requests (the sidecar's windows are fixed in time and the load varies; here the load is fixed, so
-  the count fixes the time). `measure_bands` does it at each concurrency with speculation off, then on, and
-  `propose_schedule` (sidecar.core.load_schedule) turns those windows into the sidecar's cut.
+  the count fixes the time). `measure_bands` does it at each concurrency with speculation on and off in turn,
+  window by window, and `propose_schedule` (sidecar.core.load_schedule) turns those windows into the sidecar's cut.
 - **Drafts per load.** vLLM's speculative-config key `num_speculative_tokens_per_batch_size` (docs/engines.md,
   "K per batch size") picks K per scheduler step from the number of requests scheduled in that step. Its
   effect shows in the engine's counters `vllm:spec_decode_num_drafts_total` (request-steps that carried drafts)
@@ -194,25 +194,46 @@ def measure_bands(
     windows: int,
     max_tokens: int,
     min_requests: int,
-    port: int | None = None,
 ) -> Bands:
-    """Each concurrency without speculation (`off`), then with it (`on`); the engine manager is left running `on`.
-    Off first: an engine without speculation that another test left running is reused."""
+    """Each concurrency with speculation on and off, window by window in turn; the manager is left running `on`.
+
+    Both engines run side by side (the manager's machine lock covers both; only one is under load at a time), so
+    that the machine's other work, which comes and goes by the minute here, weighs on both states alike: measured
+    one state after the other, a TPOT ratio shifts by a factor of 2-3 with that work alone."""
+    engine_on = manager.get(on)
+    say(f"{on.name}: engine up in {engine_on.startup_seconds or 0:.0f} s")
+    engine_off = Engine(off, engine_on.log_path.parent).start()
+    say(f"{off.name}: engine up in {engine_off.startup_seconds or 0:.0f} s")
     levels: dict[bool, list[Level]] = {True: [], False: []}
-    for speculation, flavour in ((False, off), (True, on)):
-        engine = manager.get(flavour, port=port)
-        say(f"{flavour.name}: engine up in {engine.startup_seconds or 0:.0f} s")
-        # Warm-up, not measured: the first requests of an engine pay for compilation and caches.
-        closed_loop(engine.url, engine.model, default_prompts(), concurrency=2, seconds=3.0, max_tokens=max_tokens)
+    try:
+        for engine in (engine_off, engine_on):
+            # Warm-up, not measured: the first requests of an engine pay for compilation and caches.
+            closed_loop(engine.url, engine.model, default_prompts(), concurrency=2, seconds=3.0, max_tokens=max_tokens)
         for c in concurrencies:
-            level = measure_level(engine, c, windows=windows, max_tokens=max_tokens, min_requests=min_requests)
-            say(
-                f"{flavour.name}, {c} in flight: running {level.running():.2f}, window TPOT "
-                f"{', '.join(f'{1000 * s.tpot:.1f}' for s in level.samples)} ms, "
-                f"client median {1000 * level.median_tpot():.1f} ms over {len(level.timed)} requests"
-            )
-            levels[speculation].append(level)
+            parts: dict[bool, list[Level]] = {True: [], False: []}
+            for _ in range(windows):
+                for speculation, engine in ((False, engine_off), (True, engine_on)):
+                    parts[speculation].append(
+                        measure_level(engine, c, windows=1, max_tokens=max_tokens, min_requests=min_requests)
+                    )
+            for speculation in (False, True):
+                level = _joined(parts[speculation])
+                say(
+                    f"{'on' if speculation else 'off'}, {c} in flight: running {level.running():.2f}, window TPOT "
+                    f"{', '.join(f'{1000 * s.tpot:.1f}' for s in level.samples)} ms, "
+                    f"client median {1000 * level.median_tpot():.1f} ms over {len(level.timed)} requests"
+                )
+                levels[speculation].append(level)
+    finally:
+        engine_off.stop()
     return Bands(tuple(levels[True]), tuple(levels[False]))
+
+
+def _joined(parts: Sequence[Level]) -> Level:
+    first = parts[0]
+    samples = tuple(s for p in parts for s in p.samples)
+    timed = tuple(t for p in parts for t in p.timed)
+    return Level(first.concurrency, first.speculation, samples, timed)
 
 
 def with_schedule(flavour: Flavour, schedule: list[list[int]], name: str = "scheduled") -> Flavour:
