@@ -16,7 +16,8 @@ The schedule is written by the sidecar's own action (`ManifestActuator.schedule_
 `--schedule-k`), the engine starts from the args it wrote, and `enable` takes the schedule out again: the
 manifest comes back byte for byte (apart from the sidecar's annotations).
 
-Wall time: three engine starts (about 45 s each on an idle machine) and about 2.5 min of load.
+Wall time: three engine starts (about 45 s each on an idle machine, 60-75 s on a busy one) and about 2.5 min of
+load and ramp; 6.8 min in all on the busy shared machine (2026-12-04, after waiting for the engine lock).
 """
 
 from __future__ import annotations
