@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.core.measured_speedup import SpeedSample, sample_from_stats
@@ -39,7 +40,7 @@ from tests.engine.flavours import Flavour
 from tests.engine.manager import EngineManager
 from tests.engine.server import Engine
 from tests.engine.timing import Timed, closed_loop
-from tests.engine.workload import default_prompts, fetch_metrics, run_workload
+from tests.engine.workload import REQUEST_TIMEOUT_SECONDS, Request, default_prompts, fetch_metrics, run_workload
 
 DRAFTS = "vllm:spec_decode_num_drafts_total"
 DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
@@ -47,14 +48,16 @@ ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 GENERATED = "vllm:generation_tokens_total"
 COUNTERS = (DRAFTS, DRAFT_TOKENS, ACCEPTED, GENERATED)
 TPOT_COUNT = "vllm:request_time_per_output_token_seconds_count"
+RUNNING = "vllm:num_requests_running"
 SCRAPE_SECONDS = 0.5
+STEADY_WAIT_SECONDS = 60.0
 SETTLE_SECONDS = 2.0  # after the load starts, before the first window: every client has a request in flight
 LEVEL_TIMEOUT_SECONDS = 240.0
 
 
 def counters(url: str) -> dict[str, float]:
     """The engine's totals of COUNTERS (0 for a series it does not expose: no speculation)."""
-    totals = dict.fromkeys((*COUNTERS, TPOT_COUNT), 0.0)
+    totals = dict.fromkeys((*COUNTERS, TPOT_COUNT, RUNNING), 0.0)
     for family in text_string_to_metric_families(fetch_metrics(url)):
         for sample in family.samples:
             if sample.name in totals:
@@ -94,6 +97,56 @@ def drafts_at(engine: Engine, concurrency: int, requests: int, max_tokens: int =
     after = counters(engine.url)
     delta = {name: round(after[name] - before[name]) for name in COUNTERS}
     return DraftDelta(concurrency, requests, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
+
+
+def steady_drafts(engine: Engine, concurrency: int, hold: float = 1.0, max_tokens: int = 512) -> DraftDelta:
+    """The engine's counter deltas over `hold` seconds in which exactly `concurrency` requests run.
+
+    `concurrency` long streaming requests go out at once; once the engine reports them all running, its counters
+    are read, read again `hold` seconds later (when it must still report them all running), and the streams are
+    closed (vLLM aborts a request whose client goes away). In between, every step schedules exactly `concurrency`
+    requests: no arrival, no prefill, no request finishing, so the batch size the schedule looks up is the
+    concurrency itself. (`drafts_at` instead counts whole requests, arrivals and ends included: there a burst
+    of arrivals faster than the client sends them gives steps of 1-2 requests, which draft under a cut above 2.)"""
+    prompts = default_prompts()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def stream(i: int) -> None:
+        body = Request(prompts[i % len(prompts)], 0.0, max_tokens=max_tokens, seed=i, stream=True).body(engine.model)
+        try:
+            with (
+                httpx.Client(timeout=REQUEST_TIMEOUT_SECONDS) as client,
+                client.stream("POST", f"{engine.url}/v1/completions", json=body) as response,
+            ):
+                response.raise_for_status()
+                for _line in response.iter_lines():
+                    if stop.is_set():
+                        return
+        except httpx.HTTPError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + STEADY_WAIT_SECONDS
+        before = counters(engine.url)
+        while before[RUNNING] < concurrency:
+            if errors or time.monotonic() > deadline:
+                raise RuntimeError(f"{concurrency} in flight: running {before[RUNNING]:g} ({errors[:1]!r})")
+            time.sleep(0.05)
+            before = counters(engine.url)
+        time.sleep(hold)
+        after = counters(engine.url)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
+    if before[RUNNING] != concurrency or after[RUNNING] != concurrency:
+        raise RuntimeError(f"{concurrency} in flight: running went {before[RUNNING]:g} -> {after[RUNNING]:g}")
+    delta = {name: round(after[name] - before[name]) for name in COUNTERS}
+    return DraftDelta(concurrency, concurrency, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
 
 
 @dataclass(frozen=True)
