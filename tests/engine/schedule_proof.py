@@ -99,7 +99,7 @@ def drafts_at(engine: Engine, concurrency: int, requests: int, max_tokens: int =
     return DraftDelta(concurrency, requests, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
 
 
-def steady_drafts(engine: Engine, concurrency: int, hold: float = 1.0, max_tokens: int = 512) -> DraftDelta:
+def steady_drafts(engine: Engine, concurrency: int, hold: float = 1.0, max_tokens: int = 960) -> DraftDelta:
     """The engine's counter deltas over `hold` seconds in which exactly `concurrency` requests run.
 
     `concurrency` long streaming requests go out at once; once the engine reports them all running, its counters
