@@ -17,8 +17,8 @@ The schedule is written by the sidecar's own action (`ManifestActuator.schedule_
 `--schedule-k`), the engine starts from the args it wrote, and `enable` takes the schedule out again: the
 manifest comes back byte for byte (apart from the sidecar's annotations).
 
-Wall time: three engine starts (about 45 s each on an idle machine, 60-75 s on a busy one) and about 2.5 min of
-load and ramp; 6.8 min in all on the busy shared machine (2026-12-04, after waiting for the engine lock).
+Wall time: three engine starts (about 40 s each on a quiet machine, 60-75 s on a busy one), about 1.5 min of
+load and 30 s of ramp: 245 s in all on a quiet machine, 6.8 min on a busy one (2026-12-04).
 """
 
 from __future__ import annotations
