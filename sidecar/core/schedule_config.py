@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core import specargs
+from sidecar.core import config_edits, specargs
 from sidecar.core.specargs import RestoreConflictError
 
 RECORD_VERSION = 1
@@ -127,28 +127,7 @@ def restore(
     matches any value). Forced or not, each written piece must still read as the write left it."""
     if record.get("version") != RECORD_VERSION or record.get("key") != KEY:
         raise RestoreConflictError(f"unknown schedule record {record.get('key')!r} version {record.get('version')!r}")
-    current = {"command": _listed(command), "args": _listed(args)}
-    if strict:
-        after = record.get("after", {})
-        for field in ("command", "args"):
-            if not specargs.matches_redacted(current[field] or [], after.get(field) or []):
-                raise RestoreConflictError(f"{field} changed since the schedule of K was written")
-    for edit in reversed(record.get("edits", [])):
-        items = current.get(str(edit.get("field")))
-        index = int(edit["index"])
-        if items is None or index >= len(items):
-            raise RestoreConflictError(f"{edit.get('field')}[{index}] is missing")
-        if "spans" in edit:
-            items[index] = _unwrite_script(items[index], edit["spans"])
-        elif "insert" in edit:
-            if items[index] != edit["insert"]:
-                raise RestoreConflictError(f"{edit['field']}[{index}] no longer reads {edit['insert']!r}")
-            del items[index]
-        elif items[index] != edit["new"]:
-            raise RestoreConflictError(f"{edit['field']}[{index}] no longer reads {edit['new']!r}")
-        else:
-            items[index] = str(edit["old"])
-    return current["command"], current["args"]
+    return config_edits.undo_edits(command, args, record, strict=strict, what="the schedule of K")
 
 
 def engine_option(command: Sequence[str] | None, args: Sequence[str] | None, names: Sequence[str]) -> str | None:
@@ -278,11 +257,3 @@ def _after_flag(fields: dict[str, list[str] | None], flag: specargs.Flag, compac
     index = flag.index + len(flag.text)
     items.insert(index, item)
     return {"field": flag.field, "index": index, "insert": item}, item
-
-
-def _unwrite_script(script: str, spans: Sequence[Sequence[Any]]) -> str:
-    for start, old, new in sorted(((int(s[0]), str(s[1]), str(s[2])) for s in spans), reverse=True):
-        if script[start : start + len(new)] != new:
-            raise RestoreConflictError("the shell script no longer holds the schedule where it was written")
-        script = script[:start] + old + script[start + len(new) :]
-    return script

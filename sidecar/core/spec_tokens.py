@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.core import specargs
+from sidecar.core import config_edits, specargs
 from sidecar.core.specargs import RestoreConflictError
 
 RECORD_VERSION = 1
@@ -116,24 +116,7 @@ def restore(
     value matches any value). Forced or not, each rewritten piece must still read as the rewrite left it."""
     if record.get("version") != RECORD_VERSION or record.get("key") != KEY:
         raise RestoreConflictError(f"unknown rewrite record {record.get('key')!r} version {record.get('version')!r}")
-    current = {"command": _listed(command), "args": _listed(args)}
-    if strict:
-        after = record.get("after", {})
-        for field in ("command", "args"):
-            if not specargs.matches_redacted(current[field] or [], after.get(field) or []):
-                raise RestoreConflictError(f"{field} changed since num_speculative_tokens was rewritten")
-    for edit in reversed(record.get("edits", [])):  # later pieces of one script were written on earlier ones
-        items = current.get(str(edit.get("field")))
-        index = int(edit["index"])
-        if items is None or index >= len(items):
-            raise RestoreConflictError(f"{edit.get('field')}[{index}] is missing")
-        if "spans" in edit:
-            items[index] = _unrewrite_script(items[index], edit["spans"])
-        elif items[index] != edit["new"]:
-            raise RestoreConflictError(f"{edit['field']}[{index}] no longer reads {edit['new']!r}")
-        else:
-            items[index] = str(edit["old"])
-    return current["command"], current["args"]
+    return config_edits.undo_edits(command, args, record, strict=strict, what="num_speculative_tokens")
 
 
 # --- internals -------------------------------------------------------------------------------------------
@@ -220,11 +203,3 @@ def _rewrite_script(script: str, flag: specargs.Flag, k: int) -> tuple[str, list
             return script, []
         return script[:start] + new_piece + script[end:], [[start, piece, new_piece]]
     raise NotRewritableError("the flag was not found again in its shell script")
-
-
-def _unrewrite_script(script: str, spans: Sequence[Sequence[Any]]) -> str:
-    for start, old, new in sorted(((int(s[0]), str(s[1]), str(s[2])) for s in spans), reverse=True):
-        if script[start : start + len(new)] != new:
-            raise RestoreConflictError("the shell script no longer holds the rewritten number where it was written")
-        script = script[:start] + old + script[start + len(new) :]
-    return script
