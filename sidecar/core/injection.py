@@ -21,12 +21,12 @@ TOKEN_VOLUME = "kube-api-access"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 VLLM_DEFAULT_PORT = 8000  # vLLM's own default for --port
 
-# The chart's sidecar defaults (values.yaml, sidecar.*). tests/deploy/test_inject_matches_chart.py renders the
+# The chart's sidecar defaults (values.yaml, sidecar.*). tests/deploy/test_inject.py renders the
 # chart and fails when these drift from it.
 TAP_PORT = 8081
 METRICS_PORT = 8082
 RESOURCES: dict[str, Any] = {
-    "requests": {"cpu": "50m", "memory": "96Mi"},
+    "requests": {"cpu": "50m", "memory": "128Mi"},
     "limits": {"cpu": "500m", "memory": "512Mi"},
 }
 SECURITY_CONTEXT: dict[str, Any] = {
