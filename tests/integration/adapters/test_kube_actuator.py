@@ -156,7 +156,11 @@ def race_a_writer(server: KubeAPI, act: KubeActuator, decision: Decision | None)
     results: list[Any] = []
     worker = threading.Thread(target=lambda: results.append(act.disable("low_acceptance", decision)))
     worker.start()
-    time.sleep(0.1)
+    # Write once the actuator has read the object (its patch is then on its way, held 0.3 s by the server): a fixed
+    # sleep lost the race on a loaded machine, the write landing before the read.
+    deadline = time.monotonic() + 10
+    while not any(r.method == "GET" for r in server.requests) and time.monotonic() < deadline:
+        time.sleep(0.002)
     write_behind_the_back(server)
     worker.join(5)
     return results[0]
