@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.core.measured_speedup import MIN_PER_BAND
 from tests.engine import EngineManager
 from tests.engine import speedup_proof as proof_run
 
@@ -38,8 +39,10 @@ def test_the_sidecars_measured_speedup_agrees_with_the_client_timed_one_and_says
     # Speculation was on and working in the first phase: drafts accepted at about the family's greedy rate.
     assert proof.sidecar_on["speculation"] == "on" and proof.sidecar["speculation"] == "off", shown
     assert 0.3 < proof.sidecar_on["acceptance_ratio"] < 0.8, shown
-    # The sidecar compared windows of both states at the load the clients kept (3 in flight: band 2-4).
-    assert m["on_windows"] >= 3 and m["off_windows"] >= 3, shown
+    # The sidecar compared windows of both states at the load the clients kept (3 in flight: band 2-4), at least
+    # as many as it needs to compare a band. Not more: on an idle machine the engine with speculation outruns the
+    # clients, fewer requests are running, and only 2 of its windows fell in band 2-4 (the others in band 1).
+    assert m["on_windows"] >= MIN_PER_BAND and m["off_windows"] >= MIN_PER_BAND, shown
     assert "2-4" in m["load_bands"], shown
     # Agreement: within what the spread of both estimates allows (Proof.tolerance), a spread that must itself be
     # small enough for the comparison to mean something. A factor 2 either way at most: the sidecar's interval from
@@ -56,7 +59,10 @@ def test_the_sidecars_measured_speedup_agrees_with_the_client_timed_one_and_says
     if client_high < 1.0 or client_low > 1.0:
         way = "slower" if client_high < 1.0 else "faster"
         assert m["finding"] in (way, "unclear"), shown
-        words = f"{way} with speculation" if m["finding"] == way else "no clear difference"
-        assert words in proof.sidecar_text, shown
+        # The text is read a moment after the figures and may hold one more window: its finding may have moved
+        # from "no clear difference" to the client's way (or back), never to the other way.
+        other = "faster" if way == "slower" else "slower"
+        assert f"{other} with speculation" not in proof.sidecar_text, shown
+        assert f"{way} with speculation" in proof.sidecar_text or "no clear difference" in proof.sidecar_text, shown
     else:  # the client cannot tell: the sidecar must not claim the opposite of the client's point estimate
         assert m["finding"] != ("faster" if proof.client_speedup() < 1.0 else "slower"), shown
