@@ -68,9 +68,12 @@ class Sidecar:
     def schedule(self, model: ModelStats) -> SchedulePlan | None:
         """The load schedule proposed for ``model`` from the windows the measured speedup uses (the fleet's in
         fleet mode), None with speculation off."""
+        return self.schedule_given(model, self.measured(model.model_name))
+
+    def schedule_given(self, model: ModelStats, measured: MeasuredSpeedup | None) -> SchedulePlan | None:
+        """The same, with the model's measured speedup already pooled (the exporter pools it once per collection)."""
         speed = self.fleet.speed if self.fleet is not None else self.monitor.view.speed
-        samples = speed.samples(model.model_name)
-        return load_schedule.for_model(samples, model, self.measured(model.model_name), self.max_num_seqs())
+        return load_schedule.for_model(speed.samples(model.model_name), model, measured, self.max_num_seqs())
 
     def speculative_tokens(self) -> int | None:
         """k as the engine reports it (per-position counters), for the tap's chunk estimate."""
@@ -92,7 +95,7 @@ def build_sidecar(settings: Settings) -> Sidecar:
             lambda: monitor.view,
             settings.stale_seconds(),
             measured,
-            schedule=lambda model: built[0].schedule(model) if built else None,
+            schedule=lambda model, speed: built[0].schedule_given(model, speed) if built else None,
         )
     )
     recorder = TapRecorder(window_seconds=settings.bucket_window)

@@ -33,7 +33,7 @@ QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
 # model -> the measured speedup to export for it (the pod's own, or in fleet mode the fleet's).
 MeasuredFor = Callable[[str], MeasuredSpeedup | None]
 # model -> the load schedule to export for it (sidecar.core.load_schedule), None with speculation off.
-ScheduleFor = Callable[[ModelStats], SchedulePlan | None]
+ScheduleFor = Callable[[ModelStats, MeasuredSpeedup | None], SchedulePlan | None]
 
 
 class ScrapeCollector(Collector):
@@ -57,7 +57,7 @@ class ScrapeCollector(Collector):
             measured = self._measured or view.measured
             # Without a sidecar to ask (tests of the collector alone): the pod's own windows, no --max-num-seqs.
             schedule = self._schedule or (
-                lambda m: load_schedule.for_model(view.speed.samples(m.model_name), m, measured(m.model_name))
+                lambda m, speed: load_schedule.for_model(view.speed.samples(m.model_name), m, speed)
             )
             yield from _model_families(view, measured, schedule)
 
@@ -144,12 +144,13 @@ def _model_families(view: View, measured: MeasuredFor, schedule: ScheduleFor) ->
         seconds = view.stats.window_seconds
         gauges.add("specdecode_window_seconds", "Length of the window the numbers cover.", {}, seconds)
     for model in view.stats.models:
-        _model_gauges(gauges, model, view, measured)
-        _schedule_gauges(gauges, model.model_name, schedule(model))
+        speed = measured(model.model_name)  # once: it pools every speed window of the model
+        _model_gauges(gauges, model, view, speed)
+        _schedule_gauges(gauges, model.model_name, schedule(model, speed))
     yield from gauges.families.values()
 
 
-def _model_gauges(g: _Gauges, m: ModelStats, view: View, measured: MeasuredFor) -> None:
+def _model_gauges(g: _Gauges, m: ModelStats, view: View, speed: MeasuredSpeedup | None) -> None:
     labels = {"model_name": m.model_name}
     g.add("specdecode_speculation_enabled", "1 if the engine runs with speculation.", labels, float(m.speculation))
     g.add("specdecode_acceptance_ratio", "Accepted / draft tokens over the window.", labels, m.acceptance_ratio)
@@ -184,7 +185,6 @@ def _model_gauges(g: _Gauges, m: ModelStats, view: View, measured: MeasuredFor) 
         {**labels, "source": str(m.draft_cost.source)},
         m.draft_cost.ratio,
     )
-    speed = measured(m.model_name)  # once: it pools every speed window of the model
     _measured_gauges(g, m.model_name, speed)
     _right_size_gauges(g, m, speed)
     g.add("specdecode_kv_cache_usage_ratio", "Engine KV-cache usage, 0-1.", labels, m.kv_cache_usage)
