@@ -136,6 +136,24 @@ class Cluster:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         self.kubectl("apply", "-f", "-", stdin=text)
 
+    def edit(self, kind: str, name: str, namespace: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Another client's write: read the object, change it, and PUT it back (resourceVersion-guarded).
+
+        Controllers write the status of what a test just changed (the deployment controller while a rollout
+        settles, even after `rollout status` is done), so the PUT can meet a newer resourceVersion; like any
+        well-behaved client (client-go's RetryOnConflict), read again and retry."""
+        for _ in range(10):
+            obj: dict[str, Any] = self.get_json(kind, name, "-n", namespace)
+            change(obj)
+            done = self.kubectl("replace", "-o", "json", "-f", "-", stdin=json.dumps(obj), check=False)
+            if done.returncode == 0:
+                replaced: dict[str, Any] = json.loads(done.stdout)
+                return replaced
+            if "Conflict" not in done.stderr:
+                raise ClusterError(f"kubectl replace failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            time.sleep(0.2)
+        raise ClusterError(f"kubectl replace kept meeting a newer version of {kind} {namespace}/{name}:\n{done.stderr}")
+
     def token_kubeconfig(self, token: str, path: Path, namespace: str = "default") -> Path:
         """A kubeconfig that authenticates with a bearer token (a ServiceAccount's) instead of the admin cert."""
         path.write_text(json.dumps(_kubeconfig(self.server, self.ca_cert, {"token": token}, namespace)))

@@ -22,7 +22,6 @@ import http.client
 import json
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +30,7 @@ from urllib.parse import urlsplit
 
 from sidecar.adapters.kube.actuator import COMPONENT
 from tests.cluster import chart
-from tests.cluster.cluster import Cluster, ClusterError
+from tests.cluster.cluster import Cluster
 from tests.kubeapi.server import Recorded
 
 Obj = dict[str, Any]
@@ -127,21 +126,8 @@ class RealKubeAPI:
     # --- what the test server's tests do to its store directly --------------------------------------------
 
     def edit(self, namespace: str, name: str, change: Callable[[Obj], None]) -> Obj:
-        """Another client's write: read the Deployment, change it, and PUT it back (resourceVersion-guarded).
-
-        The deployment controller writes the status while a rollout settles, so the PUT can meet a newer
-        resourceVersion; like any well-behaved client (client-go's RetryOnConflict), read again and retry."""
-        for _ in range(10):
-            obj = self.deployment(namespace, name)
-            change(obj)
-            done = self.cluster.kubectl("replace", "-o", "json", "-f", "-", stdin=json.dumps(obj), check=False)
-            if done.returncode == 0:
-                replaced: Obj = json.loads(done.stdout)
-                return replaced
-            if "Conflict" not in done.stderr:
-                raise ClusterError(f"kubectl replace failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-            time.sleep(0.2)
-        raise ClusterError(f"kubectl replace kept meeting a newer version of {namespace}/{name}:\n{done.stderr}")
+        """Another client's write to the Deployment (read, change, PUT; retried on a conflict)."""
+        return self.cluster.edit("deployment", name, namespace, change)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

@@ -90,11 +90,13 @@ def test_an_older_replicaset_keeps_its_copy_after_an_older_sidecars_enable_until
 
     def written(args: list[str], annotations: dict[str, str | None]) -> None:
         """What an older sidecar's toggle writes: args and its annotations (None: removed) at once."""
-        obj = cluster.get_json("deployment", NAME, "-n", namespace)
-        vllm_container(obj)["args"] = args
-        kept = {**obj["metadata"].get("annotations", {}), **annotations}
-        obj["metadata"]["annotations"] = {k: v for k, v in kept.items() if v is not None}
-        cluster.kubectl("replace", "-f", "-", stdin=json.dumps(obj))
+
+        def change(obj: dict[str, Any]) -> None:
+            vllm_container(obj)["args"] = args
+            kept = {**obj["metadata"].get("annotations", {}), **annotations}
+            obj["metadata"]["annotations"] = {k: v for k, v in kept.items() if v is not None}
+
+        cluster.edit("deployment", NAME, namespace, change)
         chart.rollout(cluster, namespace, NAME)
 
     written(after, dict(notes))  # its disable, with the key in the record

@@ -51,6 +51,9 @@ TPOT_COUNT = "vllm:request_time_per_output_token_seconds_count"
 RUNNING = "vllm:num_requests_running"
 SCRAPE_SECONDS = 0.5
 STEADY_WAIT_SECONDS = 60.0
+STEADY_POLL_SECONDS = 0.05
+STEADY_TRIES = 5
+MIN_STEADY_TOKENS = 16  # per request, in the stretch read: enough steps that "drafts 0" means none were made
 SETTLE_SECONDS = 2.0  # after the load starts, before the first window: every client has a request in flight
 LEVEL_TIMEOUT_SECONDS = 240.0
 
@@ -99,15 +102,34 @@ def drafts_at(engine: Engine, concurrency: int, requests: int, max_tokens: int =
     return DraftDelta(concurrency, requests, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
 
 
+class NoSteadyStretchError(Exception):
+    """One try at a steady level found no stretch in which exactly that many requests ran."""
+
+
 def steady_drafts(engine: Engine, concurrency: int, hold: float = 1.0, max_tokens: int = 960) -> DraftDelta:
-    """The engine's counter deltas over `hold` seconds in which exactly `concurrency` requests run.
+    """The engine's counter deltas over up to `hold` seconds in which exactly `concurrency` requests run.
 
     `concurrency` long streaming requests go out at once; once the engine reports them all running, its counters
-    are read, read again `hold` seconds later (when it must still report them all running), and the streams are
-    closed (vLLM aborts a request whose client goes away). In between, every step schedules exactly `concurrency`
-    requests: no arrival, no prefill, no request finishing, so the batch size the schedule looks up is the
+    are read, then read again every STEADY_POLL_SECONDS for up to `hold` seconds while it still reports them all
+    running, and the streams are closed (vLLM aborts a request whose client goes away). Nothing else is sent, so
+    the running count can only fall: two reads that both say `concurrency` enclose only steps of exactly that
+    many requests. No arrival, no prefill, no request finishing: the batch size the schedule looks up is the
     concurrency itself. (`drafts_at` instead counts whole requests, arrivals and ends included: there a burst
-    of arrivals faster than the client sends them gives steps of 1-2 requests, which draft under a cut above 2.)"""
+    of arrivals faster than the client sends them gives steps of 1-2 requests, which draft under a cut above 2.)
+
+    On a quiet machine the tiny family generates a long request in about a second, so a try can miss its
+    stretch (the requests end before the engine reports them all running, or too soon after): it is tried
+    again, up to STEADY_TRIES times, and must hold at least MIN_STEADY_TOKENS per request."""
+    missed: list[str] = []
+    for _ in range(STEADY_TRIES):
+        try:
+            return _steady_once(engine, concurrency, hold, max_tokens)
+        except NoSteadyStretchError as why:
+            missed.append(str(why))
+    raise RuntimeError(f"{concurrency} in flight: no steady stretch in {STEADY_TRIES} tries: " + "; ".join(missed))
+
+
+def _steady_once(engine: Engine, concurrency: int, hold: float, max_tokens: int) -> DraftDelta:
     prompts = default_prompts()
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -133,19 +155,30 @@ def steady_drafts(engine: Engine, concurrency: int, hold: float = 1.0, max_token
         deadline = time.monotonic() + STEADY_WAIT_SECONDS
         before = counters(engine.url)
         while before[RUNNING] < concurrency:
-            if errors or time.monotonic() > deadline:
-                raise RuntimeError(f"{concurrency} in flight: running {before[RUNNING]:g} ({errors[:1]!r})")
-            time.sleep(0.05)
+            if errors:  # a refused request is not a race: no retry
+                raise RuntimeError(f"{concurrency} in flight: a request failed: {errors[0]!r}")
+            if not any(thread.is_alive() for thread in threads):
+                raise NoSteadyStretchError(f"all ended before the engine reported {concurrency} running")
+            if time.monotonic() > deadline:
+                waited = f"running {before[RUNNING]:g} after {STEADY_WAIT_SECONDS:g} s"
+                raise RuntimeError(f"{concurrency} in flight: {waited}")
+            time.sleep(STEADY_POLL_SECONDS)
             before = counters(engine.url)
-        time.sleep(hold)
-        after = counters(engine.url)
+        after = before
+        until = time.monotonic() + hold
+        while time.monotonic() < until:
+            time.sleep(STEADY_POLL_SECONDS)
+            latest = counters(engine.url)
+            if latest[RUNNING] != concurrency:
+                break
+            after = latest
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=REQUEST_TIMEOUT_SECONDS)
-    if before[RUNNING] != concurrency or after[RUNNING] != concurrency:
-        raise RuntimeError(f"{concurrency} in flight: running went {before[RUNNING]:g} -> {after[RUNNING]:g}")
     delta = {name: round(after[name] - before[name]) for name in COUNTERS}
+    if delta[GENERATED] < MIN_STEADY_TOKENS * concurrency:
+        raise NoSteadyStretchError(f"{delta[GENERATED]} tokens generated while all {concurrency} ran")
     return DraftDelta(concurrency, concurrency, delta[DRAFTS], delta[DRAFT_TOKENS], delta[ACCEPTED], delta[GENERATED])
 
 
