@@ -212,6 +212,23 @@ def _pays() -> list[PanelBuilder]:
         .with_override(*dashed("^range.*"))
         .height(8)
         .span(12),
+        graph(
+            "Speedup per load band",
+            "Speedup with speculation per band of batch sizes (the windows' mean running requests): TPOT off / on"
+            " where the band holds windows of both states, with its 95 % interval (dashed); else the expected"
+            " speedup from the band's acceptance ('prior' in the legend). Speculation usually pays at low load and"
+            " stops paying above some batch size: that is where the proposed schedule cuts it"
+            " (specdecode_proposed_schedule_cut; 'spec-sidecar report' shows the whole schedule and why).",
+            query(f"specdecode_load_band_speedup{{{MODEL}}}", "batch {{band}} {{pod}} ({{source}})"),
+            query(f"specdecode_load_band_speedup_low{{{MODEL}}}", "interval low {{band}} {{pod}}", "B"),
+            query(f"specdecode_load_band_speedup_high{{{MODEL}}}", "interval high {{band}} {{pod}}", "C"),
+        )
+        .unit("x")
+        .thresholds(thresholds((None, "red"), (1.0, "green")))
+        .thresholds_style(dashed_threshold_lines())
+        .with_override(*dashed("^interval.*"))
+        .height(8)
+        .span(24),
     ]
 
 

@@ -238,3 +238,12 @@ def test_the_right_sized_k_is_drawn_against_the_running_k_with_its_range() -> No
     assert any(e.startswith("specdecode_num_speculative_tokens{") for e in exprs)
     assert any("specdecode_recommended_num_speculative_tokens_low" in e for e in exprs)
     assert any("specdecode_recommended_num_speculative_tokens_high" in e for e in exprs)
+
+
+def test_the_speedup_per_load_band_is_drawn_per_band_with_its_interval_against_one() -> None:
+    panel = _panel_using(_committed()["spec-sidecar.json"], "specdecode_load_band_speedup")
+    exprs = _exprs(panel)
+    assert any("specdecode_load_band_speedup_low" in e for e in exprs)
+    assert any("specdecode_load_band_speedup_high" in e for e in exprs)
+    assert all("{{band}}" in t["legendFormat"] for t in panel["targets"])
+    assert _threshold_values(panel) == [1.0]
