@@ -153,7 +153,7 @@ printf 'total seconds=%s go=%s cores=%s\n' "$(($(date +%s) - total_start))" "$GO
   | tee -a "$LOG" >&2
 
 "$BIN/kube-apiserver" --version >&2
-"$BIN/etcd" --version | head -1 >&2
+"$BIN/etcd" --version | sed -n 1p >&2  # sed reads to the end: head would leave etcd a SIGPIPE (exit 141 under pipefail)
 write_stages
 write_crds
 touch "$STAMP"

@@ -131,6 +131,6 @@ rm -rf "$DEST/src"
 printf 'total seconds=%s go=%s cores=%s\n' "$(($(date +%s) - total_start))" "$GO_VERSION" "$(nproc)" \
   | tee -a "$LOG" >&2
 
-for name in "${BINARIES[@]}"; do "$BIN/$name" --version 2>&1 | head -1 >&2; done
+for name in "${BINARIES[@]}"; do "$BIN/$name" --version 2>&1 | sed -n 1p >&2; done  # not head: SIGPIPE, see install-cluster.sh
 touch "$STAMP"
 report
