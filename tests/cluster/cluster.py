@@ -61,8 +61,16 @@ START_TIMEOUT = 120.0
 @functools.cache
 def binaries() -> dict[str, str]:
     """Where install-cluster.sh put the binaries (it builds them the first time, else returns at once)."""
-    out = subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True, capture_output=True, text=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return installed(INSTALL_SCRIPT)
+
+
+def installed(script: Path) -> dict[str, str]:
+    """Runs an install script and reads its "name=path" lines; a failure names the script and its last words."""
+    done = subprocess.run(["bash", str(script)], check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.splitlines()[-15:])
+        raise ClusterError(f"{script.name} failed (exit {done.returncode}); its last lines:\n{tail}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
 
 class ClusterError(RuntimeError):

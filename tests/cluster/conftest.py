@@ -8,11 +8,12 @@ started in the background; later ones start in seconds.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.cluster import Cluster, binaries, running_cluster
+from tests.cluster.cluster import Cluster, ClusterError, binaries, running_cluster
 from tests.cluster.monitoring import monitoring_binaries
 
 
@@ -55,9 +56,12 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     # A cold build takes far longer than a test's timeout (pytest-timeout counts fixture setup): before the first
     # test that needs them, build the binaries, or wait for the build `make test` started (the install scripts
     # hold a lock per cache key), or find them cached. Both calls are cached: later tests pass straight through.
+    # A failed build is not raised here (a hook's error stops the whole session, engine tests included): the
+    # test's own fixture asks again and fails with the script's last lines.
     names = getattr(item, "fixturenames", ())
-    if "cluster" in names:
-        binaries()
-    if "monitoring_stack" in names:
-        monitoring_binaries()
+    with contextlib.suppress(ClusterError):
+        if "cluster" in names:
+            binaries()
+        if "monitoring_stack" in names:
+            monitoring_binaries()
     yield

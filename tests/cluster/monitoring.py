@@ -30,7 +30,6 @@ import gzip
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from tests.cluster.cluster import ROOT, Cluster, Component, _start, free_port
+from tests.cluster.cluster import ROOT, Cluster, Component, _start, free_port, installed
 
 INSTALL_SCRIPT = ROOT / "scripts" / "install-monitoring.sh"
 # The controllers the cluster does not run but the operator's objects need: StatefulSets (Prometheus' and
@@ -53,8 +52,7 @@ SERVICE_ACCOUNT_DIR = Path("secrets/kubernetes.io/serviceaccount")  # under /run
 @functools.cache
 def monitoring_binaries() -> dict[str, str]:
     """Where install-monitoring.sh put the operator, Prometheus and Alertmanager (it builds them the first time)."""
-    out = subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True, capture_output=True, text=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return installed(INSTALL_SCRIPT)
 
 
 def start_extra_controllers(cluster: Cluster, work: Path, components: list[Component]) -> None:
