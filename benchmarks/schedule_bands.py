@@ -27,6 +27,7 @@ from sidecar.core.load_schedule import SchedulePlan, propose_schedule  # noqa: E
 from tests.engine import EngineManager  # noqa: E402
 from tests.engine import schedule_proof as proof  # noqa: E402
 from tests.engine.flavours import FAMILY_DRAFTS, draft_model_flavour, plain_flavour  # noqa: E402
+from tests.engine.provision import wide_target  # noqa: E402
 
 K = 4
 FALLBACK_SCHEDULE = [[1, 2, K], [3, 256, 0]]
@@ -39,15 +40,21 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per request (16)")
     parser.add_argument("--min-requests", type=int, default=24, help="finished requests per window (24)")
     parser.add_argument("--draft", choices=FAMILY_DRAFTS, default="draft-large", help="the family's draft")
+    parser.add_argument(
+        "--wide", metavar="HxLxI", type=wide_shape,
+        help="serve a wide copy of the target instead (hidden x layers x intermediate, e.g. 512x6x1536): the same "
+             "function and acceptance at the cost of a larger model (scripts/widen_target.py)",
+    )  # fmt: skip
     parser.add_argument("--prove", action="store_true", help="then run the engine with the schedule")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args()
-    on = draft_model_flavour(args.draft, num_speculative_tokens=K, per_request_metrics=False)
+    target = None if args.wide is None else wide_target(*args.wide)
+    on = draft_model_flavour(args.draft, num_speculative_tokens=K, per_request_metrics=False, target=target)
     manager = EngineManager()
     ramp: list[proof.DraftDelta] = []
     try:
         bands = proof.measure_bands(
-            manager, on, plain_flavour(), args.concurrency,
+            manager, on, plain_flavour(target), args.concurrency,
             windows=args.windows, max_tokens=args.max_tokens, min_requests=args.min_requests,
         )  # fmt: skip
         plan = propose_schedule(bands.samples, k=K, max_num_seqs=None)
@@ -74,9 +81,18 @@ def main() -> int:
     return 0
 
 
+def wide_shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give hidden x layers x intermediate, e.g. 512x6x1536")
+    hidden, layers, intermediate = (int(p) for p in parts)
+    return hidden, layers, intermediate
+
+
 def render(bands: proof.Bands, plan: SchedulePlan, args: argparse.Namespace) -> str:
     lines = [
-        f"{args.draft}, k = {K}, temperature 0, {args.max_tokens} tokens per request, {args.windows} windows of "
+        f"{args.draft}{'' if args.wide is None else ' against a wide target ' + 'x'.join(map(str, args.wide))}, "
+        f"k = {K}, temperature 0, {args.max_tokens} tokens per request, {args.windows} windows of "
         f">= {args.min_requests} requests per level and state",
         "",
         f"{'in flight':>9}  {'running on/off':>14}  {'window TPOT on/off (ms)':>23}  {'off/on':>6}  "

@@ -208,10 +208,11 @@ def propose_schedule(
     source = (
         ScheduleSource.PRIOR if any(b.source is ScheduleSource.PRIOR for b in deciding) else ScheduleSource.MEASURED
     )
-    reason = (
-        f"speculation pays at batch size {top.label} ({_figure(top)}) and hurts at {first_hurt.label} "
-        f"({_figure(first_hurt)})"
-    )
+    paying = max((b for b in below if b.verdict is BandVerdict.PAYS), key=lambda b: b.high)
+    reason = f"speculation pays at batch size {paying.label} ({_figure(paying)})"
+    if top is not paying:  # the cut's own band is only not shown to lose: say so rather than "pays"
+        reason += f", is not shown to lose at {top.label} ({_figure(top)})"
+    reason += f" and hurts at {first_hurt.label} ({_figure(first_hurt)})"
     later = [b for b in judged if b.low > first_hurt.high and b.verdict is BandVerdict.PAYS]
     if later:
         reason += f"; it pays again at {', '.join(b.label for b in later)} (load and speedup do not fall together)"

@@ -43,13 +43,20 @@ def _spec_json(config: dict[str, Any]) -> str:
 
 
 def _draft_flavour(
-    models: Path, draft: str, num_speculative_tokens: int, per_request_metrics: bool, draft_sample_method: str | None
+    models: Path,
+    draft: str,
+    num_speculative_tokens: int,
+    per_request_metrics: bool,
+    draft_sample_method: str | None,
+    *,
+    target: Path | None = None,
 ) -> Flavour:
     config = {"method": "draft_model", "model": str(models / draft), "num_speculative_tokens": num_speculative_tokens}
     if draft_sample_method is not None:  # vLLM's default is "greedy": the draft's top token, taken as certain
         config["draft_sample_method"] = draft_sample_method
     extra = PER_REQUEST_METRICS if per_request_metrics else ()
-    return Flavour(f"draft-model:{draft}", models / "target", _spec_json(config), extra)
+    name = f"draft-model:{draft}" if target is None else f"draft-model:{draft}:{target.name}"
+    return Flavour(name, target or models / "target", _spec_json(config), extra)
 
 
 def draft_model_flavour(
@@ -58,11 +65,15 @@ def draft_model_flavour(
     per_request_metrics: bool = True,
     family: Path | None = None,
     draft_sample_method: str | None = None,
+    *,
+    target: Path | None = None,
 ) -> Flavour:
     """The family's target with one of its drafts (FAMILY_DRAFTS, or "target" for the target drafting for
-    itself); `family` picks another trained family."""
+    itself); `family` picks another trained family, `target` serves another target (a wide copy,
+    provision.wide_target) with the family's draft."""
     models = family or model_family()
-    return _draft_flavour(models, draft, num_speculative_tokens, per_request_metrics, draft_sample_method)
+    chosen = (draft, num_speculative_tokens, per_request_metrics, draft_sample_method)
+    return _draft_flavour(models, *chosen, target=target)
 
 
 def noisy_copy_flavour(draft: str = NOISY_DRAFT, per_request_metrics: bool = True) -> Flavour:
@@ -76,5 +87,6 @@ def ngram_flavour(per_request_metrics: bool = False, family: Path | None = None)
     return Flavour("ngram", (family or model_family()) / "target", _spec_json(config), extra)
 
 
-def plain_flavour() -> Flavour:
-    return Flavour("plain", model_family() / "target")
+def plain_flavour(target: Path | None = None) -> Flavour:
+    """No speculation: the family's target, or `target` (a wide copy, provision.wide_target)."""
+    return Flavour("plain" if target is None else f"plain:{target.name}", target or model_family() / "target")

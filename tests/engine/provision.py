@@ -60,6 +60,27 @@ def model_family() -> Path:
 
 
 @functools.cache
+def wide_target(hidden: int, layers: int, intermediate: int) -> Path:
+    """A copy of the family's target that computes the same next-token function at the cost of a model of this
+    shape (scripts/widen_target.py): the trained drafts keep their acceptance, and a scheduler step costs more
+    the more tokens it verifies, as on a real target. Written once per shape, in seconds."""
+    done = subprocess.run(
+        [
+            str(vllm_python()),
+            str(REPO_ROOT / "scripts" / "widen_target.py"),
+            str(model_family()),
+            *("--hidden", str(hidden), "--layers", str(layers), "--intermediate", str(intermediate)),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=MODEL_TIMEOUT_SECONDS,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@functools.cache
 def tiny_models() -> Path:
     """The old noisy-copy pair, kept for the tests that need its extremes (acceptance about 0.98 at temperature 0
     and low at 1.0): the directory holding `target/`, the `draft-noise-*` drafts and `prompts.json`."""

@@ -25,7 +25,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -280,39 +280,51 @@ def measure_bands(
     windows: int,
     max_tokens: int,
     min_requests: int,
+    rounds: int = 1,
+    enough: Callable[[Bands], bool] | None = None,
 ) -> Bands:
     """Each concurrency with speculation on and off, window by window in turn; the manager is left running `on`.
 
     Both engines run side by side (the manager's machine lock covers both; only one is under load at a time), so
     that the machine's other work, which comes and goes by the minute here, weighs on both states alike: measured
-    one state after the other, a TPOT ratio shifts by a factor of 2-3 with that work alone."""
+    one state after the other, a TPOT ratio shifts by a factor of 2-3 with that work alone.
+
+    A round measures every concurrency (`windows` windows per state); up to `rounds` rounds run, each adding its
+    windows to the last, until `enough` says the windows so far suffice (without it, all rounds run)."""
     engine_on = manager.get(on)
     say(f"{on.name}: engine up in {engine_on.startup_seconds or 0:.0f} s")
     engine_off = Engine(off, engine_on.log_path.parent).start()
     say(f"{off.name}: engine up in {engine_off.startup_seconds or 0:.0f} s")
-    levels: dict[bool, list[Level]] = {True: [], False: []}
+    parts: dict[tuple[int, bool], list[Level]] = {(c, s): [] for c in concurrencies for s in (True, False)}
+
+    def so_far() -> Bands:
+        def levels(speculation: bool) -> tuple[Level, ...]:
+            return tuple(_joined(parts[c, speculation]) for c in concurrencies)
+
+        return Bands(levels(True), levels(False))
+
     try:
         for engine in (engine_off, engine_on):
             # Warm-up, not measured: the first requests of an engine pay for compilation and caches.
             closed_loop(engine.url, engine.model, default_prompts(), concurrency=2, seconds=3.0, max_tokens=max_tokens)
-        for c in concurrencies:
-            parts: dict[bool, list[Level]] = {True: [], False: []}
-            for _ in range(windows):
-                for speculation, engine in ((False, engine_off), (True, engine_on)):
-                    parts[speculation].append(
-                        measure_level(engine, c, windows=1, max_tokens=max_tokens, min_requests=min_requests)
+        for round_ in range(1, rounds + 1):
+            for c in concurrencies:
+                for _ in range(windows):
+                    for speculation, engine in ((False, engine_off), (True, engine_on)):
+                        level = measure_level(engine, c, windows=1, max_tokens=max_tokens, min_requests=min_requests)
+                        parts[c, speculation].append(level)
+                for speculation in (False, True):
+                    level = _joined(parts[c, speculation])
+                    say(
+                        f"round {round_}, {'on' if speculation else 'off'}, {c} in flight: running "
+                        f"{level.running():.2f}, window TPOT {', '.join(f'{1000 * s.tpot:.1f}' for s in level.samples)}"
+                        f" ms, client median {1000 * level.median_tpot():.1f} ms over {len(level.timed)} requests"
                     )
-            for speculation in (False, True):
-                level = _joined(parts[speculation])
-                say(
-                    f"{'on' if speculation else 'off'}, {c} in flight: running {level.running():.2f}, window TPOT "
-                    f"{', '.join(f'{1000 * s.tpot:.1f}' for s in level.samples)} ms, "
-                    f"client median {1000 * level.median_tpot():.1f} ms over {len(level.timed)} requests"
-                )
-                levels[speculation].append(level)
+            if enough is not None and enough(so_far()):
+                break
     finally:
         engine_off.stop()
-    return Bands(tuple(levels[True]), tuple(levels[False]))
+    return so_far()
 
 
 def _joined(parts: Sequence[Level]) -> Level:

@@ -53,6 +53,20 @@ def test_speculation_that_pays_at_low_load_and_hurts_at_high_load_is_cut_at_the_
     assert plan.as_json()["value"] == [[1, 4, 3], [5, 64, 0]]
 
 
+def test_a_cut_band_that_is_only_not_shown_to_lose_is_not_called_paying() -> None:
+    # As on the engine (docs/benchmarks.md): pays at 1-2, even at 5-8 with an interval holding 1, hurts at 9-16.
+    even = [
+        SpeedSample(0.0, on, 6.0, tpot, 50.0, mean_acceptance_length=2.0, num_speculative_tokens=3)
+        for on, tpot in [(True, 0.056), (True, 0.064), (False, 0.058), (False, 0.066)]
+    ]
+    plan = propose_schedule(windows(1, 1.6) + windows(2, 1.4) + even + windows(12, 0.8), k=3, max_num_seqs=64)
+    assert plan.bands[2].verdict is BandVerdict.UNCLEAR
+    assert plan.cut == 8
+    assert plan.reason.startswith("speculation pays at batch size 2 (")
+    assert "is not shown to lose at 5-8 (" in plan.reason and "hurts at 9-16" in plan.reason
+    assert "pays at batch size 5-8" not in plan.reason
+
+
 def test_a_right_sized_k_is_the_k_kept_below_the_cut() -> None:
     plan = propose_schedule(windows(1, 1.5) + windows(6, 0.7), k=2, max_num_seqs=None)
     assert plan.as_config_value() == [[1, 1, 2], [2, 256, 0]]
