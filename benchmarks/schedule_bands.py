@@ -11,6 +11,11 @@ then the sidecar's per-band verdicts and the schedule it proposes from those win
 `--prove` then starts the engine with that schedule (or, without a cut, [[1, 2, 4], [3, 256, 0]]) and prints the
 engine's draft counters at each concurrency. `--json` prints the raw figures instead. About 6 minutes on an idle
 2-core machine with the defaults.
+
+`--wide 512x6x1536` serves a wide copy of the target instead (the same next-token function at the cost of a
+larger model, scripts/widen_target.py): on the tiny target speculation pays at every load on a CPU, against the
+wide copy with `--draft draft-small` it stops paying at 9-16 running requests (docs/benchmarks.md, "A target
+whose step grows with the load").
 """
 
 from __future__ import annotations
