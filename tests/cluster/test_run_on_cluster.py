@@ -150,7 +150,9 @@ def test_a_sidecar_killed_right_after_its_patch_and_restarted_converges_from_the
     after = cluster.get_json("deployment", name, "-n", namespace)
     record = ann.from_annotations(after["metadata"]["annotations"])
     assert record.state == "off" and len(record.history) == 1, record
+    # One toggle (the history above), so at most one Event: the kill can land between the patch and the Event it
+    # posts next (it did at load average 15), and the restarted sidecar, which toggles nothing, posts none.
     reasons = [e["reason"] for e in cluster.get_json("events", "-n", namespace)["items"]]
-    assert reasons.count("SpeculationDisabled") == 1 and "SpeculationEnabled" not in reasons
+    assert reasons.count("SpeculationDisabled") <= 1 and "SpeculationEnabled" not in reasons, reasons
     assert "--speculative-config" not in args()
     assert "forbidden" not in log.lower(), log[-3000:]

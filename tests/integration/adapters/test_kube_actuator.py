@@ -246,6 +246,39 @@ def test_a_lost_response_to_an_applied_patch_is_recognised_as_our_own_write(serv
     assert stored(server)["metadata"]["generation"] == before["metadata"]["generation"] + 1
 
 
+def test_another_sidecars_identical_write_is_not_taken_for_our_own(server: KubeAPI) -> None:
+    # Two sidecars without a lease decide the same disable at the same millisecond: identical records. Both read
+    # before either writes; the second's patch fails its test. It was sent once, so it cannot have landed: the
+    # second re-reads, finds speculation already off, and reports no change (no second Event, no toggle counted).
+    before = server.add_deployment(list_deployment())
+    racers = [actuator(server, identity=name) for name in ("pod-a", "pod-b")]
+    both_read = threading.Barrier(2)
+    for act in racers:
+        act.clock = lambda: T0
+        original = act._patch
+
+        def patch(ops: list[dict[str, Any]], original: Any = original) -> Any:
+            if not getattr(threading.current_thread(), "waited", False):
+                threading.current_thread().waited = True  # type: ignore[attr-defined]
+                both_read.wait(10)
+            return original(ops)
+
+        act._patch = patch  # type: ignore[method-assign]
+    results: list[Any] = [None, None]
+
+    def run(i: int) -> None:
+        results[i] = racers[i].disable("x")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(r.outcome for r in results) == sorted([Outcome.CHANGED, Outcome.UNCHANGED]), results
+    assert stored(server)["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    assert [e["reason"] for e in server.events] == ["SpeculationDisabled"]
+
+
 def test_an_event_that_cannot_be_posted_is_counted_and_the_toggle_stands(server: KubeAPI) -> None:
     server.add_deployment(list_deployment())
     server.inject("POST", "/events$", 403, times=1)
