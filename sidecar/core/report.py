@@ -55,7 +55,7 @@ def report_body(
     body = (
         report_json(stats, measured, threshold, schedules=schedules)
         if stats is not None
-        else {"engine": None, "models": []}
+        else {"engine": None, "window_seconds": None, "models": []}  # the same keys, for scripts, before a window
     )
     if advice is not None:
         body["advice"] = [advice_json(a) for a in advice]
