@@ -17,7 +17,7 @@ it wrote, and a load ramp, each level read from the engine's own draft counters 
 requests run, shows drafts at loads up to the cut and none above. `enable` then gives the manifest back byte
 for byte (apart from the sidecar's annotations).
 
-If no round shows a cut (a machine busy enough to blur 0.8x into "unclear"), the test says so in its output and
+If no round shows a cut (a machine busy enough to blur 0.8x into "unclear"), the test says so in a warning (shown in the run's summary) and
 proves the engine obeys the fixed [[1, 2, 4], [3, 256, 0]] instead.
 
 Wall time: three engine starts (40-70 s each), 1-3 rounds of load (about 1.5 minutes each) and the ramp: about
@@ -27,6 +27,7 @@ Wall time: three engine starts (40-70 s each), 1-3 rounds of load (about 1.5 min
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,11 @@ def test_the_engine_drafts_up_to_the_cut_the_sidecar_proposes_from_measured_band
 
     proposed = plan.as_config_value()
     schedule = proposed if proposed is not None else FALLBACK_SCHEDULE
-    if proposed is None:
-        print(f"no cut proposed ({plan.reason}); proving the engine obeys {FALLBACK_SCHEDULE} instead")
+    if proposed is None:  # a warning, so that the run's summary says which proof this was
+        warnings.warn(
+            f"no cut measured in {ROUNDS} rounds ({plan.reason}); proved the engine obeys {FALLBACK_SCHEDULE} instead",
+            stacklevel=1,
+        )
     else:  # the sidecar's cut: the top of the highest band that pays below the first that hurts
         assert plan.source == "measured" and plan.cut == schedule[0][1], shown
         assert schedule == [[1, plan.cut, K], [plan.cut + 1, 256, 0]], shown
