@@ -17,8 +17,8 @@ it wrote, and a load ramp, each level read from the engine's own draft counters 
 requests run, shows drafts at loads up to the cut and none above. `enable` then gives the manifest back byte
 for byte (apart from the sidecar's annotations).
 
-If no round shows a cut (a machine busy enough to blur 0.8x into "unclear"), the test says so in a warning (shown in the run's summary) and
-proves the engine obeys the fixed [[1, 2, 4], [3, 256, 0]] instead.
+If no round shows a cut (a machine busy enough to blur 0.8x into "unclear"), the test says so in a warning (shown
+in the run's summary) and proves the engine obeys the fixed [[1, 2, 4], [3, 256, 0]] instead.
 
 Wall time: three engine starts (40-70 s each), 1-3 rounds of load (about 1.5 minutes each) and the ramp: about
 5 minutes on a quiet machine (2026-12-05).
