@@ -194,6 +194,10 @@ class Level:
     def median_tpot(self) -> float:
         return float(statistics.median(t.tpot for t in self.timed))
 
+    def mean_tpot(self) -> float:
+        """The clients' mean TPOT: the quantity the sidecar's windows average (from the engine's histogram)."""
+        return float(statistics.fmean(t.tpot for t in self.timed))
+
     def window_tpot(self) -> float:
         """Geometric mean of the windows' mean TPOT: what the sidecar compares."""
         return float(statistics.geometric_mean(s.tpot for s in self.samples))
