@@ -45,18 +45,24 @@ def vllm_python() -> Path:
     return vllm_venv() / "bin" / "python"
 
 
+def _model_script(script: str, *args: str, timeout: float, env: dict[str, str] | None = None) -> Path:
+    """Runs one of scripts/ with the vLLM venv's python; it prints the directory it wrote (or found) last."""
+    done = subprocess.run(
+        [str(vllm_python()), str(REPO_ROOT / "scripts" / script), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 @functools.cache
 def model_family() -> Path:
     """The directory holding the trained family: `target/`, `draft-small/`, `draft-large/` and `prompts.json`
     (trains it on first use, once per recipe; docs/model-family.md)."""
-    done = subprocess.run(
-        [str(vllm_python()), str(REPO_ROOT / "scripts" / "make_model_family.py")],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=FAMILY_TIMEOUT_SECONDS,
-    )
-    return Path(done.stdout.strip().splitlines()[-1])
+    return _model_script("make_model_family.py", timeout=FAMILY_TIMEOUT_SECONDS)
 
 
 @functools.cache
@@ -64,34 +70,17 @@ def wide_target(hidden: int, layers: int, intermediate: int) -> Path:
     """A copy of the family's target that computes the same next-token function at the cost of a model of this
     shape (scripts/widen_target.py): the trained drafts keep their acceptance, and a scheduler step costs more
     the more tokens it verifies, as on a real target. Written once per shape, in seconds."""
-    done = subprocess.run(
-        [
-            str(vllm_python()),
-            str(REPO_ROOT / "scripts" / "widen_target.py"),
-            str(model_family()),
-            *("--hidden", str(hidden), "--layers", str(layers), "--intermediate", str(intermediate)),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=MODEL_TIMEOUT_SECONDS,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    shape = ("--hidden", str(hidden), "--layers", str(layers), "--intermediate", str(intermediate))
+    return _model_script(
+        "widen_target.py", str(model_family()), *shape, timeout=MODEL_TIMEOUT_SECONDS, env={"OMP_NUM_THREADS": "1"}
     )
-    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @functools.cache
 def tiny_models() -> Path:
     """The old noisy-copy pair, kept for the tests that need its extremes (acceptance about 0.98 at temperature 0
     and low at 1.0): the directory holding `target/`, the `draft-noise-*` drafts and `prompts.json`."""
-    done = subprocess.run(
-        [str(vllm_python()), str(REPO_ROOT / "scripts" / "make_tiny_models.py")],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=MODEL_TIMEOUT_SECONDS,
-    )
-    return Path(done.stdout.strip().splitlines()[-1])
+    return _model_script("make_tiny_models.py", timeout=MODEL_TIMEOUT_SECONDS)
 
 
 PLUGIN_SOURCE = REPO_ROOT / "tests" / "engine" / "vllm_cpu_fix"
